@@ -1,0 +1,5 @@
+import sys
+
+from webchat.cli import main
+
+sys.exit(main())

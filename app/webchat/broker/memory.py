@@ -1,0 +1,177 @@
+"""In-process broker: the embedded default when no Redis URL is configured.
+
+Choose it for a single process (`make run`, development, a small deployment): history and
+presence live in this process's memory and are lost when it exits, and other processes cannot
+see them. It follows the same contract as the Redis broker, including delivery through the
+event handler (never directly to sockets), so one process and many behave alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
+
+from webchat.broker.base import (
+    DEDUPE_SECONDS,
+    Draft,
+    EventHandler,
+    History,
+    Message,
+    PresenceEvent,
+    Published,
+)
+from webchat.protocol import parse_id
+
+
+def select_history(messages: Sequence[Message], since: str | None, limit: int) -> History:
+    """PROTOCOL.md's history rule over one room's messages, oldest first."""
+    if since is None:
+        return History(list(messages[-limit:]) if messages else [], gap=False)
+    key = parse_id(since)
+    if not messages or key < parse_id(messages[0].id):
+        return History(list(messages[:limit]), gap=True)
+    # Binary search for the first message after `since`.
+    low, high = 0, len(messages)
+    while low < high:
+        mid = (low + high) // 2
+        if parse_id(messages[mid].id) <= key:
+            low = mid + 1
+        else:
+            high = mid
+    return History(list(messages[low : low + limit]), gap=False)
+
+
+class IdClock:
+    """Stream ids `<ms>-<seq>` that only grow, as Redis assigns them."""
+
+    def __init__(self) -> None:
+        self._ms = 0
+        self._seq = 0
+
+    def next(self, now_ms: int) -> tuple[str, int]:
+        if now_ms > self._ms:
+            self._ms, self._seq = now_ms, 0
+        else:
+            self._seq += 1
+        return f"{self._ms}-{self._seq}", self._ms
+
+
+class MemoryPresence:
+    """Room membership counted per name; one process is the whole world here."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self._rooms: dict[str, Counter[str]] = {}
+
+    async def join(self, room: str, name: str) -> None:
+        names = self._rooms.setdefault(room, Counter())
+        names[name] += 1
+        if names[name] == 1:
+            self._broker.announce(PresenceEvent(room, "join", name, len(names)))
+
+    async def leave(self, room: str, name: str) -> None:
+        names = self._rooms.get(room)
+        if not names or names[name] <= 0:
+            return
+        names[name] -= 1
+        if names[name] == 0:
+            del names[name]
+            self._broker.announce(PresenceEvent(room, "leave", name, len(names)))
+            if not names:
+                del self._rooms[room]
+
+    async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
+        names = self._rooms.get(room, Counter())
+        listed = [include] if include in names else []
+        for name in names:
+            if len(listed) >= limit:
+                break
+            if name != include:
+                listed.append(name)
+        return listed, len(names)
+
+
+class MemoryBroker:
+    """Messages, history and presence in this process; see the module docstring."""
+
+    def __init__(self, history_size: int = 1000) -> None:
+        self._history_size = history_size
+        self._rooms: dict[str, deque[Message]] = {}
+        self._seen: OrderedDict[tuple[str, str, str], tuple[float, Message]] = OrderedDict()
+        self._clock = IdClock()
+        self._subscribed: set[str] = set()
+        self._pending: dict[str, list[Message]] = {}
+        self._handler: EventHandler | None = None
+        self._presence = MemoryPresence(self)
+
+    @property
+    def presence(self) -> MemoryPresence:
+        return self._presence
+
+    @property
+    def ready(self) -> bool:
+        return self._handler is not None
+
+    async def start(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    async def close(self) -> None:
+        self._handler = None
+
+    async def subscribe(self, room: str) -> None:
+        self._subscribed.add(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        self._subscribed.discard(room)
+
+    async def publish(self, room: str, draft: Draft) -> Published:
+        now = time.time()
+        key = (room, draft.name, draft.nonce) if draft.nonce is not None else None
+        if key is not None:
+            self._forget_expired(now)
+            seen = self._seen.get(key)
+            if seen is not None:
+                return Published(seen[1], duplicate=True)
+        message_id, ts = self._clock.next(int(now * 1000))
+        message = Message(message_id, room, draft.name, draft.text, ts, draft.nonce, draft.trace)
+        history = self._rooms.get(room)
+        if history is None:
+            history = self._rooms[room] = deque(maxlen=self._history_size)
+        history.append(message)
+        if key is not None:
+            self._seen[key] = (now + DEDUPE_SECONDS, message)
+        self._deliver(room, message)
+        return Published(message, duplicate=False)
+
+    async def history(self, room: str, since: str | None, limit: int) -> History:
+        messages = self._rooms.get(room)
+        return select_history(list(messages) if messages else [], since, limit)
+
+    def announce(self, event: PresenceEvent) -> None:
+        if self._handler is not None and event.room in self._subscribed:
+            self._handler.on_presence(event)
+
+    def _deliver(self, room: str, message: Message) -> None:
+        # Messages accepted in one loop iteration reach the hub as one batch, so it can write
+        # them to each socket with one call, as a Redis reader draining its buffer would.
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.setdefault(room, []).append(message)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if self._handler is None:
+            return
+        for room, messages in pending.items():
+            if room in self._subscribed:
+                self._handler.on_messages(room, messages)
+
+    def _forget_expired(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            key, (expires, _) = next(iter(seen.items()))
+            if expires > now:
+                break
+            del seen[key]

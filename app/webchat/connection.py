@@ -1,0 +1,178 @@
+"""One client's socket as the hub sees it: a bounded send buffer and the close rules.
+
+Frames are written straight to the transport as pre-built bytes, never awaited: a client that
+does not read fills its own buffer and is closed with 1013; nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from aiohttp import web
+
+from webchat.broker.base import Message
+from webchat.protocol import parse_id, ws_text_frame
+
+log = logging.getLogger(__name__)
+
+CLOSE_TRY_AGAIN: Final = 1013
+CLOSE_RESTART: Final = 1012
+CLOSE_POLICY: Final = 1008
+SLOW_CLOSE_GRACE: Final = 5.0
+
+
+class Batch:
+    """Messages delivered together: their frames, and all of them as one buffer."""
+
+    __slots__ = ("data", "frames", "messages")
+
+    def __init__(self, messages: Sequence[Message], frames: list[bytes]) -> None:
+        self.messages = messages
+        self.frames = frames
+        self.data = frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def after(self, watermark: tuple[int, int]) -> tuple[bytes, bool]:
+        """The frames of messages newer than `watermark`, and whether there were any."""
+        kept = [
+            f for m, f in zip(self.messages, self.frames, strict=True) if parse_id(m.id) > watermark
+        ]
+        return b"".join(kept), bool(kept)
+
+
+class Connection:
+    """A joined client. Until `go_live`, deliveries are held so welcome and replay come first."""
+
+    __slots__ = (
+        "_abort_timer",
+        "_held",
+        "_held_bytes",
+        "_limit",
+        "_on_overflow",
+        "_transport",
+        "_watermark",
+        "closing",
+        "name",
+        "room",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        room: str,
+        name: str,
+        send_buffer: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.ws = ws
+        self.room = room
+        self.name = name
+        self.closing = False
+        self._transport = transport
+        self._limit = send_buffer
+        self._on_overflow = on_overflow
+        self._held: list[Batch | bytes] | None = []
+        self._held_bytes = 0
+        self._watermark: tuple[int, int] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+
+    # --- writing ----------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Write one encoded server frame (already WebSocket-framed) if the buffer allows."""
+        if self.closing:
+            return
+        if self._held is not None:
+            self._hold(frame, len(frame))
+        else:
+            self._write(frame)
+
+    def deliver(self, batch: Batch) -> None:
+        """Write a batch of room messages; called by the hub's fan-out, never awaited."""
+        if self.closing:
+            return
+        if self._held is not None:
+            self._hold(batch, len(batch.data))
+            return
+        if self._watermark is None:
+            self._write(batch.data)
+            return
+        data, newer = batch.after(self._watermark)
+        if newer:
+            self._watermark = None
+            self._write(data)
+
+    def write_now(self, payload: bytes) -> None:
+        """Write a JSON frame ahead of anything held (welcome, replay)."""
+        if not self.closing:
+            self._write(ws_text_frame(payload))
+
+    def go_live(self, replayed_up_to: str | None) -> None:
+        """Welcome and replay are written: release held frames, dropping replayed messages.
+
+        Until a message newer than `replayed_up_to` arrives, deliveries are filtered, since the
+        broker may still deliver messages that the replay already contained.
+        """
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        if replayed_up_to is not None:
+            self._watermark = parse_id(replayed_up_to)
+        for item in held:
+            if isinstance(item, Batch):
+                self.deliver(item)
+            else:
+                self.send(item)
+
+    def _hold(self, item: Batch | bytes, size: int) -> None:
+        assert self._held is not None
+        self._held.append(item)
+        self._held_bytes += size
+        if self._held_bytes > self._limit:
+            self.overflow()
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() + len(data) > self._limit:
+            self.overflow()
+            return
+        transport.write(data)
+
+    # --- closing ----------------------------------------------------------------------
+
+    def overflow(self) -> None:
+        """The client cannot keep up: stop sending, queue a 1013 close, drop it after 5 s."""
+        if self.closing:
+            return
+        self._on_overflow()
+        self.close(CLOSE_TRY_AGAIN, "too slow: reconnect with since")
+
+    def close(self, code: int, reason: str, grace: float = SLOW_CLOSE_GRACE) -> None:
+        """Queue a close frame; drop the socket if the handshake takes longer than `grace`."""
+        if self.closing:
+            return
+        self.closing = True
+        self._held = None
+        loop = asyncio.get_running_loop()
+        self._abort_timer = loop.call_later(grace, self._transport.abort)
+        task = loop.create_task(self._close(code, reason))
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await self.ws.close(code=code, message=reason.encode())
+        except Exception:  # the socket may already be gone; nothing is left to deliver
+            log.debug("close %s failed", code, exc_info=True)
+
+    def closed(self) -> None:
+        """The handler ended: cancel the abort timer."""
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+
+
+_closing_tasks: set[asyncio.Task[None]] = set()

@@ -1,0 +1,167 @@
+"""This process's rooms and connections: subscription ref-counting, presence grace, fan-out.
+
+The broker calls `on_messages`/`on_presence`; each message is encoded once and the same bytes
+are written to every local member without awaiting any socket (see connection.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from webchat.broker.base import Broker, Message, PresenceEvent
+from webchat.connection import Batch, Connection
+from webchat.protocol import encode_message, encode_presence, ws_text_frame
+
+log = logging.getLogger(__name__)
+
+
+class Room:
+    __slots__ = ("conns", "grace", "lock", "names", "subscribed")
+
+    def __init__(self) -> None:
+        self.conns: dict[Connection, None] = {}  # insertion-ordered set
+        self.names: Counter[str] = Counter()  # local connections per name
+        self.grace: dict[str, asyncio.TimerHandle] = {}  # names whose last connection left
+        self.lock = asyncio.Lock()  # serialises subscribe/unsubscribe of this room
+        self.subscribed = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.conns and not self.grace and not self.subscribed
+
+
+class Hub:
+    """Rooms of this process. Presence frames go only to rooms of at most `presence_limit` names."""
+
+    def __init__(self, broker: Broker, presence_grace: float, presence_limit: int) -> None:
+        self._broker = broker
+        self._grace = presence_grace
+        self._presence_limit = presence_limit
+        self._rooms: dict[str, Room] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- membership ---------------------------------------------------------------------
+
+    @property
+    def connections(self) -> list[Connection]:
+        return [conn for room in self._rooms.values() for conn in room.conns]
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(room.conns) for room in self._rooms.values())
+
+    async def attach(self, conn: Connection) -> None:
+        """Add a connection (it holds deliveries until go_live); subscribe and join as needed.
+
+        Raises BrokerUnavailable if the room cannot be subscribed; the connection is detached.
+        """
+        room = self._rooms.get(conn.room)
+        if room is None:
+            room = self._rooms[conn.room] = Room()
+        room.conns[conn] = None
+        room.names[conn.name] += 1
+        try:
+            if not room.subscribed:
+                async with room.lock:
+                    if not room.subscribed and room.conns:
+                        await self._broker.subscribe(conn.room)
+                        room.subscribed = True
+            if room.names[conn.name] == 1:
+                timer = room.grace.pop(conn.name, None)
+                if timer is not None:
+                    timer.cancel()  # back within the grace period: no leave, no join
+                else:
+                    await self._broker.presence.join(conn.room, conn.name)
+        except BaseException:
+            self.detach(conn, announce=False)
+            raise
+
+    def detach(self, conn: Connection, *, announce: bool = True) -> None:
+        """Remove a connection; its name leaves after the grace period if it was the last."""
+        room = self._rooms.get(conn.room)
+        if room is None or conn not in room.conns:
+            return
+        del room.conns[conn]
+        room.names[conn.name] -= 1
+        if room.names[conn.name] <= 0:
+            del room.names[conn.name]
+            if announce:
+                loop = asyncio.get_running_loop()
+                room.grace[conn.name] = loop.call_later(
+                    self._grace, self._grace_over, conn.room, conn.name
+                )
+        if not room.conns:
+            self._spawn(self._release(conn.room))
+
+    def _grace_over(self, room_name: str, name: str) -> None:
+        room = self._rooms.get(room_name)
+        if room is None or room.grace.pop(name, None) is None:
+            return
+        self._spawn(self._broker.presence.leave(room_name, name))
+        if room.idle:
+            del self._rooms[room_name]
+
+    async def _release(self, room_name: str) -> None:
+        room = self._rooms.get(room_name)
+        if room is None:
+            return
+        async with room.lock:
+            if room.conns or not room.subscribed:
+                return
+            room.subscribed = False
+            await self._broker.unsubscribe(room_name)
+        if room.idle and self._rooms.get(room_name) is room:
+            del self._rooms[room_name]
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(self._logged(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _logged(coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]  # any awaitable from this module
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background room task failed")
+
+    async def close(self) -> None:
+        """Leave every room this process still holds, then stop background tasks."""
+        for room_name, room in list(self._rooms.items()):
+            for name in list(room.names) + list(room.grace):
+                timer = room.grace.pop(name, None)
+                if timer is not None:
+                    timer.cancel()
+                try:
+                    await self._broker.presence.leave(room_name, name)
+                except Exception:
+                    log.warning("could not announce leave of %s in %s", name, room_name)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- events from the broker -------------------------------------------------------
+
+    def on_messages(self, room_name: str, messages: Sequence[Message]) -> None:
+        room = self._rooms.get(room_name)
+        if room is None or not room.conns:
+            return
+        batch = Batch(messages, [ws_text_frame(encode_message(m)) for m in messages])
+        for conn in room.conns:
+            conn.deliver(batch)
+
+    def on_presence(self, event: PresenceEvent) -> None:
+        if event.count > self._presence_limit:
+            return
+        room = self._rooms.get(event.room)
+        if room is None:
+            return
+        frame = ws_text_frame(encode_presence(event.room, event.event, event.name))
+        for conn in room.conns:
+            if conn.name != event.name:
+                conn.send(frame)

@@ -1,0 +1,180 @@
+"""One running instance: wires hub, broker and metrics, serves sockets, drains on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from webchat.broker import create_broker
+from webchat.broker.base import Broker, BrokerUnavailable, Draft
+from webchat.config import Config
+from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
+from webchat.hub import Hub
+from webchat.metrics import Metrics
+from webchat.protocol import (
+    GAP,
+    ConnectParams,
+    ProtocolError,
+    encode_error,
+    encode_message,
+    encode_welcome,
+    parse_client_frame,
+    ws_text_frame,
+)
+from webchat.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+# How long a close handshake may take before the socket is dropped, when draining.
+DRAIN_CLOSE_GRACE = 2.0
+
+
+class Node:
+    """The service as one process sees it. Create it in a cleanup_ctx: `start`, then `close`."""
+
+    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+        self.config = config
+        self.id = uuid.uuid4().hex[:12]
+        self.metrics = Metrics()
+        self.broker = broker or create_broker(config, self.id)
+        self.hub = Hub(self.broker, config.presence_grace, config.presence_limit)
+        self.draining = False
+        self._all_closed = asyncio.Event()
+        self._limits: dict[str, Any] = {
+            "max_text": config.max_text,
+            "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
+            "burst": config.burst,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.broker.ready and not self.draining
+
+    async def start(self) -> None:
+        await self.broker.start(self.hub)
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.broker.close()
+
+    # --- one client ---------------------------------------------------------------------
+
+    async def serve(self, request: web.Request, params: ConnectParams) -> web.WebSocketResponse:
+        """Run one WebSocket session: welcome, replay, then the client's frames until it ends."""
+        cfg = self.config
+        ws = web.WebSocketResponse(
+            compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
+            max_msg_size=cfg.max_frame,
+            heartbeat=cfg.heartbeat,
+            timeout=DRAIN_CLOSE_GRACE,
+        )
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:  # the client went away during the handshake
+            return ws
+        conn = Connection(
+            ws,
+            transport,
+            params.room,
+            params.name,
+            cfg.send_buffer,
+            on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
+        )
+        self.metrics.connected_users.inc()
+        try:
+            try:
+                await self.hub.attach(conn)
+                await self._welcome(ws, conn, params)
+            except BrokerUnavailable:
+                await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
+                return ws
+            await self._receive(ws, conn)
+        finally:
+            self.hub.detach(conn)
+            conn.closed()
+            self.metrics.connected_users.dec()
+            if self.draining and self.hub.connection_count == 0:
+                self._all_closed.set()
+        return ws
+
+    async def _welcome(
+        self, ws: web.WebSocketResponse, conn: Connection, params: ConnectParams
+    ) -> None:
+        members, count = await self.broker.presence.members(
+            params.room, self.config.presence_limit, params.name
+        )
+        welcome = encode_welcome(params.room, params.name, members, count, self._limits)
+        await ws.send_frame(welcome, WSMsgType.TEXT)
+        watermark = None
+        if params.since is not None:
+            history = await self.broker.history(params.room, params.since, self.config.history_size)
+            frames = [encode_message(m) for m in history.messages]
+            if history.gap:
+                frames.insert(0, GAP)
+            for frame in frames:
+                await ws.send_frame(frame, WSMsgType.TEXT)
+            watermark = history.messages[-1].id if history.messages else params.since
+        conn.go_live(watermark)
+
+    async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue  # aiohttp answers pings and reports errors by ending the loop
+            if not bucket.take(loop.time()):
+                self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
+                if bucket.rejected_in_a_row >= 3 * cfg.burst:
+                    self.metrics.closes.labels("rate_limit_abuse").inc()
+                    conn.closing = True
+                    await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
+                    break
+                continue
+            if msg.type is WSMsgType.BINARY:
+                self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
+                continue
+            try:
+                request = parse_client_frame(msg.data, cfg.max_text)
+            except ProtocolError as exc:
+                self._error(conn, exc.code, exc.message)
+                continue
+            try:
+                published = await self.broker.publish(
+                    conn.room, Draft(conn.name, request.text, request.nonce)
+                )
+            except BrokerUnavailable:
+                self._error(conn, "unavailable", "the message broker is unreachable; retry later")
+                continue
+            bucket.accepted()
+            if published.duplicate:
+                conn.send(ws_text_frame(encode_message(published.message)))
+            else:
+                self.metrics.messages.inc()
+
+    def _error(self, conn: Connection, code: str, message: str) -> None:
+        self.metrics.errors.labels(code).inc()
+        conn.send(ws_text_frame(encode_error(code, message)))
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Refuse new clients now; after the drain delay close the rest with 1012, spread out."""
+        self.draining = True
+        await asyncio.sleep(self.config.drain_delay)
+        conns = self.hub.connections
+        if not conns:
+            return
+        loop = asyncio.get_running_loop()
+        step = self.config.drain_spread / len(conns)
+        for index, conn in enumerate(conns):
+            loop.call_later(
+                index * step, conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE
+            )
+        self.metrics.closes.labels("drain").inc(len(conns))
+        if self.hub.connection_count:
+            await self._all_closed.wait()

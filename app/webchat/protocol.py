@@ -1,0 +1,215 @@
+"""The wire frames of PROTOCOL.md: parse, validate, encode. Pure: no I/O, no event loop.
+
+Server frames are encoded to bytes once here; the hub writes the same bytes to every recipient.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from webchat.broker.base import Message
+
+ROOM_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+MAX_NAME: Final = 32
+MAX_NONCE: Final = 64
+DEFAULT_ROOM: Final = "lobby"
+
+# Unicode White_Space (PropList.txt). str.strip() would also strip U+001C..U+001F, which are
+# not White_Space, so the set is spelled out.
+WHITE_SPACE: Final = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+class ProtocolError(Exception):
+    """A client input broke a rule; `code` is the PROTOCOL.md error code to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def bad_request(message: str) -> ProtocolError:
+    return ProtocolError("bad_request", message)
+
+
+# --- ids ---------------------------------------------------------------------------------
+
+
+def parse_id(value: str) -> tuple[int, int]:
+    """Order key of a stream id `<ms>-<seq>`; raises ProtocolError if malformed."""
+    match = ID_RE.fullmatch(value)
+    if not match:
+        raise bad_request(f"since must look like <ms>-<seq> (e.g. 1732650000000-0), got {value!r}")
+    return int(match[1]), int(match[2])
+
+
+# --- connection parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectParams:
+    room: str
+    name: str
+    since: str | None
+
+
+def validate_room(room: str) -> str:
+    if not ROOM_RE.fullmatch(room):
+        raise bad_request(
+            f"room must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-', got {room[:80]!r}"
+        )
+    return room
+
+
+def validate_name(raw: str) -> str:
+    name = raw.strip(WHITE_SPACE)
+    if not name:
+        raise bad_request("name must not be empty")
+    if len(name) > MAX_NAME:
+        raise bad_request(f"name must be at most {MAX_NAME} characters, got {len(name)}")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise bad_request("name must not contain control characters")
+    return name
+
+
+def parse_connect_params(query: Mapping[str, str]) -> ConnectParams:
+    """Validate the `/ws` query; raises ProtocolError('bad_request') before any upgrade."""
+    room = validate_room(query.get("room", DEFAULT_ROOM))
+    raw_name = query.get("name")
+    name = validate_name(raw_name) if raw_name is not None else f"guest-{secrets.token_hex(2)}"
+    since = query.get("since")
+    if since is not None:
+        parse_id(since)
+    return ConnectParams(room, name, since)
+
+
+def parse_limit(raw: str | None, default: int = 100, maximum: int = 500) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise bad_request(f"limit must be a whole number from 1 to {maximum}, got {raw[:40]!r}")
+    return int(raw)
+
+
+# --- client frames -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    text: str
+    nonce: str | None
+
+
+def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest:
+    """Parse one client text frame; raises ProtocolError with bad_json/bad_type/bad_message."""
+    try:
+        frame = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("bad_json", "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("bad_json", "frame must be a JSON object")
+    kind = frame.get("type")
+    if kind != "message":
+        shown = kind if isinstance(kind, str) else json.dumps(kind)
+        raise ProtocolError("bad_type", f"unknown frame type {shown[:40]!r}; expected 'message'")
+    text = frame.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError("bad_message", "text must be a string")
+    text = text.strip(WHITE_SPACE)
+    if not text:
+        raise ProtocolError("bad_message", "text must not be empty")
+    if len(text) > max_text:
+        raise ProtocolError(
+            "bad_message", f"text must be at most {max_text} characters, got {len(text)}"
+        )
+    nonce = frame.get("nonce")
+    if nonce is not None:
+        if not isinstance(nonce, str):
+            raise ProtocolError("bad_message", "nonce must be a string")
+        if len(nonce) > MAX_NONCE:
+            raise ProtocolError("bad_message", f"nonce must be at most {MAX_NONCE} characters")
+    return SendRequest(text, nonce)
+
+
+# --- server frames -----------------------------------------------------------------------
+
+
+def _dumps(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "message",
+        "id": message.id,
+        "room": message.room,
+        "name": message.name,
+        "text": message.text,
+        "ts": message.ts,
+    }
+    if message.nonce is not None:
+        frame["nonce"] = message.nonce
+    return frame
+
+
+def encode_message(message: Message) -> bytes:
+    return _dumps(message_dict(message))
+
+
+def encode_welcome(
+    room: str, name: str, members: Sequence[str], member_count: int, limits: Mapping[str, Any]
+) -> bytes:
+    return _dumps(
+        {
+            "type": "welcome",
+            "room": room,
+            "name": name,
+            "members": list(members),
+            "member_count": member_count,
+            "limits": dict(limits),
+        }
+    )
+
+
+def encode_presence(room: str, event: str, name: str) -> bytes:
+    return _dumps({"type": "presence", "room": room, "event": event, "name": name})
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return _dumps({"type": "error", "code": code, "message": message})
+
+
+GAP: Final = _dumps({"type": "gap"})
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON body of an HTTP error answer."""
+    return {"error": {"code": code, "message": message}}
+
+
+# --- WebSocket framing -------------------------------------------------------------------
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame (RFC 6455 5.2), as a server sends it.
+
+    Built once per message so the hub can write the very same bytes to every recipient.
+    """
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + payload

@@ -1,0 +1,135 @@
+"""HTTP routes and the application's lifecycle (cleanup_ctx), with typed AppKey keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from webchat.broker.base import BrokerUnavailable
+from webchat.config import Config
+from webchat.metrics import CONTENT_TYPE
+from webchat.node import Node
+from webchat.protocol import (
+    ProtocolError,
+    error_body,
+    message_dict,
+    parse_connect_params,
+    parse_id,
+    parse_limit,
+    validate_room,
+)
+
+NODE = web.AppKey("node", Node)
+FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
+
+
+def _host_port(netloc: str, scheme: str | None = None) -> str:
+    """`host[:port]` lower-cased with default ports (80, 443) dropped, for origin checks."""
+    parts = urlsplit(f"//{netloc}")
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        return netloc.lower()
+    return host if port in (None, 80, 443) else f"{host}:{port}"
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """PROTOCOL.md's origin rule: no Origin, same host[:port], or an exact allow-list entry."""
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    if not parts.netloc or host is None:
+        return False
+    return _host_port(parts.netloc) == _host_port(host)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    try:
+        params = parse_connect_params(request.query)
+    except ProtocolError as exc:
+        node.metrics.http_refusals.labels("400").inc()
+        return _error(400, exc.code, exc.message)
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, request.headers.get("Host"), node.config.allowed_origins):
+        node.metrics.http_refusals.labels("403").inc()
+        return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+    if not node.ready:
+        node.metrics.http_refusals.labels("503").inc()
+        why = "draining" if node.draining else "message broker unreachable"
+        return _error(503, "unavailable", f"service unavailable ({why}); retry with backoff")
+    return await node.serve(request, params)
+
+
+async def messages(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        room = validate_room(request.match_info["room"])
+        since = request.query.get("since")
+        if since is not None:
+            parse_id(since)
+        limit = parse_limit(request.query.get("limit"))
+    except ProtocolError as exc:
+        return _error(400, exc.code, exc.message)
+    try:
+        history = await node.broker.history(room, since, limit)
+    except BrokerUnavailable:
+        return _error(503, "unavailable", "the message broker is unreachable; retry later")
+    return web.json_response(
+        {"messages": [message_dict(m) for m in history.messages], "gap": history.gap}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    if node.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not node.broker.ready:
+        return web.json_response({"status": "broker unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[NODE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def make_app(config: Config) -> web.Application:
+    app = web.Application()
+
+    async def node_ctx(app: web.Application) -> AsyncIterator[None]:
+        node = Node(config)
+        await node.start()
+        app[NODE] = node
+        yield
+        await node.close()
+
+    app.cleanup_ctx.append(node_ctx)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/api/rooms/{room}/messages", messages)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    app.router.add_static("/static", FRONTEND)
+    return app

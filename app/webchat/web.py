@@ -117,6 +117,13 @@ async def index(request: web.Request) -> web.FileResponse:
 def make_app(config: Config) -> web.Application:
     app = web.Application()
 
+    async def revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+        # The client is not versioned: browsers revalidate it (ETag/304) after a deploy.
+        if request.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-cache")
+
+    app.on_response_prepare.append(revalidate_static)
+
     async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         node = Node(config)
         await node.start()

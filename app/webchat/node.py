@@ -68,7 +68,7 @@ class Node:
         cfg = self.config
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
-            max_msg_size=cfg.max_frame,
+            max_msg_size=cfg.max_frame + 1,  # aiohttp refuses len >= max_msg_size
             heartbeat=cfg.heartbeat,
             timeout=DRAIN_CLOSE_GRACE,
         )
@@ -111,13 +111,19 @@ class Node:
         await ws.send_frame(welcome, WSMsgType.TEXT)
         watermark = None
         if params.since is not None:
+            # The newest id before the replay read: if nothing is replayed, held live messages
+            # newer than it are news even when `since` claims more (history lost, clock behind).
+            newest = await self.broker.history(params.room, None, 1)
             history = await self.broker.history(params.room, params.since, self.config.history_size)
             frames = [encode_message(m) for m in history.messages]
             if history.gap:
                 frames.insert(0, GAP)
             for frame in frames:
                 await ws.send_frame(frame, WSMsgType.TEXT)
-            watermark = history.messages[-1].id if history.messages else params.since
+            if history.messages:
+                watermark = history.messages[-1].id
+            elif newest.messages:
+                watermark = newest.messages[-1].id
         conn.go_live(watermark)
 
     async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:

@@ -17,6 +17,7 @@ from webchat.broker.base import Message
 
 ROOM_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+LIMIT_RE: Final = re.compile(r"[0-9]{1,9}")
 MAX_NAME: Final = 32
 MAX_NONCE: Final = 64
 DEFAULT_ROOM: Final = "lobby"
@@ -96,7 +97,9 @@ def parse_connect_params(query: Mapping[str, str]) -> ConnectParams:
 def parse_limit(raw: str | None, default: int = 100, maximum: int = 500) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # ASCII digits only, and few of them: str.isdigit() accepts '²' (int() then fails) and
+    # int() refuses more than 4300 digits, either of which would be a 500, not a 400.
+    if not LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise bad_request(f"limit must be a whole number from 1 to {maximum}, got {raw[:40]!r}")
     return int(raw)
 
@@ -110,21 +113,44 @@ class SendRequest:
     nonce: str | None
 
 
+def _encodable(value: str) -> bool:
+    """False for a lone surrogate ("\\ud800" in JSON): it cannot be encoded as UTF-8, so a
+    message holding one could be stored but never delivered."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "array" if isinstance(value, list) else "object"
+
+
 def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest:
     """Parse one client text frame; raises ProtocolError with bad_json/bad_type/bad_message."""
     try:
         frame = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
+    except RecursionError:  # e.g. "[[[[...": nested deeper than the parser's recursion limit
+        raise ProtocolError("bad_json", "frame is nested too deeply") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_json", "frame must be a JSON object")
     kind = frame.get("type")
     if kind != "message":
-        shown = kind if isinstance(kind, str) else json.dumps(kind)
-        raise ProtocolError("bad_type", f"unknown frame type {shown[:40]!r}; expected 'message'")
+        # Not json.dumps(kind): a deeply nested value would exceed the recursion limit again.
+        shown = repr(kind[:40]) if isinstance(kind, str) else f"of JSON type {_json_type(kind)}"
+        raise ProtocolError("bad_type", f"unknown frame type {shown}; expected 'message'")
     text = frame.get("text")
-    if not isinstance(text, str):
-        raise ProtocolError("bad_message", "text must be a string")
+    if not isinstance(text, str) or not _encodable(text):
+        raise ProtocolError("bad_message", "text must be a string of Unicode characters")
     text = text.strip(WHITE_SPACE)
     if not text:
         raise ProtocolError("bad_message", "text must not be empty")
@@ -133,9 +159,9 @@ def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest:
             "bad_message", f"text must be at most {max_text} characters, got {len(text)}"
         )
     nonce = frame.get("nonce")
-    if nonce is not None:
-        if not isinstance(nonce, str):
-            raise ProtocolError("bad_message", "nonce must be a string")
+    if "nonce" in frame:  # optional, but when present (even null) it must be a string
+        if not isinstance(nonce, str) or not _encodable(nonce):
+            raise ProtocolError("bad_message", "nonce must be a string of Unicode characters")
         if len(nonce) > MAX_NONCE:
             raise ProtocolError("bad_message", f"nonce must be at most {MAX_NONCE} characters")
     return SendRequest(text, nonce)

@@ -9,6 +9,7 @@ event handler (never directly to sockets), so one process and many behave alike.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from webchat.broker.base import (
     Published,
 )
 from webchat.protocol import parse_id
+
+log = logging.getLogger(__name__)
 
 
 def select_history(messages: Sequence[Message], since: str | None, limit: int) -> History:
@@ -166,7 +169,10 @@ class MemoryBroker:
             return
         for room, messages in pending.items():
             if room in self._subscribed:
-                self._handler.on_messages(room, messages)
+                try:
+                    self._handler.on_messages(room, messages)
+                except Exception:  # one room's failure must not cost other rooms their messages
+                    log.exception("delivering %d messages failed", len(messages))
 
     def _forget_expired(self, now: float) -> None:
         seen = self._seen

@@ -168,7 +168,8 @@ def _flag(name: str) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's own errors, e.g. an unknown flag
-        raise ConfigError(message)
+        # argparse echoes arguments unquoted: escape what would break the one-line rule.
+        raise ConfigError("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,12 +193,14 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Build the Config from flags, then environment variables, then defaults."""
     args = vars(build_parser().parse_args(list(argv)))
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for name, (convert, _) in _OPTIONS.items():
         raw, source = args.get(name), _flag(name)
         if raw is None and name.upper() in env:
             raw, source = env[name.upper()], name.upper()
         if raw is None:
             continue
+        sources[name] = source
         try:
             values[name] = convert(raw)
         except ValueError as exc:
@@ -205,7 +208,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     config = Config(**values)
     if config.workers > 1 and config.memory_broker:
         raise ConfigError(
-            "--workers: more than one worker needs --redis-url "
+            f"{sources['workers']}: more than one worker needs --redis-url "
             "(the in-memory broker cannot be shared between processes)"
         )
     return config

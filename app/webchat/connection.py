@@ -170,8 +170,13 @@ class Connection:
             log.debug("close %s failed", code, exc_info=True)
 
     def closed(self) -> None:
-        """The handler ended: cancel the abort timer."""
-        if self._abort_timer is not None:
+        """The handler ended: cancel the abort timer, unless frames are still unsent.
+
+        A queued close ends the handler at once, and aiohttp then closes the transport
+        gracefully, waiting for its buffer to be written: forever, if the client never reads.
+        The timer then stays, to drop the socket at the deadline.
+        """
+        if self._abort_timer is not None and not self._transport.get_write_buffer_size():
             self._abort_timer.cancel()
 
 

@@ -17,11 +17,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import fields
 from pathlib import Path
 
 from tests.support.timing import seconds
+from webchat.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
+OPTION_VARIABLES = {f.name.upper() for f in fields(Config)}
 
 
 def free_port() -> int:
@@ -56,7 +59,9 @@ class WebchatProcess:
     def __init__(self, *args: str, port: int | None = None, env: dict[str, str] | None = None):
         self.port = port or free_port()
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # A stray RATE or REDIS_URL in the test's environment must not change the server.
+        inherited = {k: v for k, v in os.environ.items() if k not in OPTION_VARIABLES}
+        self.env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="webchat-", suffix=".log")[1])
 

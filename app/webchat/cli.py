@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from webchat.config import Config, ConfigError, load_config
+from webchat.metrics import MULTIPROCESS_ENV
 from webchat.web import NODE, make_app
 
 log = logging.getLogger("webchat")
@@ -42,7 +50,16 @@ async def serve(config: Config) -> None:
         os.getpid(),
         "in-memory" if config.memory_broker else "redis",
     )
-    await stop.wait()
+    orphaned = None
+    if config.workers > 1:
+        orphaned = asyncio.create_task(_stop_when_orphaned(os.getppid(), stop))
+    try:
+        await stop.wait()
+    finally:
+        if orphaned is not None:
+            orphaned.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await orphaned
     started = time.monotonic()
     log.info("draining: refusing new clients, closing connected ones with 1012")
     try:
@@ -58,6 +75,17 @@ async def serve(config: Config) -> None:
         log.warning("shutdown did not finish in time; exiting anyway")
 
 
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits rather than linger."""
+    # Polled: the parent's death raises no event a spawned worker could wait on portably.
+    while True:
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            break
+    log.error("the supervising process %d is gone; draining this worker", parent)
+    stop.set()
+
+
 def _run_worker(config: Config) -> None:
     _setup_logging(config)
     asyncio.run(serve(config))
@@ -71,23 +99,143 @@ def _setup_logging(config: Config) -> None:
     )
 
 
-def run_workers(config: Config) -> int:
-    """N processes on one port (SO_REUSEPORT); SIGTERM to the parent drains them all."""
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_run_worker, args=(config,)) for _ in range(config.workers)]
-    for worker in workers:
-        worker.start()
+# Workers stop within EXIT_DEADLINE of the signal by themselves; a straggler is killed after
+# this, so the parent still exits within PROTOCOL.md's 10 s.
+STOP_DEADLINE = 9.8
 
-    def forward(signum: int, _frame: object) -> None:
-        for worker in workers:
+# A worker that dies unasked is replaced, unless this many died within CRASH_WINDOW seconds
+# (a worker that cannot start at all, e.g. the port is taken): then the parent gives up.
+CRASH_LIMIT = 5
+CRASH_WINDOW = 60.0
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+class _Supervisor:
+    """Runs the workers; the parent process only supervises and serves nothing itself."""
+
+    def __init__(self, config: Config, metrics_dir: str) -> None:
+        self.config = config
+        self.metrics_dir = metrics_dir
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: dict[int, BaseProcess] = {}  # by sentinel
+        self.stopping: int | None = None  # the signal that asked us to stop
+        self.deadline = 0.0  # once stopping: when stragglers are killed
+        self.status = 0
+        self.crashes: deque[float] = deque()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        first = self.stopping is None
+        self.stopping = signum
+        if first:
+            self.deadline = time.monotonic() + STOP_DEADLINE
+        for worker in self.workers.values():
             if worker.pid is not None and worker.is_alive():
-                os.kill(worker.pid, signum)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"x")  # wake the supervision loop
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for worker in workers:
+    def _start_worker(self) -> None:
+        worker = self.context.Process(target=_run_worker, args=(self.config,), daemon=False)
+        worker.start()
+        self.workers[worker.sentinel] = worker
+
+    def _reap(self, worker: BaseProcess) -> None:
         worker.join()
-    return max((abs(w.exitcode or 0) for w in workers), default=0)
+        assert worker.pid is not None
+        # A dead worker's live gauges (connected users) must not count any more.
+        mark_process_dead(worker.pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # prometheus-client lacks a hint
+
+    def _crashed(self, worker: BaseProcess) -> None:
+        """A worker ended without being asked: report it, then replace it or give up."""
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
+            self.crashes.popleft()
+        how = _describe_exit(worker.exitcode)
+        if len(self.crashes) < CRASH_LIMIT:
+            log.error("worker %d died (%s); starting a replacement", worker.pid, how)
+            self._start_worker()
+            return
+        log.error(
+            "worker %d died (%s): %d worker deaths in %.0f s; stopping all workers",
+            worker.pid,
+            how,
+            len(self.crashes),
+            CRASH_WINDOW,
+        )
+        self.status = 1
+        self._on_signal(signal.SIGTERM, None)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        for _ in range(self.config.workers):
+            if self.stopping is None:
+                self._start_worker()
+        while self.workers:
+            timeout = None
+            if self.stopping is not None:
+                timeout = max(0.0, self.deadline - time.monotonic())
+            ready = wait([self._wake_read, *self.workers], timeout)
+            if self._wake_read in ready:
+                os.read(self._wake_read, 512)
+            ended = [self.workers.pop(s) for s in ready if s in self.workers]
+            for worker in ended:
+                self._reap(worker)
+                if self.stopping is None:
+                    self._crashed(worker)
+                elif worker.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT):
+                    # Killed by the signal before it could handle it is still a clean stop.
+                    log.error(
+                        "worker %d %s while stopping", worker.pid, _describe_exit(worker.exitcode)
+                    )
+                    self.status = 1
+            if self.stopping is not None and not ready and time.monotonic() >= self.deadline:
+                for worker in self.workers.values():
+                    log.error("worker %d did not stop in time; killing it", worker.pid)
+                    worker.kill()
+                    self._reap(worker)
+                self.workers.clear()
+                self.status = 1
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        return self.status
+
+
+def run_workers(config: Config) -> int:
+    """N processes on one port (SO_REUSEPORT); SIGTERM to the parent drains them all.
+
+    Metrics aggregate across the workers: each records into a fresh directory (prometheus-
+    client multiprocess mode), removed when the parent exits.
+    """
+    _setup_logging(config)
+    metrics_dir = tempfile.mkdtemp(prefix="webchat-metrics-")
+    # Read by prometheus-client when each (spawned, so freshly importing) worker imports it.
+    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    log.info(
+        "starting %d workers on port %d (parent pid %d); metrics aggregated in %s",
+        config.workers,
+        config.port,
+        os.getpid(),
+        metrics_dir,
+    )
+    try:
+        status = _Supervisor(config, metrics_dir).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    log.info("all workers stopped; exiting with status %d", status)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

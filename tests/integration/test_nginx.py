@@ -1,0 +1,283 @@
+"""The production nginx.conf, rendered for free ports, in front of two webchat instances.
+
+Real nginx, real webchat processes, one real redis-server: the load balancer serves the page
+and cached static files, hides /metrics, upgrades WebSockets with the client's Host intact,
+spreads clients over both instances (no stickiness) and the instances behave as one service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from tests.conftest import MakeServer
+from tests.integration.conftest import parse_metric
+from tests.support.client import ChatClient
+from tests.support.nginx import NginxServer, connected_users, locate
+from tests.support.redis import Recorder, fetch_history, wait_status
+from tests.support.servers import WebchatProcess, free_port
+from tests.support.timing import seconds
+
+# make_server puts every instance of a test on the test's redis-server.
+REDIS = pytest.mark.parametrize("broker", ["redis"], indirect=True)
+
+# No drain delay: these tests stop their processes at the end and need no graceful drain.
+FAST = ("--drain-delay", "0", "--drain-spread", "0", "--presence-grace", "0.3")
+
+
+@pytest.fixture
+def make_nginx() -> Iterator[object]:
+    """`make_nginx(*instances, per_ip_limit=None)`: nginx in front of them, stopped after."""
+    started: list[NginxServer] = []
+
+    def make(*servers: WebchatProcess, per_ip_limit: int | None = None) -> NginxServer:
+        nginx = NginxServer([s.port for s in servers], per_ip_limit=per_ip_limit)
+        started.append(nginx)
+        return nginx.start()
+
+    yield make
+    for nginx in started:
+        nginx.cleanup()
+
+
+async def connect(session: aiohttp.ClientSession, url: str, name: str, **kw) -> ChatClient:
+    return await asyncio.wait_for(
+        ChatClient.connect(session, url, room=kw.pop("room", "r"), name=name, **kw),
+        seconds(10),
+    )
+
+
+async def raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """One HTTP/1.1 request with the request target exactly as given (no normalisation)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        data = await asyncio.wait_for(reader.read(), seconds(5))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_rendered_config_passes_nginx_t() -> None:
+    nginx = NginxServer([free_port(), free_port()])
+    try:
+        report = nginx.check()
+    finally:
+        nginx.cleanup()
+    assert "syntax is ok" in report and "test is successful" in report
+
+
+@REDIS
+async def test_pages_static_cache_and_hidden_metrics(make_server: MakeServer, make_nginx, session):
+    a, b = make_server(*FAST), make_server(*FAST)
+    nginx = make_nginx(a, b)
+
+    async with session.get(nginx.url + "/") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        assert "app.js" in await response.text()
+    async with session.get(nginx.url + "/healthz") as response:
+        assert response.status == 200
+
+    direct = await (await session.get(a.url + "/static/app.js")).read()
+    async with session.get(nginx.url + "/static/app.js") as response:
+        assert response.status == 200
+        assert response.headers["X-Cache-Status"] == "MISS"
+        assert await response.read() == direct
+        etag = response.headers["ETag"]
+        # Browsers still revalidate (the app's no-cache passes through); nginx caches anyway.
+        assert response.headers["Cache-Control"] == "no-cache"
+    # nginx stores the response as it finishes relaying it: poll, bounded, for the HIT.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds(5)
+    while True:
+        async with session.get(nginx.url + "/static/app.js") as response:
+            status = response.headers["X-Cache-Status"]
+            body = await response.read()
+        if status == "HIT" or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline
+    assert status == "HIT" and body == direct
+    # A revalidation is answered from the cache with 304.
+    async with session.get(
+        nginx.url + "/static/app.js", headers={"If-None-Match": etag}
+    ) as response:
+        assert response.status == 304
+        assert response.headers["X-Cache-Status"] == "HIT"
+
+    # /metrics: each instance answers Prometheus directly, the public side never does.
+    for instance in (a, b):
+        async with session.get(instance.url + "/metrics") as response:
+            assert response.status == 200
+            assert "webchat_connected_users" in await response.text()
+    for target in ("/metrics", "/metrics?x=1", "//metrics", "/%6Detrics", "/static/../metrics"):
+        status, data = await raw_get(nginx.port, target)
+        assert status == 404, (target, data[:200])
+        assert b"webchat_" not in data, target
+
+
+@REDIS
+async def test_websocket_upgrade_and_delivery_across_instances(
+    make_server: MakeServer, make_nginx, session
+):
+    a, b = make_server(*FAST), make_server(*FAST)
+    instances = [a, b]
+    nginx = make_nginx(a, b)
+
+    # Through nginx, clients land on both instances (least connections, no stickiness).
+    clients: list[ChatClient] = []
+    landed: list[int] = []
+    for n in range(4):
+        client, where = await locate(
+            session, instances, lambda n=n: connect(session, nginx.ws_url, f"n{n}")
+        )
+        clients.append(client)
+        landed.append(where)
+    assert sorted(landed) == [0, 0, 1, 1], landed
+    # And one client directly on each instance.
+    clients.append(await connect(session, a.ws_url, "da"))
+    clients.append(await connect(session, b.ws_url, "db"))
+    assert [await connected_users(session, s) for s in instances] == [3, 3]
+    assert sorted(clients[-1].welcome["members"]) == ["da", "db", "n0", "n1", "n2", "n3"]
+
+    recorders = [Recorder(c) for c in clients]
+    for index, client in enumerate(clients):
+        await client.send(f"hello from {index}", nonce=f"k{index}")
+    for rec in recorders:
+        await rec.wait(lambda r=rec: len(r.messages) >= len(clients), 10, "every message")
+    first = recorders[0].ids()
+    assert len(first) == len(set(first)) == len(clients)
+    for rec in recorders:
+        assert rec.ids() == first
+        assert rec.errors == []
+    history = await fetch_history(session, nginx.url, "r")
+    assert [m["id"] for m in history] == first
+    assert {m["text"] for m in history} == {f"hello from {i}" for i in range(len(clients))}
+    for rec in recorders:
+        await rec.stop()
+        await rec.client.close()
+
+
+@REDIS
+async def test_one_order_for_every_receiver_through_nginx(
+    make_server: MakeServer, make_nginx, wide_session
+):
+    flags = (*FAST, "--rate", "5000", "--burst", "5000", "--history-size", "5000")
+    a, b = make_server(*flags), make_server(*flags)
+    instances = [a, b]
+    nginx = make_nginx(a, b)
+    session = wide_session
+    per_sender = 250
+
+    senders: list[ChatClient] = []
+    landed = []
+    for i in range(4):
+        client, where = await locate(
+            session, instances, lambda i=i: connect(session, nginx.ws_url, f"s{i}")
+        )
+        senders.append(client)
+        landed.append(where)
+    assert sorted(landed) == [0, 0, 1, 1], "senders on both instances"
+    watchers = [
+        await connect(session, nginx.ws_url, "wn1"),
+        await connect(session, nginx.ws_url, "wn2"),
+        await connect(session, a.ws_url, "wa"),
+        await connect(session, b.ws_url, "wb"),
+    ]
+    recorders = [Recorder(c) for c in senders + watchers]
+    total = per_sender * len(senders)
+
+    async def send_all(client: ChatClient, name: str) -> None:
+        for n in range(per_sender):
+            await client.send(f"{name} {n}", nonce=f"{name}-{n}")
+
+    await asyncio.gather(*(send_all(c, f"s{i}") for i, c in enumerate(senders)))
+    for rec in recorders:
+        await rec.wait(lambda r=rec: len(r.messages) >= total, 30, f"{total} messages")
+    history = await fetch_history(session, nginx.url, "r")  # pages of 500 via `since`
+    assert len(history) == total
+    ids = [m["id"] for m in history]
+    assert len(set(ids)) == total
+    for rec in recorders:
+        assert rec.errors == []
+        assert rec.ids() == ids  # every receiver on every instance: history's order
+        assert rec.messages == history
+    for i in range(len(senders)):  # each sender's messages in the order it sent them
+        mine = [m["text"] for m in history if m["name"] == f"s{i}"]
+        assert mine == [f"s{i} {n}" for n in range(per_sender)]
+    for rec in recorders:
+        await rec.stop()
+        await rec.client.close()
+
+
+@REDIS
+async def test_same_origin_check_through_nginx(make_server: MakeServer, make_nginx, session):
+    a, b = make_server(*FAST), make_server(*FAST)
+    nginx = make_nginx(a, b)
+    # Same origin as the page the browser loaded from nginx: Host (with its port) must reach
+    # the instance unchanged for this to pass.
+    same = {"Origin": f"http://127.0.0.1:{nginx.port}"}
+    # Twice: once per instance (least connections alternates between them).
+    accepted = [await connect(session, nginx.ws_url, f"o{i}", headers=same) for i in range(2)]
+    assert [await connected_users(session, s) for s in (a, b)] == [1, 1]
+    for origin in (f"http://127.0.0.1:{a.port}", "http://127.0.0.1", "https://evil.example"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect(session, nginx.ws_url, "o", headers={"Origin": origin})
+        assert refused.value.status == 403, origin
+    for client in accepted:
+        await client.close()
+
+
+@REDIS
+async def test_per_ip_connection_limit(make_server: MakeServer, make_nginx, session):
+    a = make_server(*FAST)
+    nginx = make_nginx(a, per_ip_limit=3)
+    clients = [await connect(session, nginx.ws_url, f"c{i}") for i in range(3)]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await connect(session, nginx.ws_url, "c3")
+    assert refused.value.status == 429
+    # A closed connection frees its slot (nginx notices the close asynchronously: poll).
+    await clients.pop().close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds(5)
+    while True:
+        try:
+            clients.append(await connect(session, nginx.ws_url, "c3"))
+            break
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status
+        assert status == 429
+        assert loop.time() < deadline, "the slot was not freed"
+        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline
+    for client in clients:
+        await client.close()
+
+
+@REDIS
+async def test_a_draining_instance_is_skipped(make_server: MakeServer, make_nginx, session):
+    """Upgrades that a draining instance refuses (503) are retried on the other one."""
+    a = make_server("--drain-delay", "4", "--drain-spread", "0", "--presence-grace", "0.3")
+    b = make_server(*FAST)
+    nginx = make_nginx(a, b)
+    a.signal(signal.SIGTERM)
+    await wait_status(session, a.url + "/readyz", 503, 5)
+    clients = [await connect(session, nginx.ws_url, f"c{i}") for i in range(4)]
+    assert await connected_users(session, b) == 4
+    # nginx did offer clients to a (least connections: a had none) and moved on after its 503.
+    async with session.get(a.url + "/metrics") as response:
+        refused = parse_metric(
+            await response.text(), 'webchat_upgrade_refusals_total{status="503"}'
+        )
+    assert refused is not None and refused >= 1
+    await clients[0].send("still here")
+    for client in clients:
+        assert (await client.next_of("message"))["text"] == "still here"
+    assert a.wait(timeout=seconds(10)) == 0
+    for client in clients:
+        await client.close()

@@ -1,0 +1,397 @@
+"""The production nginx.conf, parsed, rendered for a test's ports and run as a real nginx.
+
+`parse` turns an nginx configuration into a tree of `Directive`s (static checks in
+tests/unit/test_nginx_conf.py use it too); `render` rewrites only what must differ on a test
+machine: where nginx listens, which instances it balances, and where it keeps its pid, logs,
+cache and temporary files. Everything else (headers, timeouts, limits, cache rules) is the
+production file's own, so a test through `NginxServer` tests the file that gets deployed.
+
+`NginxServer(upstream_ports).start()` checks the rendered file with `nginx -t`, starts nginx
+in the foreground as a child process and returns once its port accepts connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+
+from tests.support.servers import ROOT, WebchatProcess, free_port, require_binary, wait_until
+from tests.support.timing import seconds
+
+NGINX_CONF = ROOT / "nginx.conf"
+T = TypeVar("T")
+
+# --- a small nginx configuration parser ------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+      (?P<space>\s+)
+    | (?P<comment>\#[^\n]*)
+    | (?P<punct>[{};])
+    | (?P<quoted>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+    | (?P<word>(?:[^\s{};"'\\]|\\.)+)
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass
+class Directive:
+    """One directive: `name args...;` or `name args... { block }` (block is then a list)."""
+
+    name: str
+    args: list[str]  # raw tokens, quotes kept, so rendering reproduces them exactly
+    block: list[Directive] | None = None
+    line: int = 0
+
+    @property
+    def values(self) -> list[str]:
+        """The arguments with their quotes removed."""
+        return [_unquote(a) for a in self.args]
+
+    def children(self, name: str) -> list[Directive]:
+        return [d for d in self.block or [] if d.name == name]
+
+    def child(self, name: str) -> Directive:
+        """The one child directive called `name`; fails if there is none or several."""
+        found = self.children(name)
+        assert len(found) == 1, f"expected one {name!r} in {self.name} (line {self.line})"
+        return found[0]
+
+    def walk(self) -> Iterator[Directive]:
+        """This directive and every directive nested in it, depth first."""
+        yield self
+        for child in self.block or []:
+            yield from child.walk()
+
+
+@dataclass
+class Config:
+    """A whole configuration: the top level is an implicit block."""
+
+    directives: list[Directive] = field(default_factory=list)
+
+    @property
+    def root(self) -> Directive:
+        return Directive("main", [], self.directives)
+
+    def find(self, name: str) -> list[Directive]:
+        return [d for d in self.root.walk() if d.name == name]
+
+    def one(self, name: str) -> Directive:
+        found = self.find(name)
+        assert len(found) == 1, f"expected exactly one {name!r}, found {len(found)}"
+        return found[0]
+
+    @property
+    def server(self) -> Directive:
+        """The one virtual server (`http { server { ... } }`; upstreams have `server`s too)."""
+        servers = [d for d in self.one("http").children("server") if d.block is not None]
+        assert len(servers) == 1, f"expected one server block in http, found {len(servers)}"
+        return servers[0]
+
+    def location(self, *args: str) -> Directive:
+        """The `location` whose arguments are exactly `args` (e.g. "=", "/ws")."""
+        found = [d for d in self.find("location") if d.values == list(args)]
+        assert len(found) == 1, f"expected one location {' '.join(args)}"
+        return found[0]
+
+    def text(self) -> str:
+        return "".join(_render(self.directives, 0))
+
+
+def _unquote(token: str) -> str:
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "\"'":
+        return re.sub(r"\\(.)", r"\1", token[1:-1])
+    return token
+
+
+def parse(text: str) -> Config:
+    """Parse nginx configuration text (comments dropped). Raises ValueError on bad nesting."""
+    stack: list[list[Directive]] = [[]]
+    words: list[str] = []
+    line = 1
+    start_line = 1
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise ValueError(f"line {line}: cannot read {text[pos : pos + 20]!r}")
+        token = match.group()
+        pos = match.end()
+        kind = match.lastgroup
+        if kind in ("word", "quoted"):
+            if not words:
+                start_line = line
+            words.append(token)
+        elif kind == "punct":
+            if token == ";":
+                if not words:
+                    raise ValueError(f"line {line}: empty directive")
+                stack[-1].append(Directive(words[0], words[1:], None, start_line))
+                words = []
+            elif token == "{":
+                if not words:
+                    raise ValueError(f"line {line}: block without a directive")
+                block: list[Directive] = []
+                stack[-1].append(Directive(words[0], words[1:], block, start_line))
+                stack.append(block)
+                words = []
+            else:
+                if words or len(stack) == 1:
+                    raise ValueError(f"line {line}: unexpected }}")
+                stack.pop()
+        line += token.count("\n")
+    if words or len(stack) != 1:
+        raise ValueError("unexpected end of file: unterminated directive or block")
+    return Config(stack[0])
+
+
+def _render(directives: Iterable[Directive], depth: int) -> Iterator[str]:
+    pad = "    " * depth
+    for d in directives:
+        head = " ".join([d.name, *d.args])
+        if d.block is None:
+            yield f"{pad}{head};\n"
+        else:
+            yield f"{pad}{head} {{\n"
+            yield from _render(d.block, depth + 1)
+            yield f"{pad}}}\n"
+
+
+def load(path: Path = NGINX_CONF) -> Config:
+    return parse(path.read_text())
+
+
+# --- rendering for a test ---------------------------------------------------------------------
+
+
+def _set_one(block: list[Directive], name: str, args: list[str]) -> None:
+    """Replace the single `name` directive in `block` (it must exist exactly once)."""
+    found = [d for d in block if d.name == name]
+    assert len(found) == 1, f"nginx.conf: expected exactly one {name!r} here, got {len(found)}"
+    found[0].args = args
+
+
+def render(
+    config: Config,
+    *,
+    port: int,
+    upstream_ports: Sequence[int],
+    prefix: Path,
+    per_ip_limit: int | None = None,
+) -> Config:
+    """Rewrite `config` (in place) for a test: ports, upstreams and file paths; nothing else.
+
+    The production file must keep the shape this expects (one `upstream webchat`, one
+    server listening on one port, one cache path, one `limit_conn`); if it changes, the
+    assertions here name what moved.
+    """
+    main = config.directives
+    _set_one(main, "user", ["root"])  # the test runs as root; www-data may not exist
+    _set_one(main, "worker_processes", ["1"])  # the machine is shared; one is plenty
+    _set_one(main, "pid", [str(prefix / "nginx.pid")])
+    _set_one(main, "error_log", [str(prefix / "error.log"), "info"])
+    # Never above the hard limit this process may raise it to (root may not, in a container).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = int(config.one("worker_rlimit_nofile").values[0])
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    _set_one(main, "worker_rlimit_nofile", [str(limit)])
+    events = config.one("events")
+    assert events.block is not None
+    _set_one(events.block, "worker_connections", ["1024"])
+
+    http = config.one("http")
+    assert http.block is not None
+    temp = prefix / "temp"
+    for index, name in enumerate(("client_body", "proxy", "fastcgi", "uwsgi", "scgi")):
+        (temp / name).mkdir(parents=True, exist_ok=True)
+        http.block.insert(index, Directive(f"{name}_temp_path", [str(temp / name)]))
+    cache = config.one("proxy_cache_path")
+    cache.args = [str(prefix / "cache"), *cache.args[1:]]
+
+    upstream = config.one("upstream")
+    assert upstream.block is not None
+    servers = upstream.children("server")
+    assert servers, "nginx.conf: the upstream lists no server"
+    options = servers[0].args[1:]  # max_fails, fail_timeout: the production passive health
+    first = upstream.block.index(servers[0])
+    upstream.block[:] = [d for d in upstream.block if d.name != "server"]
+    for offset, upstream_port in enumerate(upstream_ports):
+        server = Directive("server", [f"127.0.0.1:{upstream_port}", *options])
+        upstream.block.insert(first + offset, server)
+
+    listen = config.one("listen")
+    listen.args = [f"127.0.0.1:{port}", *listen.args[1:]]
+    if per_ip_limit is not None:
+        config.one("limit_conn").args[1] = str(per_ip_limit)
+    return config
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=seconds(1)):
+            return True
+    except OSError:
+        return False
+
+
+class NginxServer:
+    """nginx in front of `upstream_ports`, on a free loopback port, for one test."""
+
+    def __init__(self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None):
+        self.port = free_port()
+        self.upstream_ports = list(upstream_ports)
+        self.dir = Path(tempfile.mkdtemp(prefix="webchat-nginx-"))
+        self.conf_path = self.dir / "nginx.conf"
+        self.error_log = self.dir / "error.log"
+        self.binary = require_binary("nginx")
+        config = render(
+            load(),
+            port=self.port,
+            upstream_ports=self.upstream_ports,
+            prefix=self.dir,
+            per_ip_limit=per_ip_limit,
+        )
+        self.conf_path.write_text(config.text())
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def _command(self, *extra: str) -> list[str]:
+        # -e: the error log before the configuration is read (else /var/log/nginx/error.log).
+        return [
+            self.binary,
+            "-p",
+            f"{self.dir}/",
+            "-c",
+            str(self.conf_path),
+            "-e",
+            str(self.error_log),
+            *extra,
+        ]
+
+    def check(self) -> str:
+        """`nginx -t` on the rendered file; returns its report, fails with it if invalid."""
+        result = subprocess.run(
+            self._command("-t"),
+            capture_output=True,
+            text=True,
+            timeout=seconds(10),
+            check=False,
+        )
+        report = result.stderr + result.stdout
+        assert result.returncode == 0, f"nginx -t failed:\n{report}\n{self.conf_path.read_text()}"
+        return report
+
+    def start(self) -> NginxServer:
+        self.check()
+        with (self.dir / "stdout.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                self._command("-g", "daemon off;"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until(
+                lambda: self._alive_or_raise() and _accepts(self.port),
+                seconds(10),
+                f"nginx on port {self.port} to accept connections",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _alive_or_raise(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
+        return True
+
+    def log(self) -> str:
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM to the master (fast shutdown: open WebSockets are cut), then reap it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=seconds(10))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=seconds(5))
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> NginxServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+# --- where a client landed ---------------------------------------------------------------------
+
+_CONNECTED = re.compile(r"^webchat_connected_users (\S+)$", re.MULTILINE)
+
+
+async def connected_users(session: aiohttp.ClientSession, server: WebchatProcess) -> int:
+    """`webchat_connected_users` of one instance, read directly (not through nginx)."""
+    timeout = aiohttp.ClientTimeout(total=seconds(5))
+    async with session.get(server.url + "/metrics", timeout=timeout) as response:
+        assert response.status == 200
+        match = _CONNECTED.search(await response.text())
+    assert match, "no webchat_connected_users in /metrics"
+    return int(float(match[1]))
+
+
+async def locate(
+    session: aiohttp.ClientSession,
+    servers: Sequence[WebchatProcess],
+    connect: Callable[[], Awaitable[T]],
+    timeout: float = 10,
+) -> tuple[T, int]:
+    """Connect one client through nginx; return it and the index of the instance it landed on.
+
+    The instance whose connection count grew by one is the one; no other client may connect
+    or leave meanwhile.
+    """
+    before = [await connected_users(session, s) for s in servers]
+    client = await connect()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds(timeout)
+    while True:
+        after = [await connected_users(session, s) for s in servers]
+        grown = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a == b + 1]
+        if sum(after) == sum(before) + 1 and len(grown) == 1:
+            return client, grown[0]
+        if loop.time() > deadline:
+            raise TimeoutError(f"connection counts went from {before} to {after}")
+        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline

@@ -7,17 +7,39 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import aiohttp
 import pytest
 
+from tests.support.redis import RedisServer
 from tests.support.servers import WebchatProcess
 
-# Brokers the contract suite runs against; the Redis broker issue adds "redis".
-BROKERS = ["memory"]
+# Brokers the contract suite runs against: one parametrized suite, so both behave alike.
+BROKERS = ["memory", "redis"]
 
 
 def broker_args(broker: str, request: pytest.FixtureRequest) -> list[str]:
-    """CLI flags that put a webchat process on `broker`."""
+    """CLI flags that put a webchat process on `broker`.
+
+    On Redis, every process of one test shares the test's `redis_server`, so two processes
+    of a test are two instances of one service.
+    """
     if broker == "memory":
         return []
+    if broker == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        return ["--redis-url", redis_server.url]
     raise AssertionError(f"unknown broker {broker}")
+
+
+@pytest.fixture
+def redis_appendonly() -> bool:
+    """Whether the test's redis-server keeps an AOF; override to restart it with its data."""
+    return False
+
+
+@pytest.fixture
+def redis_server(redis_appendonly: bool) -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port, started for this test and removed after it."""
+    server = RedisServer(appendonly=redis_appendonly).start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture(params=BROKERS)
@@ -32,9 +54,10 @@ MakeServer = Callable[..., WebchatProcess]
 def make_server(broker: str, request: pytest.FixtureRequest) -> Iterator[MakeServer]:
     """Start webchat processes on the parametrized broker; all are stopped after the test."""
     started: list[WebchatProcess] = []
+    args_for_broker = broker_args(broker, request)  # Redis starts first, so it stops last
 
     def make(*args: str, wait_ready: bool = True, **kwargs: object) -> WebchatProcess:
-        proc = WebchatProcess(*broker_args(broker, request), *args, **kwargs)  # type: ignore[arg-type]
+        proc = WebchatProcess(*args_for_broker, *args, **kwargs)  # type: ignore[arg-type]
         started.append(proc)
         return proc.start(wait_ready=wait_ready)
 

@@ -92,6 +92,8 @@ class Node:
             except BrokerUnavailable:
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
+            except ConnectionResetError:  # the client left during its welcome or replay
+                return ws
             await self._receive(ws, conn)
         finally:
             self.hub.detach(conn)

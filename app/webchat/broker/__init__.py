@@ -18,4 +18,4 @@ def create_broker(config: Config, node_id: str) -> Broker:
         return MemoryBroker(history_size=config.history_size)
     from webchat.broker.redis import RedisBroker
 
-    return RedisBroker(config, node_id)  # type: ignore[return-value]  # until it lands
+    return RedisBroker(config, node_id)

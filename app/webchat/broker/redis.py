@@ -1,10 +1,287 @@
-"""Redis broker: placeholder until the Redis broker issue lands."""
+"""Redis broker: any number of webchat processes, on one host or many, behave as one service.
+
+Choose it (`--redis-url redis://...`, or `rediss://` with TLS, password in the URL) whenever
+more than one process serves the same rooms (`--workers N`, several hosts behind a load
+balancer), or history must outlive a restart. A stream per room is the history, a pub/sub
+channel per room carries live messages and presence; publishing is one atomic Lua script, so
+every node delivers one order, the order of history. Each node subscribes to a room's
+channel only while it has members there.
+
+The broker tolerates Redis being down: the process starts anyway and reports not ready,
+publishes and history reads fail fast with BrokerUnavailable, and after Redis is back the
+subscriber reconnects, re-subscribes and backfills every room from its stream (see
+redis_subscriber.py). The command connections use short timeouts so nothing hangs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from webchat.broker.base import (
+    DEDUPE_SECONDS,
+    BrokerUnavailable,
+    Draft,
+    EventHandler,
+    History,
+    Message,
+    Published,
+)
+from webchat.broker.redis_codec import (
+    channel,
+    decode_message,
+    dedupe_key,
+    describe,
+    encode_trace,
+    id_key,
+    message_from_entry,
+    start_after,
+    stream_key,
+)
+from webchat.broker.redis_presence import RedisPresence
+from webchat.broker.redis_rooms import BACKOFF_CAP
+from webchat.broker.redis_scripts import PUBLISH
+from webchat.broker.redis_subscriber import Subscriber
 from webchat.config import Config
+from webchat.protocol import parse_id
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT: Final = 1.0  # every command; a slower Redis counts as unavailable
+POOL_SIZE: Final = 64
+POOL_WAIT: Final = 1.0  # waiting for a pooled connection beyond this counts as unavailable
+HEALTH_INTERVAL: Final = 0.5
+HEALTH_TIMEOUT: Final = 1.0  # so readiness drops within 2 s of Redis becoming unreachable
+# After reconnecting, reaping waits until every live node has reconnected and refreshed.
+REAP_GRACE: Final = BACKOFF_CAP + 2 * HEALTH_INTERVAL
+START_WAIT: Final = 2.0  # start() waits this long for a first connection, then goes on
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+async def _owned(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background loop until cancelled; a crash is logged and the loop restarted."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Redis broker %s loop crashed; restarting it", name)
+        await asyncio.sleep(1.0)
 
 
 class RedisBroker:
+    """The Broker protocol on Redis: history, live fan-out and presence shared by every node.
+
+    Choose it whenever more than one process serves the same rooms (`--workers N`, several
+    hosts behind a load balancer) or history must outlive a restart; a single process with
+    nothing to share is served more cheaply by MemoryBroker. Create it with the node's id,
+    `start` it with the node's event handler (it returns even while Redis is down: watch
+    `ready`), and `close` it after the hub has left its rooms.
+    """
+
     def __init__(self, config: Config, node_id: str) -> None:
-        raise NotImplementedError("the Redis broker is not implemented yet; omit --redis-url")
+        self._url = config.redis_url
+        self._history_size = config.history_size
+        self._node_id = node_id
+        pool = BlockingConnectionPool.from_url(
+            config.redis_url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            # One immediate retry on a connection error, for a pooled connection that went
+            # stale while Redis restarted. Never on a timeout: the script may have run.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            health_check_interval=0,
+            client_name=f"webchat-{node_id}",
+            # RESP2 works with every Redis and its replies do not change with redis-py's
+            # default; a `?protocol=3` in the URL still wins.
+            protocol=2,
+        )
+        self._client = Redis.from_pool(pool)
+        self._publish = self._client.register_script(PUBLISH)
+        self._presence = RedisPresence(
+            self._client, node_id, config.presence_timeout, lambda: self._client_ok
+        )
+        self._subscriber = Subscriber(
+            self._client, node_id, self._readiness_changed, f"webchat-{node_id}-sub"
+        )
+        self._client_ok = False
+        self._closing = False
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- the Broker protocol ----------------------------------------------------------
+
+    @property
+    def presence(self) -> RedisPresence:
+        return self._presence
+
+    @property
+    def ready(self) -> bool:
+        return self._client_ok and self._subscriber.live
+
+    async def start(self, handler: EventHandler) -> None:
+        """Start connecting; returns once connected or the first attempt failed, ready or not.
+
+        A Redis that is down does not stop the process: it runs not ready while the subscriber
+        keeps reconnecting in the background.
+        """
+        self._subscriber.handler = handler
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("subscriber", self._subscriber.run),
+            ("backfill", self._subscriber.backfill_loop),
+            ("health", self._health_loop),
+            ("presence refresh", self._presence.refresh_loop),
+            ("presence reaper", lambda: self._presence.reap_loop(lambda: self._subscriber.rooms)),
+        ]
+        self._tasks = [asyncio.create_task(_owned(name, loop)) for name, loop in loops]
+        try:
+            async with asyncio.timeout(START_WAIT):
+                await self._subscriber.attempted.wait()
+                if self._subscriber.live:
+                    await self._ready.wait()
+        except TimeoutError:
+            pass
+        if not self.ready:
+            log.warning(
+                "Redis at %s is not reachable yet; not ready, retrying in the background",
+                _safe_url(self._url),
+            )
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._subscriber.handler = None
+        await self._client.aclose()
+
+    async def subscribe(self, room: str) -> None:
+        await self._subscriber.subscribe(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        await self._subscriber.unsubscribe(room)
+
+    async def publish(self, room: str, draft: Draft) -> Published:
+        keys = [stream_key(room)]
+        args: list[str | int] = [
+            channel(room),
+            self._history_size,
+            int(DEDUPE_SECONDS),
+            draft.name,
+            draft.text,
+            encode_trace(draft.trace),
+        ]
+        if draft.nonce is not None:
+            keys.append(dedupe_key(room, draft.name, draft.nonce))
+            args.append(draft.nonce)
+        try:
+            duplicate, value = await self._publish(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("publish", exc) from exc
+        if duplicate:
+            return Published(decode_message(room, value), duplicate=True)
+        message_id = value.decode()
+        message = Message(
+            message_id,
+            room,
+            draft.name,
+            draft.text,
+            id_key(message_id)[0],
+            draft.nonce,
+            draft.trace,
+        )
+        return Published(message, duplicate=False)
+
+    async def history(self, room: str, since: str | None, limit: int) -> History:
+        """memory.select_history's rule, read from the room's stream in one round trip."""
+        key = stream_key(room)
+        try:
+            if since is None:
+                entries: Any = await self._client.xrevrange(key, count=limit)
+                entries.reverse()
+                return History(self._messages(room, entries), gap=False)
+            after = parse_id(since)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xrange(key, count=1)
+                start = start_after(after)
+                if start is not None:
+                    pipe.xrange(key, min=start, count=limit)
+                results: list[Any] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("history", exc) from exc
+        first = results[0]
+        entries = results[1] if start is not None else []
+        gap = not first or after < id_key(first[0][0].decode())
+        return History(self._messages(room, entries), gap=gap)
+
+    # --- internals ----------------------------------------------------------------------
+
+    @staticmethod
+    def _messages(room: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Message]:
+        return [message_from_entry(room, entry_id, fields) for entry_id, fields in entries]
+
+    def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailable:
+        # Readiness is left to the health check and the subscriber: one failed command (a
+        # pool exhausted under load, say) must not take the instance out of the balancer.
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
+            log.debug("Redis unreachable (%s: %s)", what, describe(exc))
+        else:
+            log.warning("Redis refused %s: %s", what, describe(exc))
+        return BrokerUnavailable(f"Redis {what} failed: {describe(exc)}")
+
+    def _readiness_changed(self) -> None:
+        if self.ready:
+            if not self._ready.is_set():
+                log.info("Redis broker ready (%s)", _safe_url(self._url))
+                self._presence.reconnected(REAP_GRACE)
+            self._ready.set()
+        else:
+            if self._ready.is_set() and not self._closing:
+                log.warning("Redis broker not ready")
+            self._ready.clear()
+
+    async def _health_loop(self) -> None:
+        """PING by self-ping: PUBLISH on this node's channel, which the subscriber listens to.
+
+        It proves the command connection (readiness), and a ping that does not come back
+        through pub/sub proves the subscriber dead even when its socket looks fine.
+        """
+        loop = asyncio.get_running_loop()
+        ping_channel = self._subscriber.ping_channel
+        seq = 0
+        while True:
+            seq += 1
+            token = self._subscriber.ping_token()
+            try:
+                async with asyncio.timeout(HEALTH_TIMEOUT):
+                    receivers = await self._client.publish(ping_channel, seq)
+            except (TimeoutError, RedisError, OSError) as exc:
+                if self._client_ok:
+                    log.warning("Redis unreachable (health check: %s)", describe(exc))
+                self._client_ok = False
+            else:
+                self._client_ok = True
+                self._subscriber.ping_published(token, seq, int(receivers), loop.time())
+            self._subscriber.check_pong(loop.time())
+            self._readiness_changed()
+            await asyncio.sleep(HEALTH_INTERVAL)

@@ -1,0 +1,158 @@
+"""Key names and payload encoding of the Redis broker. Pure: no I/O.
+
+Every key of a room carries the room in a hash tag (`wc:{lobby}:h`), so a room's keys live in
+one slot and each Lua script touches one slot, as Redis Cluster requires.
+
+| key / channel                   | type   | holds                                               |
+|---------------------------------|--------|-----------------------------------------------------|
+| `wc:{room}:h`                   | stream | history; the entry id is the message id             |
+| `wc:{room}:c`                   | pubsub | live messages and presence events of the room        |
+| `wc:{room}:n:<len>:<name><nonce>` | string | a deduped send: the message as published, 5 minutes |
+| `wc:{room}:p`                   | hash   | name -> how many nodes hold it                       |
+| `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
+| `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
+| `wc:node:<node>`                | pubsub | this node's self-ping, proving its subscriber alive  |
+
+Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
+context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
+written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..}` for a message and
+`{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
+the event in the presence stream (fields `e`, `n`, `c`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from webchat.broker.base import Message, PresenceEvent
+
+PREFIX: Final = "wc"
+
+# Stream ids are two unsigned 64-bit integers.
+MAX_ID_PART: Final = 2**64 - 1
+
+_HEAD: Final = f"{PREFIX}:{{".encode()
+_TAIL: Final = b"}:c"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception for a log line: its type and text (redis-py's repr hides the text)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def stream_key(room: str) -> str:
+    return f"{PREFIX}:{{{room}}}:h"
+
+
+def channel(room: str) -> str:
+    return f"{PREFIX}:{{{room}}}:c"
+
+
+def dedupe_key(room: str, name: str, nonce: str) -> str:
+    # The name's length makes the key unambiguous: ("a:b", "c") and ("a", "b:c") differ.
+    return f"{PREFIX}:{{{room}}}:n:{len(name)}:{name}{nonce}"
+
+
+def presence_keys(room: str) -> list[str]:
+    """The names hash, holders zset and presence stream of `room`, as the Lua scripts take them."""
+    return [f"{PREFIX}:{{{room}}}:p", f"{PREFIX}:{{{room}}}:e", presence_stream_key(room)]
+
+
+def presence_stream_key(room: str) -> str:
+    return f"{PREFIX}:{{{room}}}:ps"
+
+
+def node_channel(node_id: str) -> str:
+    return f"{PREFIX}:node:{node_id}"
+
+
+def room_of_channel(name: bytes) -> str | None:
+    """The room whose channel is `name`, or None for any other channel."""
+    if name.startswith(_HEAD) and name.endswith(_TAIL):
+        return name[len(_HEAD) : -len(_TAIL)].decode()
+    return None
+
+
+def id_key(message_id: str) -> tuple[int, int]:
+    """Order key of a well-formed stream id (as Redis writes them)."""
+    ms, _, seq = message_id.partition("-")
+    return int(ms), int(seq)
+
+
+def _trace(raw: Any) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def encode_trace(trace: dict[str, str] | None) -> str:
+    return json.dumps(trace, separators=(",", ":")) if trace else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """A presence event and its id in the room's presence stream."""
+
+    id: str
+    event: PresenceEvent
+
+
+def decode_event(room: str, payload: bytes) -> Message | Announced:
+    """A channel payload as the broker's value; raises ValueError/KeyError if malformed."""
+    data = json.loads(payload)
+    kind = data["k"]
+    if kind == "m":
+        message_id = str(data["i"])
+        return Message(
+            message_id,
+            room,
+            data["n"],
+            data["t"],
+            id_key(message_id)[0],
+            data.get("o"),
+            _trace(data.get("x")),
+        )
+    if kind == "p":
+        return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))
+    raise ValueError(f"unknown event kind {kind!r}")
+
+
+def presence_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Announced:
+    """A presence stream entry (as XRANGE returns it)."""
+    event = PresenceEvent(room, fields[b"e"].decode(), fields[b"n"].decode(), int(fields[b"c"]))
+    return Announced(entry_id.decode(), event)
+
+
+def decode_message(room: str, payload: bytes) -> Message:
+    event = decode_event(room, payload)
+    if not isinstance(event, Message):
+        raise ValueError("expected a message payload")
+    return event
+
+
+def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Message:
+    """A stream entry (as XRANGE returns it) as a Message."""
+    message_id = entry_id.decode()
+    nonce = fields.get(b"o")
+    trace = fields.get(b"x")
+    return Message(
+        message_id,
+        room,
+        fields[b"n"].decode(),
+        fields[b"t"].decode(),
+        id_key(message_id)[0],
+        nonce.decode() if nonce is not None else None,
+        _trace(trace),
+    )
+
+
+def start_after(after: tuple[int, int]) -> str | None:
+    """The XRANGE start of the entries after `after`; None if no stream id can follow it."""
+    ms, seq = after
+    if seq < MAX_ID_PART:
+        return f"({ms}-{seq}" if ms <= MAX_ID_PART else None
+    # Stream ids are two unsigned 64-bit integers, and `since` may exceed them.
+    return f"{ms + 1}-0" if ms < MAX_ID_PART else None

@@ -1,0 +1,217 @@
+"""Presence across nodes in Redis: who is in which room, and leaving when a node dies.
+
+Each node holds the names of its local members (the hub calls join/leave once per name and
+room, not per connection) as `<node>:<name>` entries with an expiry, and refreshes them three
+times per expiry. A per-room count of holding nodes decides when a name joins (count 0 -> 1)
+or leaves (1 -> 0). Expired holders (a node killed without leaving) are reaped every second by
+each node in the rooms it subscribes to, and before every member listing; the expiry is the
+presence timeout less one reap interval, so their names leave within the presence timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from webchat.broker.base import BrokerUnavailable
+from webchat.broker.redis_codec import channel, describe, presence_keys
+from webchat.broker.redis_scripts import JOIN, LEAVE, MEMBERS, REAP, REFRESH
+
+log = logging.getLogger(__name__)
+
+# Rooms per pipeline when refreshing or reaping many rooms at once.
+_CHUNK = 200
+
+
+class _RoomLock:
+    """A lock per room, dropped when nobody uses it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class RedisPresence:
+    """The Presence protocol over Redis; the broker owns it and runs its loops."""
+
+    def __init__(
+        self, client: Redis, node_id: str, timeout: float, reachable: Callable[[], bool]
+    ) -> None:
+        self._client = client
+        self._reachable = reachable
+        self._node = node_id
+        # A dead node's hold expires at most `hold` after it died and is reaped at most one
+        # reap interval later: within the presence timeout.
+        self.reap_interval = min(1.0, timeout / 4)
+        hold = timeout - self.reap_interval
+        self._timeout_ms = max(1, int(hold * 1000))
+        self.refresh_interval = hold / 3
+        # Names this node holds: the hub's join/leave calls counted, so a leave that races a
+        # join of the same name (grace over, then a reconnect) ends with the name held.
+        self._held: dict[str, Counter[str]] = {}
+        self._locks: dict[str, _RoomLock] = {}
+        self._join = client.register_script(JOIN)
+        self._refresh = client.register_script(REFRESH)
+        self._leave = client.register_script(LEAVE)
+        self._reap = client.register_script(REAP)
+        self._members = client.register_script(MEMBERS)
+        self._refresh_now = asyncio.Event()
+        self._reap_from = 0.0  # loop time before which the reaper waits
+
+    # --- the Presence protocol --------------------------------------------------------
+
+    async def join(self, room: str, name: str) -> None:
+        names = self._held.setdefault(room, Counter())
+        names[name] += 1
+        if names[name] > 1:
+            return
+        try:
+            await self._apply(room, name)
+        except (RedisError, OSError) as exc:
+            # The hub detaches the connection without a leave; forget the hold again. If the
+            # script ran after all, the holder expires and is reaped.
+            self._release(room, name)
+            raise BrokerUnavailable(f"presence join failed: {describe(exc)}") from exc
+
+    async def leave(self, room: str, name: str) -> None:
+        if not self._release(room, name):
+            return
+        if not self._reachable():
+            # No waiting for timeouts (at shutdown, say): the hold is no longer refreshed,
+            # so it expires and is reaped, and the leave is announced within the timeout.
+            log.info("Redis unreachable: %r leaves %s when its hold expires", name, room)
+            return
+        try:
+            await self._apply(room, name)
+        except (RedisError, OSError) as exc:
+            # Not refreshed any more, the holder expires and is reaped: the leave comes late.
+            log.warning(
+                "presence leave of %r in %s failed (%s); it will expire", name, room, describe(exc)
+            )
+
+    async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
+        try:
+            count, names = await self._members(
+                keys=presence_keys(room), args=[channel(room), limit, include]
+            )
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"presence listing failed: {describe(exc)}") from exc
+        listed = sorted(n.decode() for n in names)
+        if include in listed:
+            listed.remove(include)
+            listed.insert(0, include)
+        return listed[:limit], int(count)
+
+    # --- keeping holds alive ------------------------------------------------------------
+
+    def reconnected(self, grace: float) -> None:
+        """Redis is reachable again: refresh every hold now, and reap only after `grace` s.
+
+        After an outage longer than the presence timeout every hold has expired; the pause
+        gives every live node time to reconnect and refresh before anyone reaps them, so
+        connected clients do not flicker out and back in.
+        """
+        self._reap_from = asyncio.get_running_loop().time() + grace
+        self._refresh_now.set()
+
+    async def refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), self.refresh_interval)
+            self._refresh_now.clear()
+            try:
+                await self._refresh_all()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.debug("presence refresh failed: %s", exc)
+            except Exception:
+                log.exception("presence refresh failed")
+
+    async def reap_loop(self, rooms: Callable[[], Iterable[str]]) -> None:
+        """Every reap interval, reap expired holders in `rooms()` (the subscribed rooms)."""
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            if asyncio.get_running_loop().time() < self._reap_from:
+                continue
+            try:
+                await self._reap_rooms(list(rooms()))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.debug("presence reaping failed: %s", exc)
+            except Exception:
+                log.exception("presence reaping failed")
+
+    async def _refresh_all(self) -> None:
+        held = [(room, list(names)) for room, names in self._held.items() if names]
+        for start in range(0, len(held), _CHUNK):
+            chunk = held[start : start + _CHUNK]
+            pipe = self._client.pipeline(transaction=False)
+            for room, names in chunk:
+                await self._refresh(
+                    keys=presence_keys(room),
+                    args=[self._node, self._timeout_ms, *names],
+                    client=pipe,
+                )
+            results: list[Any] = await pipe.execute()
+            for (room, _), missing in zip(chunk, results, strict=True):
+                for raw in missing:
+                    name = raw.decode()
+                    log.info("re-joining %r in %s: its hold had expired", name, room)
+                    await self._apply(room, name)
+
+    async def _reap_rooms(self, rooms: list[str]) -> None:
+        for start in range(0, len(rooms), _CHUNK):
+            pipe = self._client.pipeline(transaction=False)
+            for room in rooms[start : start + _CHUNK]:
+                await self._reap(keys=presence_keys(room), args=[channel(room)], client=pipe)
+            await pipe.execute()
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _release(self, room: str, name: str) -> bool:
+        """Count one hold of `name` down; True if this node no longer holds it."""
+        names = self._held.get(room)
+        if not names or names[name] <= 0:
+            return False
+        names[name] -= 1
+        if names[name] > 0:
+            return False
+        del names[name]
+        if not names:
+            del self._held[room]
+        return True
+
+    async def _apply(self, room: str, name: str) -> None:
+        """Make Redis agree with whether this node holds `name` in `room` right now.
+
+        Serialised per room: a leave sent on one pooled connection and a join on another
+        could otherwise run in either order.
+        """
+        entry = self._locks.get(room)
+        if entry is None:
+            entry = self._locks[room] = _RoomLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                keys = presence_keys(room)
+                if name in self._held.get(room, ()):
+                    await self._join(
+                        keys=keys, args=[channel(room), self._node, self._timeout_ms, name]
+                    )
+                else:
+                    await self._leave(keys=keys, args=[channel(room), self._node, name])
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[room]

@@ -1,0 +1,118 @@
+"""Per-room subscription state of the Redis subscriber, and its reconnect backoff. No I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from enum import Enum
+from typing import Final, Generic, NamedTuple, TypeVar
+
+from webchat.broker.base import Message, PresenceEvent
+from webchat.broker.redis_codec import Announced, id_key
+
+BACKOFF_BASE: Final = 0.1
+BACKOFF_CAP: Final = 2.0
+
+
+class State(Enum):
+    """PENDING: SUBSCRIBE sent. BACKFILL: confirmed, reading the streams after the cursors
+    while live events are buffered. LIVE: live events are delivered as they come."""
+
+    PENDING = 0
+    BACKFILL = 1
+    LIVE = 2
+
+
+class Cursor:
+    """The last id delivered from one of a room's streams (messages or presence)."""
+
+    __slots__ = ("key", "last")
+
+    def __init__(self, last: str) -> None:
+        self.last = last
+        self.key = id_key(last)
+
+    def advance(self, event_id: str) -> bool:
+        """Move to `event_id` if it is newer; False means it was delivered already."""
+        key = id_key(event_id)
+        if key <= self.key:
+            return False
+        self.last, self.key = event_id, key
+        return True
+
+    def behind(self, newest: str | None) -> bool:
+        """The stream's newest id is older than what was delivered: Redis lost its data."""
+        return self.key != (0, 0) and (newest is None or id_key(newest) < self.key)
+
+    def reset(self) -> None:
+        self.last, self.key = "0-0", (0, 0)
+
+
+E = TypeVar("E", Message, Announced)
+
+
+class Read(NamedTuple, Generic[E]):
+    """One read of a stream after its cursor."""
+
+    newest: str | None  # the stream's newest id at the time of the read
+    events: list[E]
+    complete: bool  # fewer entries than asked: the read reached the stream's end
+
+
+class Backfill(NamedTuple):
+    messages: list[Message]  # to deliver, in order
+    presence: list[PresenceEvent]  # to deliver, in order
+    again: bool  # read the streams again after these
+    reset: bool  # a stream went back behind its cursor: Redis lost its data
+
+
+class RoomSub:
+    """One subscribed room: its state and what was delivered from its two streams."""
+
+    __slots__ = ("buffer", "generation", "messages", "presence", "state", "waiters")
+
+    def __init__(self, last_message: str, last_presence: str) -> None:
+        self.messages = Cursor(last_message)
+        self.presence = Cursor(last_presence)
+        self.state = State.PENDING
+        self.buffer: list[Message | Announced] = []  # live events received while backfilling
+        self.generation = 0  # confirmations seen; a backfill completes only for the newest
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def backfilled(
+        self, generation: int, messages: Read[Message], presence: Read[Announced]
+    ) -> Backfill:
+        """Apply reads of both streams after their cursors.
+
+        Their entries continue the cursors and are delivered even from a read older than the
+        current confirmation; only a complete read newer than it (same `generation`) hands
+        over to the buffered live events, which then continue it without a gap.
+        """
+        reset = False
+        for events, newest, cursor in (
+            (messages.events, messages.newest, self.messages),
+            (presence.events, presence.newest, self.presence),
+        ):
+            if not events and cursor.behind(newest):
+                cursor.reset()  # new ids may be lower than the lost ones: start over
+                reset = True
+        if reset:
+            return Backfill([], [], again=True, reset=True)
+        out_messages = [m for m in messages.events if self.messages.advance(m.id)]
+        out_presence = [a.event for a in presence.events if self.presence.advance(a.id)]
+        if not (messages.complete and presence.complete):
+            return Backfill(out_messages, out_presence, again=True, reset=False)
+        if self.state is State.BACKFILL and self.generation == generation:
+            for item in self.buffer:
+                if isinstance(item, Message):
+                    if self.messages.advance(item.id):
+                        out_messages.append(item)
+                elif self.presence.advance(item.id):
+                    out_presence.append(item.event)
+            self.state, self.buffer = State.LIVE, []
+        return Backfill(out_messages, out_presence, again=False, reset=False)
+
+
+def backoff_delay(attempt: int) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))

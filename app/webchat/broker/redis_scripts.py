@@ -1,0 +1,177 @@
+"""Lua scripts of the Redis broker: each is one atomic round trip on one room's keys.
+
+Scripts take the time from Redis (`TIME`), never from a node, so nodes with skewed clocks agree
+on ids, timestamps and presence expiry. Payload formats are described in redis_codec.py.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# KEYS[1] the room's stream; KEYS[2] the dedupe key, only when the draft has a nonce.
+# ARGV: channel, history size, dedupe seconds, name, text, trace JSON or '', [nonce].
+# Returns {0, id} for an accepted message, {1, payload} for a duplicate: the original message.
+# The stream id is the message id, and PUBLISH follows XADD inside one script, so publish
+# order equals history order on every node.
+PUBLISH: Final = """
+local dedupe = KEYS[2]
+if dedupe then
+  local seen = redis.call('GET', dedupe)
+  if seen then return {1, seen} end
+end
+local name, text, trace = ARGV[4], ARGV[5], ARGV[6]
+local fields = {'n', name, 't', text}
+local event = {k = 'm', n = name, t = text}
+if dedupe then
+  fields[#fields + 1] = 'o'
+  fields[#fields + 1] = ARGV[7]
+  event.o = ARGV[7]
+end
+if trace ~= '' then
+  fields[#fields + 1] = 'x'
+  fields[#fields + 1] = trace
+  event.x = trace
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
+event.i = id
+local payload = cjson.encode(event)
+if dedupe then redis.call('SET', dedupe, payload, 'EX', ARGV[3]) end
+redis.call('PUBLISH', ARGV[1], payload)
+return {0, id}
+"""
+
+# Presence keys: KEYS[1] names hash (name -> number of nodes holding it), KEYS[2] holders zset
+# (`<node>:<name>` scored by expiry in ms), KEYS[3] presence stream. A name is present while its
+# hash count is > 0; a join is announced when a name's count becomes 1 and a leave when it
+# drops to 0: appended to the presence stream (so a node that was disconnected backfills it,
+# as it does messages) and published on the room's channel with the stream id.
+
+PRESENCE_HISTORY: Final = 1000  # presence events a reconnecting node can still catch up on
+PRESENCE_HISTORY_MS: Final = 24 * 3600 * 1000  # kept this long after the room's last event
+
+_NOW = f"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function announce(channel, event, name, names)
+  local count = redis.call('HLEN', names)
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', {PRESENCE_HISTORY}, '*',
+    'e', event, 'n', name, 'c', count)
+  redis.call('PEXPIRE', KEYS[3], {PRESENCE_HISTORY_MS})
+  redis.call('PUBLISH', channel, cjson.encode({{k = 'p', i = id, e = event, n = name, c = count}}))
+end
+local function drop(names, channel, name)
+  if redis.call('HINCRBY', names, name, -1) <= 0 then
+    redis.call('HDEL', names, name)
+    announce(channel, 'leave', name, names)
+  end
+end
+local function keep_alive(ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+"""
+
+# ARGV: channel, node id, timeout ms, name... Holds each name on this node until now + timeout.
+# Idempotent: a name this node already holds only gets its expiry pushed back.
+JOIN: Final = (
+    _NOW
+    + """
+local expiry = now_ms() + tonumber(ARGV[3])
+for i = 4, #ARGV do
+  local name = ARGV[i]
+  if redis.call('ZADD', KEYS[2], expiry, ARGV[2] .. ':' .. name) == 1 then
+    if redis.call('HINCRBY', KEYS[1], name, 1) == 1 then
+      announce(ARGV[1], 'join', name, KEYS[1])
+    end
+  end
+end
+keep_alive(tonumber(ARGV[3]) * 3)
+return 1
+"""
+)
+
+# ARGV: node id, timeout ms, name... Pushes back the expiry of names this node still holds and
+# returns those it no longer holds (reaped while this node could not refresh, or lost with
+# Redis's data): the node re-joins them under its room lock, so a refresh never races a leave.
+REFRESH: Final = (
+    _NOW
+    + """
+local expiry = now_ms() + tonumber(ARGV[2])
+local missing = {}
+for i = 3, #ARGV do
+  local holder = ARGV[1] .. ':' .. ARGV[i]
+  if redis.call('ZSCORE', KEYS[2], holder) then
+    redis.call('ZADD', KEYS[2], 'XX', expiry, holder)
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+keep_alive(tonumber(ARGV[2]) * 3)
+return missing
+"""
+)
+
+# ARGV: channel, node id, name. This node no longer holds the name.
+LEAVE: Final = (
+    _NOW
+    + """
+if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
+  drop(KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+)
+
+# Removes holders whose expiry passed (their node died or lost Redis for the presence timeout)
+# and announces the names that thereby leave.
+_REAP = """
+local function reap(channel)
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms(), 'LIMIT', 0, 1000)
+  for _, holder in ipairs(dead) do
+    redis.call('ZREM', KEYS[2], holder)
+    drop(KEYS[1], channel, string.sub(holder, string.find(holder, ':', 1, true) + 1))
+  end
+  return #dead
+end
+"""
+
+# ARGV: channel.
+REAP: Final = _NOW + _REAP + "return reap(ARGV[1])\n"
+
+# ARGV: channel, limit, include. Reaps first, so a dead node's names are never listed.
+# Returns {count, {name...}}: every name when count <= limit, else `limit` of them with
+# `include` among them when it is present.
+MEMBERS: Final = (
+    _NOW
+    + _REAP
+    + """
+reap(ARGV[1])
+local limit = tonumber(ARGV[2])
+local include = ARGV[3]
+local count = redis.call('HLEN', KEYS[1])
+if count <= limit then return {count, redis.call('HKEYS', KEYS[1])} end
+local listed, seen = {}, {}
+if redis.call('HEXISTS', KEYS[1], include) == 1 then
+  listed[1] = include
+  seen[include] = true
+end
+local cursor = '0'
+repeat
+  local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 200)
+  cursor = page[1]
+  local pairs_ = page[2]
+  for i = 1, #pairs_, 2 do
+    local name = pairs_[i]
+    if #listed >= limit then break end
+    if not seen[name] then
+      seen[name] = true
+      listed[#listed + 1] = name
+    end
+  end
+until cursor == '0' or #listed >= limit
+return {count, listed}
+"""
+)

@@ -1,0 +1,398 @@
+"""The Redis broker's receiving side: one pub/sub connection per process, kept alive.
+
+A reader task drains the connection and hands the node's event handler every batch of
+consecutive messages of one room that arrived together, without awaiting anything else. Per
+room it remembers the last id delivered and drops anything at or below it.
+
+When the connection dies (Redis restarted, `CLIENT KILL`, output buffer limit) or goes silent
+(the self-ping published on the command connection does not come back), the subscriber
+reconnects with capped exponential backoff and full jitter, re-subscribes every room and, for
+each, backfills from the room's streams (messages, and presence events) everything after the
+last ids delivered before passing on live events again, so the node misses nothing that Redis
+kept. Readiness is False from the moment the connection is lost until it is live again.
+
+A room's subscription goes PENDING (SUBSCRIBE sent) -> BACKFILL (confirmed: live events are
+buffered while the streams are read after the last ids) -> LIVE (see redis_rooms.py). A fresh
+subscription starts from the streams' newest ids read before SUBSCRIBE, so it too delivers
+everything published after `subscribe` was called, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from webchat.broker.base import BrokerUnavailable, EventHandler, Message, PresenceEvent
+from webchat.broker.redis_backfill import read_after
+from webchat.broker.redis_codec import (
+    Announced,
+    channel,
+    decode_event,
+    describe,
+    node_channel,
+    presence_stream_key,
+    room_of_channel,
+    stream_key,
+)
+from webchat.broker.redis_rooms import RoomSub, State, backoff_delay
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT: Final = 2.0  # connect, authenticate and get the self-ping subscription confirmed
+SEND_TIMEOUT: Final = 1.0
+SUBSCRIBE_TIMEOUT: Final = 2.0
+PONG_TIMEOUT: Final = 1.5  # a self-ping not back by then means the connection is dead
+MAX_BATCH: Final = 1000  # replies handled before the handler is called, at most
+BACKFILL_ROOMS: Final = 100  # rooms per backfill pipeline
+SUBSCRIBE_CHUNK: Final = 1000  # channels per SUBSCRIBE command on reconnect
+
+
+class Subscriber:
+    """The pub/sub connection, the subscribed rooms and their backfill. Owned by RedisBroker."""
+
+    def __init__(
+        self, client: Redis, node_id: str, on_change: Callable[[], None], name: str
+    ) -> None:
+        self._client = client
+        self._on_change = on_change
+        self._client_name = name
+        self.handler: EventHandler | None = None
+        self.rooms: dict[str, RoomSub] = {}
+        self.live = False
+        self._conn: AbstractConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._attempt = 0
+        self._epoch = 0  # connections that went live
+        self._ping_channel = node_channel(node_id).encode()
+        self._pong_seq = 0
+        self._ping_pending: tuple[int, float] | None = None
+        self._batch_room: str | None = None
+        self._batch: list[Message] = []
+        self._backfill_wanted = asyncio.Event()
+        self._live_event = asyncio.Event()
+        self.attempted = asyncio.Event()  # set once the first connection attempt has ended
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> None:
+        conn = self._conn
+        if not self.live or conn is None:
+            raise BrokerUnavailable("not subscribed to Redis (reconnecting)")
+        if room in self.rooms:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.xrevrange(stream_key(room), count=1)
+            pipe.xrevrange(presence_stream_key(room), count=1)
+            newest: list[Any] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot read the streams of {room}: {describe(exc)}") from exc
+        sub = RoomSub(*(n[0][0].decode() if n else "0-0" for n in newest))
+        if room in self.rooms:  # subscribed meanwhile by a concurrent call
+            return
+        self.rooms[room] = sub
+        waiter = asyncio.get_running_loop().create_future()
+        sub.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                await self._send(conn, "SUBSCRIBE", channel(room))
+                await waiter
+        except BaseException as exc:
+            if self.rooms.get(room) is sub:
+                if isinstance(exc, asyncio.CancelledError):
+                    del self.rooms[room]  # its messages are dropped; no await while cancelled
+                else:
+                    await self.unsubscribe(room)
+            if isinstance(exc, (TimeoutError, RedisError, OSError)):
+                raise BrokerUnavailable(f"cannot subscribe to {room}: {describe(exc)}") from exc
+            raise
+        finally:
+            if waiter in sub.waiters:
+                sub.waiters.remove(waiter)
+
+    async def unsubscribe(self, room: str) -> None:
+        sub = self.rooms.pop(room, None)
+        if sub is None:
+            return
+        for waiter in sub.waiters:
+            if not waiter.done():
+                waiter.set_exception(BrokerUnavailable(f"unsubscribed from {room}"))
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            await self._send(conn, "UNSUBSCRIBE", channel(room))
+        except (TimeoutError, RedisError, OSError) as exc:
+            # Its messages are dropped (the room is gone) until the connection is replaced.
+            log.debug("UNSUBSCRIBE %s failed: %s", room, exc)
+
+    async def _send(self, conn: AbstractConnection, *args: Any) -> None:
+        if self._conn is not conn or not conn.is_connected:
+            # A stale connection would silently reconnect on send; the run loop owns that.
+            raise BrokerUnavailable("the pub/sub connection was lost")
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await conn.send_command(*args, check_health=False)
+
+    # --- the connection -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a pub/sub connection up; the broker runs this as a task until close."""
+        while True:
+            conn: AbstractConnection | None = None
+            reader: asyncio.Task[None] | None = None
+            try:
+                conn = self._new_connection()
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks a hint
+                    self._conn = conn
+                    channels = [channel(room) for room in self.rooms]
+                    for sub in self.rooms.values():
+                        sub.state, sub.buffer = State.PENDING, []
+                    await self._send(conn, "SUBSCRIBE", self._ping_channel)
+                    for start in range(0, len(channels), SUBSCRIBE_CHUNK):
+                        await self._send(
+                            conn, "SUBSCRIBE", *channels[start : start + SUBSCRIBE_CHUNK]
+                        )
+                    reader = self._reader = asyncio.create_task(self._read(conn))
+                    live = asyncio.ensure_future(self._live_event.wait())
+                    try:
+                        await asyncio.wait({reader, live}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        live.cancel()
+                await asyncio.wait({reader})
+                if not reader.cancelled():
+                    error = reader.exception()
+                    if error is not None:
+                        raise error
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
+                level = logging.WARNING if self._attempt == 0 else logging.DEBUG
+                log.log(level, "Redis pub/sub connection failed (%s); reconnecting", describe(exc))
+            except Exception:
+                log.exception("Redis pub/sub reader failed; reconnecting")
+            finally:
+                self.attempted.set()
+                await self._lost(conn, reader)
+            await asyncio.sleep(backoff_delay(self._attempt))
+            self._attempt += 1
+
+    def _new_connection(self) -> AbstractConnection:
+        pool = self._client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        # Reads block until a message comes: liveness is the self-ping's job, not a timeout.
+        # No retries: a failure goes to the run loop, which re-subscribes and backfills.
+        # RESP2 even if the URL asks for RESP3: messages are plain arrays, no push handling.
+        kwargs.update(
+            protocol=2,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            client_name=self._client_name,
+        )
+        return pool.connection_class(**kwargs)
+
+    async def _lost(
+        self, conn: AbstractConnection | None, reader: asyncio.Task[None] | None
+    ) -> None:
+        was_live = self.live
+        self.live = False
+        self._live_event.clear()
+        self._conn = None
+        self._reader = None
+        self._ping_pending = None
+        self._flush()
+        for sub in self.rooms.values():
+            sub.state, sub.buffer = State.PENDING, []
+        if was_live:
+            self._on_change()
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if conn is not None:
+            try:
+                await conn.disconnect(nowait=True)
+            except Exception as exc:  # closing a broken socket may fail; it is gone either way
+                log.debug("disconnect failed: %s", describe(exc))
+
+    def fail(self, reason: str) -> None:
+        """Give up the current connection (it looks dead); the run loop replaces it."""
+        reader = self._reader
+        if reader is not None and not reader.done():
+            log.warning("Redis pub/sub connection looks dead (%s); reconnecting", reason)
+            self.live = False
+            self._live_event.clear()
+            self._on_change()
+            reader.cancel()
+
+    # --- self-ping ----------------------------------------------------------------------
+
+    @property
+    def ping_channel(self) -> bytes:
+        return self._ping_channel
+
+    def ping_token(self) -> int | None:
+        """Taken before publishing a self-ping: which connection it tests (None: none live)."""
+        return self._epoch if self.live else None
+
+    def ping_published(self, token: int | None, seq: int, receivers: int, now: float) -> None:
+        """Self-ping `seq` was published, and Redis counted `receivers` subscribers.
+
+        Only a ping sent while the current connection was already live tests it: an earlier
+        one may have reached Redis before this connection subscribed.
+        """
+        if token is None or token != self._epoch or not self.live:
+            return
+        if receivers == 0:
+            self.fail("Redis counts no subscriber on this node's channel")
+        elif self._ping_pending is None:
+            self._ping_pending = (seq, now)
+
+    def check_pong(self, now: float) -> None:
+        pending = self._ping_pending
+        if self.live and pending is not None and now - pending[1] > PONG_TIMEOUT:
+            self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+
+    def _pong(self, data: bytes) -> None:
+        seq = int(data)
+        self._pong_seq = max(self._pong_seq, seq)
+        pending = self._ping_pending
+        if pending is not None and self._pong_seq >= pending[0]:
+            self._ping_pending = None
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        read = conn.read_response
+        while True:
+            self._flush()
+            self._handle(await read())
+            handled = 1
+            while handled < MAX_BATCH and await conn.can_read():
+                self._handle(await read())
+                handled += 1
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) != 3:
+            return
+        kind, name, data = reply
+        if kind == b"message":
+            if name == self._ping_channel:
+                self._pong(data)
+            else:
+                self._on_message(name, data)
+        elif kind == b"subscribe":
+            if name == self._ping_channel:
+                self._on_live()
+            else:
+                self._on_confirmed(name)
+
+    def _on_message(self, name: bytes, data: bytes) -> None:
+        room = room_of_channel(name)
+        sub = self.rooms.get(room) if room is not None else None
+        if room is None or sub is None or sub.state is State.PENDING:
+            return  # not subscribed (any more), or left over from an earlier subscription
+        try:
+            event = decode_event(room, data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("dropping a malformed event on %r: %s", name, describe(exc))
+            return
+        if sub.state is State.BACKFILL:
+            sub.buffer.append(event)
+        elif isinstance(event, Announced):
+            if sub.presence.advance(event.id):
+                self._flush()
+                self._announce(event.event)
+        elif sub.messages.advance(event.id):
+            self._batch_message(room, event)
+
+    def _batch_message(self, room: str, event: Message) -> None:
+        if self._batch_room != room:
+            self._flush()
+            self._batch_room = room
+        self._batch.append(event)
+
+    def _flush(self) -> None:
+        if self._batch_room is not None and self._batch:
+            self._deliver(self._batch_room, self._batch)
+        self._batch_room, self._batch = None, []
+
+    def _announce(self, event: PresenceEvent) -> None:
+        if self.handler is not None:
+            try:
+                self.handler.on_presence(event)
+            except Exception:
+                log.exception("presence handler failed")
+
+    def _deliver(self, room: str, messages: list[Message]) -> None:
+        if messages and self.handler is not None:
+            try:
+                self.handler.on_messages(room, messages)
+            except Exception:
+                log.exception("message handler failed")
+
+    def _on_live(self) -> None:
+        if self.live:
+            return
+        self.live = True
+        self._epoch += 1
+        self._live_event.set()
+        self.attempted.set()
+        self._attempt = 0
+        self._on_change()
+
+    def _on_confirmed(self, name: bytes) -> None:
+        room = room_of_channel(name)
+        sub = self.rooms.get(room) if room is not None else None
+        if sub is None or sub.state is not State.PENDING:
+            return
+        sub.state = State.BACKFILL
+        sub.generation += 1
+        self._backfill_wanted.set()
+        for waiter in sub.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- backfill -----------------------------------------------------------------------
+
+    async def backfill_loop(self) -> None:
+        """Read what each confirmed room missed; the broker runs this as a task until close."""
+        while True:
+            await self._backfill_wanted.wait()
+            self._backfill_wanted.clear()
+            todo = [
+                (room, sub, sub.generation)
+                for room, sub in self.rooms.items()
+                if sub.state is State.BACKFILL
+            ]
+            for start in range(0, len(todo), BACKFILL_ROOMS):
+                chunk = todo[start : start + BACKFILL_ROOMS]
+                try:
+                    reads = await read_after(self._client, [(r, s) for r, s, _ in chunk])
+                except (RedisError, OSError) as exc:
+                    # Retried on the next connection, which re-confirms every room.
+                    self.fail(f"backfill failed: {describe(exc)}")
+                    break
+                except Exception:
+                    log.exception("backfill failed")
+                    self.fail("backfill failed")
+                    break
+                for (room, sub, generation), (messages, presence) in zip(chunk, reads, strict=True):
+                    if self.rooms.get(room) is not sub:
+                        continue  # unsubscribed meanwhile
+                    result = sub.backfilled(generation, messages, presence)
+                    if result.reset:
+                        log.warning("the streams of %s went back behind what was delivered", room)
+                    if result.again:
+                        self._backfill_wanted.set()
+                    self._deliver(room, result.messages)
+                    for event in result.presence:
+                        self._announce(event)

@@ -14,9 +14,10 @@ a human summary goes to stderr.
 Why no WebSocket library: a receiver must take ~100k deliveries/s on one core, and a general
 client costs several microseconds per frame before the benchmark sees it. `WsClient` is an
 `asyncio.Protocol` that writes the HTTP upgrade itself and cuts the server's (unmasked) frames
-straight out of the byte stream; uvloop is used when importable (`--loop`), which roughly
-halves the per-read cost. Still check `generator_cpu_pct`: above ~85% the run measured the
-generator, not the server, and the tool says so.
+straight out of the byte stream: 5-8 us per delivery, so one core takes 120-200k deliveries/s
+(more when the server coalesces frames). uvloop is used when importable (`--loop`); it saves
+~10%. Still check `generator_cpu_pct`: above ~85% the run measured the generator, not the
+server, and the tool says so (and when a pinned core was shared with other busy processes).
 
 Modes (exactly one):
   fanout (default)   a warm-up, then one measured step at --rate for --duration seconds.
@@ -39,9 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import ipaddress
 import json
 import os
 import sys
@@ -50,12 +48,13 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Siblings, found because Python puts this script's folder first on sys.path (and Locust puts
+# it there when it loads the folder). Their leading underscore keeps Locust from loading them.
+from _procstat import CpuMeter, proc_rss_kb
+from _wsclient import Target, WsClient, close_all, now_us, open_many
+
 MARK = b"BM:"
-ERROR_PREFIX = b'{"type":"error"'
-WELCOME_PREFIX = b'{"type":"welcome"'
 MASK64 = (1 << 61) - 1  # order hash modulus (a Mersenne prime)
 GEN_CPU_WARN = 85.0
 CORE_BUSY_WARN = 95.0
@@ -70,280 +69,7 @@ MAX_STEPS = 30
 MAX_PAD = 8_000
 
 
-def now_us() -> int:
-    """CLOCK_MONOTONIC in microseconds: the clock wsbench's markers use too."""
-    return time.monotonic_ns() // 1000
-
-
-# --- process and machine readings ------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_ticks(pid: int) -> int | None:
-    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in clock ticks."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def proc_rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def core_ticks() -> dict[str, tuple[int, int]]:
-    """Per core (busy, total) jiffies from /proc/stat."""
-    out: dict[str, tuple[int, int]] = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *values = line.split()
-                nums = [int(v) for v in values]
-                idle = nums[3] + (nums[4] if len(nums) > 4 else 0)
-                total = sum(nums)
-                out[name] = (total - idle, total)
-    return out
-
-
-class CpuMeter:
-    """CPU of this process, of the server PIDs and of each core over a window, in % of a core."""
-
-    def __init__(self, server_pids: Sequence[int]) -> None:
-        self.server_pids = list(server_pids)
-        self.t0 = time.monotonic()
-        self.self0 = time.process_time()
-        self.srv0 = [proc_cpu_ticks(p) for p in self.server_pids]
-        self.cores0 = core_ticks()
-
-    def stop(self) -> dict[str, Any]:
-        wall = max(time.monotonic() - self.t0, 1e-9)
-        gen = (time.process_time() - self.self0) / wall * 100
-        srv: float | None = None
-        if self.server_pids:
-            ticks = 0
-            for pid, t0 in zip(self.server_pids, self.srv0, strict=True):
-                t1 = proc_cpu_ticks(pid)
-                if t0 is not None and t1 is not None:
-                    ticks += t1 - t0
-            srv = round(ticks / CLK_TCK / wall * 100, 1)
-        cores1 = core_ticks()
-        cores = {}
-        for name, (busy1, total1) in cores1.items():
-            busy0, total0 = self.cores0.get(name, (busy1, total1))
-            cores[name] = (
-                round((busy1 - busy0) / (total1 - total0) * 100, 1) if total1 > total0 else 0.0
-            )
-        return {
-            "wall_s": round(wall, 2),
-            "generator_cpu_pct": round(gen, 1),
-            "server_cpu_pct": srv,
-            "core_busy_pct": cores,
-            # Busy % of the core a pinned process runs on, all processes counted: with the
-            # process's own % it tells how much other work competed with it.
-            "generator_core_busy_pct": pinned_core_busy(0, cores),
-            "server_core_busy_pct": (
-                pinned_core_busy(self.server_pids[0], cores) if self.server_pids else None
-            ),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-        }
-
-
-def pinned_core_busy(pid: int, cores: dict[str, float]) -> float | None:
-    """Busy % of the one core `pid` is pinned to (taskset -c N), or None if not pinned."""
-    try:
-        affinity = os.sched_getaffinity(pid)
-    except OSError:
-        return None
-    return cores.get(f"cpu{next(iter(affinity))}") if len(affinity) == 1 else None
-
-
-# --- a minimal WebSocket client --------------------------------------------------------------
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A final, masked client frame (RFC 6455 5.2/5.3)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    key = os.urandom(4)
-    if not n:
-        return head + key
-    mask = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
-    return head + key + body
-
-
-class HandshakeFailed(Exception):
-    pass
-
-
-class WsClient(asyncio.Protocol):
-    """One WebSocket connection: upgrade by hand, then cut frames from the byte stream.
-
-    Subclasses override `on_text(data, start, end, now)`, which sees the text payload as
-    `data[start:end]` without a copy. Pings are answered; a close is answered and recorded.
-    """
-
-    def __init__(self, host: str, path: str) -> None:
-        self.host = host
-        self.path = path
-        self.transport: asyncio.Transport | None = None
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.is_open = False
-        self.close_code: int | None = None
-        self.lost = False
-        self.welcome: dict[str, Any] | None = None
-        self.errors: Counter[str] = Counter()
-        self._key = base64.b64encode(os.urandom(16))
-        self._tail = b""
-
-    # asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.write(
-            b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-            b"User-Agent: webchat-loadtest\r\n\r\n"
-            % (self.path.encode(), self.host.encode(), self._key)
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.is_open = False
-        self.lost = True
-        if not self.opened.done():
-            self.opened.set_exception(HandshakeFailed(f"closed during handshake: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        now = now_us()
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
-        if not self.is_open:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                if len(data) > 16384:
-                    self._fail("upgrade response too long")
-                else:
-                    self._tail = data
-                return
-            self._handshake(data[:end])
-            if not self.is_open:
-                return
-            data = data[end + 4 :]
-        pos = 0
-        n = len(data)
-        on_text = self.on_text
-        while n - pos >= 2:
-            b0 = data[pos]
-            length = data[pos + 1]
-            if length & 0x80:
-                self._fail("server frame is masked")
-                return
-            start = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[start : start + 2], "big")
-                start += 2
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[start : start + 8], "big")
-                start += 8
-            end = start + length
-            if end > n:
-                break
-            opcode = b0 & 0x0F
-            if opcode == 0x1:
-                on_text(data, start, end, now)
-            elif opcode == 0x9:  # ping: answer at once, or the server's heartbeat closes us
-                self.send_raw(client_frame(data[start:end], 0xA))
-            elif opcode == 0x8:
-                self.close_code = (
-                    int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005
-                )
-                self.close()
-                return
-            pos = end
-        if pos < n:
-            self._tail = data[pos:]
-
-    # helpers
-
-    def _handshake(self, head: bytes) -> None:
-        status_line, _, rest = head.partition(b"\r\n")
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or parts[1] != b"101":
-            self._fail(f"upgrade refused: {status_line.decode(errors='replace')}")
-            return
-        accept = base64.b64encode(hashlib.sha1(self._key + WS_GUID).digest())
-        headers = {}
-        for line in rest.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if headers.get(b"sec-websocket-accept") != accept:
-            self._fail("bad Sec-WebSocket-Accept")
-            return
-        if headers.get(b"sec-websocket-extensions"):
-            self._fail("server negotiated an extension we did not offer")
-            return
-        self.is_open = True
-        if not self.opened.done():
-            self.opened.set_result(None)
-
-    def _fail(self, why: str) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(HandshakeFailed(why))
-        if self.transport is not None:
-            self.transport.abort()
-
-    def send_raw(self, frame: bytes) -> bool:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return False
-        transport.write(frame)
-        return True
-
-    def send_text(self, payload: bytes) -> bool:
-        return self.is_open and self.send_raw(client_frame(payload))
-
-    def close(self, code: int = 1000) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            if self.is_open:
-                self.transport.write(client_frame(code.to_bytes(2, "big"), 0x8))
-            self.transport.close()
-        self.is_open = False
-
-    def abort(self) -> None:
-        self.is_open = False
-        if self.transport is not None:
-            self.transport.abort()
-
-    def on_text(self, data: bytes, start: int, end: int, now: int) -> None:
-        """A text frame outside the benchmark's messages: welcome, presence, error."""
-        if data.startswith(ERROR_PREFIX, start):
-            try:
-                self.errors[json.loads(data[start:end]).get("code", "?")] += 1
-            except ValueError:
-                self.errors["unparsable"] += 1
-        elif self.welcome is None and data.startswith(WELCOME_PREFIX, start):
-            self.welcome = json.loads(data[start:end])
+# --- measuring ------------------------------------------------------------------------------
 
 
 class Step:
@@ -424,76 +150,6 @@ class Subscriber(WsClient):
         self.recv += 1
         step.recv += 1
         step.last_recv = now
-
-
-# --- opening connections ---------------------------------------------------------------------
-
-
-class Target:
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "ws":
-            raise SystemExit(f"fanout: --url must be ws://127.0.0.1:PORT/...; got {url!r}")
-        host = parts.hostname or ""
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise SystemExit(f"fanout: only loopback targets are allowed, got host {host!r}")
-        self.url = url
-        self.ip = "127.0.0.1" if host == "localhost" else host
-        self.port = parts.port or 80
-        self.host_header = parts.netloc
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-async def open_many(
-    target: Target,
-    count: int,
-    concurrency: int,
-    factory: Callable[[], WsClient],
-    timeout: float,
-) -> dict[str, Any]:
-    """Open `count` connections with at most `concurrency` handshakes in flight."""
-    loop = asyncio.get_running_loop()
-    clients: list[WsClient] = []
-    errors: Counter[str] = Counter()
-    next_index = 0
-    t0 = time.monotonic()
-    t_last = t0
-
-    async def one() -> None:
-        nonlocal t_last
-        client = factory()
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: client, target.ip, target.port)
-                await client.opened
-        except (OSError, HandshakeFailed, TimeoutError) as exc:
-            kind = type(exc).__name__ if not isinstance(exc, HandshakeFailed) else str(exc)
-            errors[kind[:80]] += 1
-            client.abort()
-            return
-        clients.append(client)
-        t_last = time.monotonic()
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < count:
-            next_index += 1
-            await one()
-
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
-    secs = t_last - t0
-    return {
-        "clients": clients,
-        "ok": len(clients),
-        "fail": count - len(clients),
-        "errors": dict(errors),
-        "secs": round(secs, 3),
-        "rate": round(len(clients) / secs) if secs > 0 else None,
-    }
 
 
 # --- fan-out ---------------------------------------------------------------------------------
@@ -642,6 +298,7 @@ def brief(r: dict[str, Any]) -> str:
         f"first-p99={pm['first_delivery_p99_ms']} spread-p50/p99={pm['spread_p50_ms']}/"
         f"{pm['spread_p99_ms']}ms "
         f"gen={r['generator_cpu_pct']}% srv={r['server_cpu_pct']}% "
+        f"srv-core={r['server_core_busy_pct']}% (softirq {r['server_core_softirq_pct']}%) "
         f"open={r['subs_open_at_end']} closes={r['sub_close_codes']} errors={r['server_errors']} "
         f"load={r['loadavg']}"
     )
@@ -851,11 +508,6 @@ async def mode_conns(args: argparse.Namespace, target: Target) -> dict[str, Any]
     }
 
 
-def close_all(clients: Sequence[WsClient]) -> None:
-    for client in clients:
-        client.abort()
-
-
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -920,7 +572,7 @@ def pick_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | No
     if choice == "asyncio":
         return None, "asyncio"
     try:
-        import uvloop  # optional: ~2x cheaper reads, so the generator stays below the server
+        import uvloop  # optional: ~10% cheaper reads
     except ImportError:
         if choice == "uvloop":
             raise SystemExit("fanout: --loop uvloop but uvloop is not installed") from None

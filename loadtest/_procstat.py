@@ -1,6 +1,8 @@
 """Process and machine readings from /proc for the load tools: CPU per process and per core, RSS.
 
-Linux only. Percentages are of one core over the measured window.
+Linux only. Percentages are of one core over the measured window. The server may be several
+processes (`webchat --workers N`: find the workers with `children_of(parent)`); their CPU is
+summed. A Redis pid, if given, is measured on its own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,68 @@ def proc_cpu_ticks(pid: int) -> int | None:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process (/proc/PID/task/*/children), e.g. webchat's workers."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return sorted(set(out))
+
+
+def proc_name(pid: int) -> str | None:
+    """The command line of a process, shortened, for reports."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def established_on_port(pids: Sequence[int], port: int) -> dict[int, int]:
+    """Per pid, its ESTABLISHED TCP sockets whose local port is `port` (accepted clients).
+
+    With SO_REUSEPORT workers this is how the kernel split the clients between them.
+    """
+    by_inode: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    local, state, inode = fields[1], fields[3], int(fields[9])
+                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                        by_inode.add(inode)
+        except OSError:
+            continue
+    return {pid: len(_socket_inodes(pid) & by_inode) for pid in pids}
 
 
 def proc_rss_kb(pid: int) -> int | None:
@@ -52,24 +116,37 @@ def core_ticks() -> dict[str, tuple[int, int, int]]:
 class CpuMeter:
     """CPU of this process, of the server PIDs and of each core over a window, in % of a core."""
 
-    def __init__(self, server_pids: Sequence[int]) -> None:
+    def __init__(self, server_pids: Sequence[int], redis_pid: int | None = None) -> None:
         self.server_pids = list(server_pids)
+        self.redis_pid = redis_pid
         self.t0 = time.monotonic()
         self.self0 = time.process_time()
         self.srv0 = [proc_cpu_ticks(p) for p in self.server_pids]
+        self.redis0 = proc_cpu_ticks(redis_pid) if redis_pid else None
         self.cores0 = core_ticks()
 
     def stop(self) -> dict[str, Any]:
         wall = max(time.monotonic() - self.t0, 1e-9)
         gen = (time.process_time() - self.self0) / wall * 100
         srv: float | None = None
+        srv_secs: float | None = None
+        each: dict[str, float | None] = {}
         if self.server_pids:
             ticks = 0
             for pid, t0 in zip(self.server_pids, self.srv0, strict=True):
                 t1 = proc_cpu_ticks(pid)
                 if t0 is not None and t1 is not None:
                     ticks += t1 - t0
-            srv = round(ticks / CLK_TCK / wall * 100, 1)
+                    each[str(pid)] = round((t1 - t0) / CLK_TCK / wall * 100, 1)
+                else:
+                    each[str(pid)] = None
+            srv_secs = ticks / CLK_TCK
+            srv = round(srv_secs / wall * 100, 1)
+        redis: float | None = None
+        if self.redis_pid and self.redis0 is not None:
+            r1 = proc_cpu_ticks(self.redis_pid)
+            # None when Redis was restarted meanwhile (another pid): its CPU is unknown.
+            redis = round((r1 - self.redis0) / CLK_TCK / wall * 100, 1) if r1 is not None else None
         cores: dict[str, float] = {}
         softirq: dict[str, float] = {}
         for name, (busy1, soft1, total1) in core_ticks().items():
@@ -81,6 +158,13 @@ class CpuMeter:
             "wall_s": round(wall, 2),
             "generator_cpu_pct": round(gen, 1),
             "server_cpu_pct": srv,
+            # Summed over the server pids (workers); with deliveries, the efficiency measure.
+            "server_cpu_s": round(srv_secs, 2) if srv_secs is not None else None,
+            "server_cpu_pct_each": each if len(self.server_pids) > 1 else None,
+            "redis_cpu_pct": redis,
+            "redis_core_busy_pct": (
+                pinned_core_busy(self.redis_pid, cores) if self.redis_pid else None
+            ),
             "core_busy_pct": cores,
             # Share of each core spent in softirq: on loopback the receiving half of TCP for
             # what the server sends runs there, on the server's core, and is charged to the

@@ -40,19 +40,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
+import shlex
 import sys
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 # Siblings, found because Python puts this script's folder first on sys.path (and Locust puts
 # it there when it loads the folder). Their leading underscore keeps Locust from loading them.
-from _procstat import CpuMeter, proc_rss_kb
-from _wsclient import Target, WsClient, close_all, now_us, open_many
+from _procstat import CpuMeter, children_of, established_on_port, proc_name, proc_rss_kb
+from _wsclient import ERROR_PREFIX, Target, WsClient, close_all, now_us, open_many
 
 MARK = b"BM:"
 MASK64 = (1 << 61) - 1  # order hash modulus (a Mersenne prime)
@@ -67,6 +70,8 @@ MAX_DURATION = 600.0
 MAX_CONNS = 60_000
 MAX_STEPS = 30
 MAX_PAD = 8_000
+TIMELINE_US = 10_000  # delivery timeline bucket (event mode): 10 ms
+EVENT_TIMEOUT = 120.0  # the --event-cmd is killed after this
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -88,6 +93,19 @@ class Step:
         # the server took to accept and start the fan-out; last - first is the fan-out spread.
         self.first = array("q", [1 << 62]) * max_msgs
         self.last = array("q", [-1]) * max_msgs
+        # What the publishers learnt: a message is accepted once its publisher got it back
+        # (the echo), refused when the server answered an error frame instead.
+        self.sent_at = array("q", [0]) * max_msgs
+        self.echoed = bytearray(max_msgs)
+        self.accepted = 0
+        self.refused: Counter[str] = Counter()
+        self.refused_at: list[int] = []
+        # Event mode only: deliveries per TIMELINE_US bucket since t0.
+        self.timeline: array[int] | None = None
+
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
 
 
 class Subscriber(WsClient):
@@ -152,6 +170,59 @@ class Subscriber(WsClient):
         step.last_recv = now
 
 
+class TimedSubscriber(Subscriber):
+    """A Subscriber that also counts its deliveries on the step's 10 ms timeline (event mode)."""
+
+    def on_text(self, data: bytes, start: int, end: int, now: int) -> None:
+        before = self.recv
+        Subscriber.on_text(self, data, start, end, now)
+        step = self.step
+        if self.recv != before and step is not None and step.timeline is not None:
+            k = (now - step.t0) // TIMELINE_US
+            if 0 <= k < len(step.timeline):
+                step.timeline[k] += 1
+
+
+class Publisher(WsClient):
+    """Sends; notes which of its messages came back to it (accepted) and the error frames.
+
+    The server answers a frame it cannot publish with an error (`unavailable` while the broker
+    is down, `rate_limited`); a published one reaches every member of the room, the publisher
+    included. Publisher `index` sends the sequence numbers `seq % pubs == index`.
+    """
+
+    def __init__(self, host: str, path: str) -> None:
+        super().__init__(host, path)
+        self.index = 0
+        self.step: Step | None = None
+
+    def begin(self, step: Step) -> None:
+        self.step = step
+
+    def on_text(self, data: bytes, start: int, end: int, now: int) -> None:
+        step = self.step
+        i = data.find(MARK, start, end)
+        if i < 0:
+            if step is not None and data.startswith(ERROR_PREFIX, start):
+                try:
+                    code = str(json.loads(data[start:end]).get("code", "?"))
+                except ValueError:
+                    code = "unparsable"
+                step.refused[code] += 1
+                step.refused_at.append(now)
+            WsClient.on_text(self, data, start, end, now)
+            return
+        if step is None:
+            return
+        parts = data[i + 3 : i + 64].split(b":", 3)
+        if int(parts[0]) != step.run:
+            return
+        seq = int(parts[1])
+        if seq < step.max_msgs and seq % step.pubs == self.index and not step.echoed[seq]:
+            step.echoed[seq] = 1
+            step.accepted += 1
+
+
 # --- fan-out ---------------------------------------------------------------------------------
 
 
@@ -202,20 +273,36 @@ def build_text(run: int, seq: int, pad: str, nonce: bool) -> bytes:
 async def fanout_step(
     args: argparse.Namespace,
     subs: list[Subscriber],
-    pubs: list[WsClient],
+    pubs: list[Publisher],
     rate: float,
     duration: float,
     run: int,
+    event: bool = False,
 ) -> dict[str, Any]:
-    """Send `rate * duration` messages round-robin over the publishers, then wait for the rest."""
+    """Send `rate * duration` messages round-robin over the publishers, then wait for the rest.
+
+    With `event`, runs --event-cmd --event-at seconds into the step (e.g. a Redis restart)
+    and reports the outage it caused.
+    """
     total = int(rate * duration)
     step = Step(run, total + 16, len(pubs), now_us())
+    if event:
+        span = duration + args.drain + 5
+        step.timeline = array("q", [0]) * int(span * 1_000_000 / TIMELINE_US)
     for sub in subs:
         sub.begin(step)
+    for pub in pubs:
+        pub.begin(step)
     pad = "x" * args.pad
-    meter = CpuMeter(args.server_pid)
+    meter = CpuMeter(args.server_pid, args.redis_pid)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    event_task = asyncio.create_task(run_event(args, step)) if event else None
+    readyz_task = (
+        asyncio.create_task(poll_readyz(args.readyz, step, duration + args.drain))
+        if event and args.readyz
+        else None
+    )
     sent = send_errors = 0
     sent_per_s: list[int] = []
     recv_per_s: list[int] = []
@@ -231,6 +318,7 @@ async def fanout_step(
         due = min(total, int(rate * elapsed)) - sent
         for _ in range(due):
             pub = pubs[sent % len(pubs)]
+            step.sent_at[sent] = now_us()
             if pub.send_text(build_text(run, sent, pad, args.nonce)):
                 second = int(elapsed)
                 while len(sent_per_s) <= second:
@@ -242,10 +330,18 @@ async def fanout_step(
     send_end = loop.time()
     ok_sent = sent - send_errors
     expected = ok_sent * len(subs)
+    # Done when every send is answered (echo or error) and every accepted message is in.
     # Polled, not an Event: signalling from the per-delivery hot path would cost more.
-    while step.recv < expected and loop.time() - send_end < args.drain:  # noqa: ASYNC110
+    while loop.time() - send_end < args.drain:
+        answered = step.accepted + step.refused_total >= ok_sent
+        if (answered and step.recv >= step.accepted * len(subs)) or step.recv >= expected:
+            break
         await asyncio.sleep(0.02)
     cpu = meter.stop()
+    event_result: dict[str, Any] | None = None
+    if event_task is not None:
+        event_result = await event_task
+    readyz = await readyz_task if readyz_task is not None else None
     recv_per_s.append(step.recv - recv_mark)
     send_secs = send_end - t0
     deliver_secs = (step.last_recv - step.t0) / 1e6 if step.last_recv else send_secs
@@ -257,6 +353,18 @@ async def fanout_step(
     errors: Counter[str] = Counter()
     for client in [*subs, *pubs]:
         errors.update(client.errors)
+    accepted_mask = int.from_bytes(step.echoed, "little")
+    lost_accepted = delivered_unaccepted = 0
+    for s in subs:
+        seen = int.from_bytes(s._seen, "little")
+        lost_accepted += (accepted_mask & ~seen).bit_count()
+        delivered_unaccepted += (seen & ~accepted_mask).bit_count()
+    srv_secs = cpu.get("server_cpu_s")
+    outage = (
+        outage_summary(step, event_result, readyz, ok_sent, send_end - t0)
+        if event_result is not None
+        else None
+    )
     return {
         "rate_target": rate,
         "duration_s": duration,
@@ -269,11 +377,21 @@ async def fanout_step(
         "received": step.recv,
         "lost": expected - step.recv,
         "lost_on_open_subs": lost_open,
+        # Publishers' view: accepted = the publisher got its message back; refused = an error
+        # frame answered it. A message accepted must reach every subscriber: lost_accepted
+        # counts (message, subscriber) pairs where it did not.
+        "accepted": step.accepted,
+        "refused": dict(step.refused),
+        "unanswered": ok_sent - step.accepted - step.refused_total,
+        "lost_accepted": lost_accepted,
+        "delivered_unaccepted": delivered_unaccepted,
         "dup": sum(s.dups for s in subs),
         "reorders": sum(s.reorders for s in subs),
         "order_mismatch_subs": order_mismatch,
         "foreign_frames": step.foreign,
         "deliveries_per_s": round(step.recv / max(send_secs, deliver_secs, 1e-9)),
+        # Efficiency: deliveries per CPU-second of the server processes (summed over workers).
+        "deliveries_per_server_cpu_s": round(step.recv / srv_secs) if srv_secs else None,
         "drain_tail_s": round(max(0.0, deliver_secs - send_secs), 2) if step.last_recv else None,
         "latency": latency_summary(step.latencies),
         "per_message": per_message_summary(step),
@@ -284,6 +402,164 @@ async def fanout_step(
         "recv_per_s_timeline": recv_per_s,
         "sent_per_s_timeline": sent_per_s,
         **cpu,
+        **({"outage": outage} if outage is not None else {}),
+    }
+
+
+# --- event mode: an outage during the step ---------------------------------------------------
+
+
+async def run_event(args: argparse.Namespace, step: Step) -> dict[str, Any]:
+    """Run --event-cmd at --event-at s into the step; time-stamp each line it prints.
+
+    The command is run without a shell. loadtest/redis_ctl.sh restart prints `stopped` once
+    the old Redis is gone and `up` once the new one answers PING.
+    """
+    await asyncio.sleep(args.event_at)
+    started = now_us()
+    marks: dict[str, float] = {}
+    proc = await asyncio.create_subprocess_exec(
+        *shlex.split(args.event_cmd),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    output: list[str] = []
+    try:
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                output.append(line)
+                word = line.split(" ", 1)[0]
+                if word and word not in marks:
+                    marks[word] = round((now_us() - step.t0) / 1e6, 3)
+            rc = await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        rc = await proc.wait()
+    err = (await proc.stderr.read()).decode(errors="replace").strip()
+    ended = now_us()
+    return {
+        "cmd": args.event_cmd,
+        "rc": rc,
+        "start_s": round((started - step.t0) / 1e6, 3),
+        "end_s": round((ended - step.t0) / 1e6, 3),
+        "marks_s": marks,
+        "output": output[-10:],
+        "stderr": err[-500:],
+    }
+
+
+async def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """Status code of a GET on a loopback http:// URL, or None if there was no answer."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+            return int(line.split()[1])
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def poll_readyz(url: str, step: Step, span: float) -> list[tuple[float, int | None]]:
+    """Poll the readiness URL every 100 ms for `span` s; keep the transitions."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + span
+    changes: list[tuple[float, int | None]] = []
+    last: int | str | None = "none yet"
+    while loop.time() < end:
+        status = await http_status(url)
+        if status != last:
+            changes.append((round((now_us() - step.t0) / 1e6, 3), status))
+            last = status
+        await asyncio.sleep(0.1)
+    return changes
+
+
+def outage_summary(
+    step: Step,
+    event: dict[str, Any],
+    readyz: list[tuple[float, int | None]] | None,
+    sent: int,
+    send_secs: float,
+) -> dict[str, Any]:
+    """When delivery stopped and resumed around the event, and what the publishers saw.
+
+    Times are seconds since the step began. `up_s` is when the new Redis answered PING
+    (the `up` line of redis_ctl.sh), `stopped_s` when the old one was gone.
+    """
+    timeline = step.timeline
+    assert timeline is not None
+    bucket = TIMELINE_US / 1e6
+    marks = event["marks_s"]
+    t_event = event["start_s"]
+    t_stop = marks.get("stopped", t_event)
+    t_up = marks.get("up", event["end_s"])
+    end_k = min(len(timeline), int((send_secs + 1) / bucket))
+
+    def first_delivery_at_or_after(t: float) -> float | None:
+        for k in range(int(t / bucket), end_k):
+            if timeline[k]:
+                return round(k * bucket, 3)
+        return None
+
+    def last_delivery_before(t: float) -> float | None:
+        for k in range(min(int(t / bucket), end_k) - 1, -1, -1):
+            if timeline[k]:
+                return round((k + 1) * bucket, 3)
+        return None
+
+    # The longest stretch without any delivery, from 1 s before the event to the end.
+    gap_start = gap_len = 0.0
+    prev: float | None = None
+    for k in range(max(0, int((t_event - 1) / bucket)), end_k):
+        if timeline[k]:
+            t = k * bucket
+            if prev is not None and t - prev > gap_len:
+                gap_start, gap_len = prev, t - prev
+            prev = t + bucket
+    resumed = first_delivery_at_or_after(t_up)
+    # The first message sent after Redis was back that its publisher got back (accepted).
+    t0 = step.t0
+    up_us = t0 + int(t_up * 1e6)
+    first_ok = next(
+        (seq for seq in range(sent) if step.sent_at[seq] >= up_us and step.echoed[seq]),
+        None,
+    )
+    refused_at = sorted(step.refused_at)
+    return {
+        "event": event,
+        "stopped_s": t_stop,
+        "up_s": t_up,
+        "last_delivery_before_stop_s": last_delivery_before(t_stop),
+        "first_delivery_after_up_s": resumed,
+        # The figure for the target "delivery resumes within 5 s" of the restart.
+        "resume_after_up_s": round(resumed - t_up, 3) if resumed is not None else None,
+        "resume_after_stop_s": round(resumed - t_stop, 3) if resumed is not None else None,
+        "longest_gap_s": round(gap_len, 3),
+        "longest_gap_from_s": round(gap_start, 3),
+        "first_accepted_send_after_up_s": (
+            round((step.sent_at[first_ok] - t0) / 1e6 - t_up, 3) if first_ok is not None else None
+        ),
+        "refused_first_s": round((refused_at[0] - t0) / 1e6, 3) if refused_at else None,
+        "refused_last_s": round((refused_at[-1] - t0) / 1e6, 3) if refused_at else None,
+        "readyz": readyz,
+        "deliveries_per_100ms_around": [
+            sum(timeline[k : k + 10])
+            for k in range(
+                max(0, int((t_stop - 1) / bucket)), min(end_k, int((t_up + 6) / bucket)), 10
+            )
+        ],
     }
 
 
@@ -299,8 +575,25 @@ def brief(r: dict[str, Any]) -> str:
         f"{pm['spread_p99_ms']}ms "
         f"gen={r['generator_cpu_pct']}% srv={r['server_cpu_pct']}% "
         f"srv-core={r['server_core_busy_pct']}% (softirq {r['server_core_softirq_pct']}%) "
+        f"redis={r['redis_cpu_pct']}% deliv/srv-cpu-s={r['deliveries_per_server_cpu_s']} "
+        f"accepted={r['accepted']} refused={r['refused']} lost-accepted={r['lost_accepted']} "
         f"open={r['subs_open_at_end']} closes={r['sub_close_codes']} errors={r['server_errors']} "
         f"load={r['loadavg']}"
+    )
+
+
+def brief_outage(r: dict[str, Any]) -> str:
+    o = r["outage"]
+    return (
+        f"event at {o['event']['start_s']}s (rc {o['event']['rc']}): stopped {o['stopped_s']}s, "
+        f"up {o['up_s']}s; last delivery before {o['last_delivery_before_stop_s']}s, first "
+        f"after up {o['first_delivery_after_up_s']}s: resumed {o['resume_after_up_s']}s after up "
+        f"({o['resume_after_stop_s']}s after stop); longest gap {o['longest_gap_s']}s from "
+        f"{o['longest_gap_from_s']}s; first accepted send {o['first_accepted_send_after_up_s']}s "
+        f"after up; refused {r['refused']} from {o['refused_first_s']} to {o['refused_last_s']}s; "
+        f"accepted {r['accepted']}/{r['sent']} unanswered {r['unanswered']} lost-accepted "
+        f"{r['lost_accepted']} delivered-unaccepted {r['delivered_unaccepted']}; readyz "
+        f"{o['readyz']}"
     )
 
 
@@ -353,9 +646,11 @@ async def setup_fanout(args: argparse.Namespace, target: Target) -> dict[str, An
         target,
         args.pubs,
         args.concurrency,
-        lambda: WsClient(target.host_header, target.path),
+        lambda: Publisher(target.host_header, target.path),
         args.connect_timeout,
     )
+    for index, pub in enumerate(p["clients"]):
+        pub.index = index
     connect = {
         "subs_ok": s["ok"],
         "subs_fail": s["fail"],
@@ -372,6 +667,12 @@ async def setup_fanout(args: argparse.Namespace, target: Target) -> dict[str, An
     )
     if not s["ok"] or not p["ok"]:
         raise SystemExit("fanout: could not open the connections; is the server running?")
+    if len(args.server_pid) > 1:
+        # How SO_REUSEPORT spread the clients over the workers.
+        connect["conns_per_server_pid"] = {
+            str(pid): n for pid, n in established_on_port(args.server_pid, target.port).items()
+        }
+        print(f"connections per server pid: {connect['conns_per_server_pid']}", file=sys.stderr)
     # Let the welcome (and presence) frames of the last joins arrive before measuring.
     await asyncio.sleep(0.5)
     return {"subs": s["clients"], "pubs": p["clients"], "connect": connect}
@@ -388,8 +689,11 @@ async def mode_fanout(args: argparse.Namespace, target: Target) -> dict[str, Any
     if args.warmup > 0:
         await fanout_step(args, c["subs"], c["pubs"], args.rate, args.warmup, base + 99)
         await asyncio.sleep(0.5)
-    r = await fanout_step(args, c["subs"], c["pubs"], args.rate, args.duration, base + 1)
+    event = bool(args.event_cmd)
+    r = await fanout_step(args, c["subs"], c["pubs"], args.rate, args.duration, base + 1, event)
     print(brief(r), file=sys.stderr)
+    if event:
+        print(brief_outage(r), file=sys.stderr)
     warn_generator(r)
     close_all([*c["subs"], *c["pubs"]])
     return {"connect": c["connect"], **r}
@@ -558,14 +862,58 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--hold", type=bounded(float, 0, 600), default=5.0)
     ap.add_argument("--concurrency", type=bounded(int, 1, 2000), default=200)
     ap.add_argument("--connect-timeout", type=bounded(float, 1, 120), default=30.0)
-    ap.add_argument("--server-pid", type=pid_list, default=[], help="comma-separated PIDs")
+    ap.add_argument(
+        "--server-pid",
+        "--server-pids",
+        dest="server_pid",
+        type=pid_list,
+        default=[],
+        help="comma-separated PIDs of the server processes; their CPU is summed",
+    )
+    ap.add_argument(
+        "--server-parent",
+        type=int,
+        help="PID of `webchat --workers N`: its worker processes are added to --server-pid",
+    )
+    ap.add_argument("--redis-pid", type=int, help="redis-server PID: report its CPU too")
+    ap.add_argument(
+        "--event-cmd",
+        help="fanout mode: run this command (no shell) --event-at s into the measured step "
+        "and report the outage, e.g. 'loadtest/redis_ctl.sh restart'",
+    )
+    ap.add_argument("--event-at", type=bounded(float, 0, MAX_DURATION), default=10.0)
+    ap.add_argument("--readyz", help="with --event-cmd: poll this loopback http URL meanwhile")
     ap.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     ap.add_argument("--out", help="also append the JSON result line to this file")
     ap.add_argument("--label", default="")
     args = ap.parse_args(argv)
     if args.ramp and args.conns:
         ap.error("--ramp and --conns are different modes; give one")
+    if args.event_cmd and (args.ramp or args.conns):
+        ap.error("--event-cmd is for fanout mode")
+    if args.readyz and not _loopback_http(args.readyz):
+        ap.error("--readyz must be an http:// URL on the loopback interface")
+    if args.server_parent:
+        workers = [
+            pid
+            for pid in children_of(args.server_parent)
+            if "resource_tracker" not in (proc_name(pid) or "")
+        ]
+        if not workers:
+            ap.error(f"--server-parent {args.server_parent}: no worker processes found")
+        args.server_pid = [*args.server_pid, *workers]
     return args
+
+
+def _loopback_http(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    try:
+        host = parts.hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def pick_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
@@ -603,6 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loop": loop_name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "nproc": os.cpu_count(),
+        "server_pids": args.server_pid,
         **result,
     }
     line = json.dumps(result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -54,7 +55,9 @@ class Connection:
         "_transport",
         "_watermark",
         "closing",
+        "last_seen",
         "name",
+        "next_ping",
         "room",
         "ws",
     )
@@ -67,6 +70,7 @@ class Connection:
         name: str,
         send_buffer: int,
         on_overflow: Callable[[], None],
+        heartbeat: float,
     ) -> None:
         self.ws = ws
         self.room = room
@@ -79,6 +83,9 @@ class Connection:
         self._held_bytes = 0
         self._watermark: tuple[int, int] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        now = asyncio.get_running_loop().time()
+        self.last_seen = now  # when the client last sent any frame (pongs included)
+        self.next_ping = now + random.uniform(0, heartbeat)  # a random phase spreads pings
 
     # --- writing ----------------------------------------------------------------------
 
@@ -168,6 +175,12 @@ class Connection:
             await self.ws.close(code=code, message=reason.encode())
         except Exception:  # the socket may already be gone; nothing is left to deliver
             log.debug("close %s failed", code, exc_info=True)
+
+    def drop(self) -> None:
+        """The client is gone without closing (no pong): free the socket now."""
+        self.closing = True
+        self._held = None
+        self._transport.abort()
 
     def closed(self) -> None:
         """The handler ended: cancel the abort timer, unless frames are still unsent.

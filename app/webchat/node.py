@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -13,6 +14,7 @@ from webchat.broker import create_broker
 from webchat.broker.base import Broker, BrokerUnavailable, Draft
 from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
+from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
 from webchat.metrics import Metrics
 from webchat.protocol import (
@@ -44,6 +46,7 @@ class Node:
         self.hub = Hub(self.broker, config.presence_grace, config.presence_limit)
         self.draining = False
         self._all_closed = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -56,8 +59,15 @@ class Node:
 
     async def start(self) -> None:
         await self.broker.start(self.hub)
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            run_heartbeat(lambda: self.hub.connections, self.config.heartbeat)
+        )
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         await self.hub.close()
         await self.broker.close()
 
@@ -69,7 +79,7 @@ class Node:
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
             max_msg_size=cfg.max_frame + 1,  # aiohttp refuses len >= max_msg_size
-            heartbeat=cfg.heartbeat,
+            autoping=False,  # pings and pongs are handled below and by heartbeat.py
             timeout=DRAIN_CLOSE_GRACE,
         )
         await ws.prepare(request)
@@ -83,6 +93,7 @@ class Node:
             params.name,
             cfg.send_buffer,
             on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
+            heartbeat=cfg.heartbeat,
         )
         self.metrics.connected_users.inc()
         try:
@@ -133,8 +144,12 @@ class Node:
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
         async for msg in ws:
+            conn.last_seen = loop.time()
+            if msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+                continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue  # aiohttp answers pings and reports errors by ending the loop
+                continue  # a pong: last_seen is all it is for; errors end the loop
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:

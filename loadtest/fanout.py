@@ -425,20 +425,34 @@ async def run_event(args: argparse.Namespace, step: Step) -> dict[str, Any]:
     )
     assert proc.stdout is not None and proc.stderr is not None
     output: list[str] = []
+
+    async def read_lines() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            output.append(line)
+            word = line.split(" ", 1)[0]
+            if word and word not in marks:
+                marks[word] = round((now_us() - step.t0) / 1e6, 3)
+
+    reader = asyncio.create_task(read_lines())
     try:
         async with asyncio.timeout(EVENT_TIMEOUT):
-            async for raw in proc.stdout:
-                line = raw.decode(errors="replace").strip()
-                output.append(line)
-                word = line.split(" ", 1)[0]
-                if word and word not in marks:
-                    marks[word] = round((now_us() - step.t0) / 1e6, 3)
             rc = await proc.wait()
     except TimeoutError:
         proc.kill()
         rc = await proc.wait()
-    err = (await proc.stderr.read()).decode(errors="replace").strip()
     ended = now_us()
+    # A grandchild that inherited the pipe (a server it started) must not keep us waiting.
+    done, _ = await asyncio.wait({reader}, timeout=1.0)
+    if not done:
+        reader.cancel()
+    try:
+        async with asyncio.timeout(1.0):
+            err_raw = await proc.stderr.read()
+    except TimeoutError:
+        err_raw = b"(stderr still open)"
+    err = err_raw.decode(errors="replace").strip()
     return {
         "cmd": args.event_cmd,
         "rc": rc,
@@ -635,11 +649,12 @@ def warn_rate_limit(pubs: list[WsClient], rates: Sequence[float]) -> None:
 
 async def setup_fanout(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     t0 = time.monotonic()
+    sub_class = TimedSubscriber if args.event_cmd else Subscriber
     s = await open_many(
         target,
         args.subs,
         args.concurrency,
-        lambda: Subscriber(target.host_header, target.path),
+        lambda: sub_class(target.host_header, target.path),
         args.connect_timeout,
     )
     p = await open_many(
@@ -673,7 +688,29 @@ async def setup_fanout(args: argparse.Namespace, target: Target) -> dict[str, An
             str(pid): n for pid, n in established_on_port(args.server_pid, target.port).items()
         }
         print(f"connections per server pid: {connect['conns_per_server_pid']}", file=sys.stderr)
-    # Let the welcome (and presence) frames of the last joins arrive before measuring.
+    # Measure only once every client has its welcome: a server may accept the upgrade well
+    # before the client has joined (the Redis broker's presence join is a round trip per
+    # name), and deliveries to a client that has not joined yet are held until it has.
+    clients: list[WsClient] = [*s["clients"], *p["clients"]]
+    waited = 0.0
+    while waited < args.connect_timeout and any(c.welcome is None for c in clients):
+        await asyncio.sleep(0.05)
+        waited += 0.05
+    connect["welcomed"] = sum(1 for c in clients if c.welcome is not None)
+    connect["all_welcomed_secs"] = round(time.monotonic() - t0, 2)
+    if connect["welcomed"] < len(clients):
+        print(
+            f"WARNING: {len(clients) - connect['welcomed']} clients got no welcome in "
+            f"{args.connect_timeout:g}s",
+            file=sys.stderr,
+        )
+    elif connect["all_welcomed_secs"] - connect["connect_secs"] > 1:
+        print(
+            f"all welcomed {connect['all_welcomed_secs']}s after the first connect "
+            f"(connected in {connect['connect_secs']}s)",
+            file=sys.stderr,
+        )
+    # Let the presence frames of the last joins arrive before measuring.
     await asyncio.sleep(0.5)
     return {"subs": s["clients"], "pubs": p["clients"], "connect": connect}
 

@@ -12,6 +12,7 @@
 #   REDIS_PORT=6391  REDIS_DIR=/tmp/webchat-redis  REDIS_CORE=1 (taskset; empty: not pinned)
 #   REDIS_APPENDONLY=yes  REDIS_STOP_SIGNAL=TERM (KILL: no AOF flush, as in a crash)
 #   REDIS_FRESH=1    start (not restart): wipe the directory's data first
+#   REDIS_DOWN_S=0   restart: stay down this long between stop and start (a longer outage)
 set -euo pipefail
 
 PORT=${REDIS_PORT:-6391}
@@ -21,6 +22,12 @@ APPENDONLY=${REDIS_APPENDONLY:-yes}
 SIG=${REDIS_STOP_SIGNAL:-TERM}
 PIDFILE="$DIR/bench-redis.pid"
 mkdir -p "$DIR"
+
+# Close what the caller leaked to us (uvloop's subprocess pipes, say): redis-server would keep
+# them open for its whole life. 255 is bash's own handle on this script.
+for fd in $(ls /proc/$$/fd); do
+    if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then eval "exec $fd>&-"; fi
+done
 
 alive() {  # a zombie is gone: it has exited, only its parent (init) has not reaped it yet
     local state
@@ -43,7 +50,8 @@ start() {
     fi
     local pin=()
     [ -n "$CORE" ] && pin=(taskset -c "$CORE")
-    "${pin[@]}" redis-server --port "$PORT" --bind 127.0.0.1 --save '' \
+    # Its own session: a signal to the caller's process group (timeout, Ctrl-C) does not reach it.
+    setsid "${pin[@]}" redis-server --port "$PORT" --bind 127.0.0.1 --save '' \
         --appendonly "$APPENDONLY" --dir "$DIR" --daemonize no \
         >>"$DIR/redis.log" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
@@ -71,7 +79,7 @@ stop() {
 case ${1:-} in
     start) start ;;
     stop) stop ;;
-    restart) stop; REDIS_FRESH=0 start ;;
+    restart) stop; sleep "${REDIS_DOWN_S:-0}"; REDIS_FRESH=0 start ;;
     pid) running_pid ;;
     *) echo "usage: $0 start|stop|restart|pid" >&2; exit 2 ;;
 esac

@@ -3,6 +3,10 @@
 
     python loadtest/summarize.py /tmp/webchat-perf/*.jsonl
 
+Runs on the Redis broker (labels `redis...`, from scenarios.sh) get their own table, with
+Redis's CPU and the deliveries per server CPU-second (summed over the workers); runs with an
+event (the Redis restart) get an outage table.
+
 Standard library only; no locust import (Locust loads every .py in loadtest/ as a locustfile,
 and this file defines no User, so it is inert there).
 """
@@ -29,6 +33,39 @@ FANOUT_COLUMNS = (
     "closes",
     "server CPU %",
     "gen CPU %",
+    "load",
+)
+REDIS_COLUMNS = (
+    "tool",
+    "label",
+    "workers",
+    "N",
+    "R",
+    "deliveries/s",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "lost",
+    "server CPU %",
+    "per worker %",
+    "deliveries per server CPU-s",
+    "Redis CPU %",
+    "gen CPU %",
+    "load",
+)
+OUTAGE_COLUMNS = (
+    "label",
+    "sent",
+    "accepted",
+    "refused",
+    "lost (accepted)",
+    "Redis stopped → up s",
+    "last delivery before s",
+    "first delivery after s",
+    "resume after up s",
+    "longest gap s",
+    "/readyz",
+    "p99 ms",
     "load",
 )
 CONNS_COLUMNS = (
@@ -91,6 +128,66 @@ def fanout_row(line: dict[str, Any], step: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _server_cpu_s(step: dict[str, Any]) -> float | None:
+    if step.get("server_cpu_s") is not None:
+        return float(step["server_cpu_s"])
+    pct, wall = step.get("server_cpu_pct"), step.get("wall_s")
+    return pct / 100 * wall if pct is not None and wall else None
+
+
+def _workers(line: dict[str, Any]) -> Any:
+    pids = line.get("server_pids")
+    if pids:
+        return len(pids)
+    return 2 if _label(line).startswith("redis2") else 1
+
+
+def redis_row(line: dict[str, Any], step: dict[str, Any]) -> list[Any]:
+    lat = step.get("latency", {})
+    cpu_s = _server_cpu_s(step)
+    each = step.get("server_cpu_pct_each")
+    redis = step.get("redis_cpu_pct", step.get("other_cpu_pct"))
+    return [
+        _tool(line),
+        _label(line),
+        _workers(line),
+        step["subs"],
+        step["rate_target"],
+        step["deliveries_per_s"],
+        lat.get("p50_ms"),
+        lat.get("p99_ms"),
+        lat.get("max_ms"),
+        step["lost"],
+        step.get("server_cpu_pct"),
+        "/".join(str(v) for v in each.values()) if each else "",
+        round(step["received"] / cpu_s) if cpu_s else "",
+        redis,
+        step.get("generator_cpu_pct"),
+        _load(line, step),
+    ]
+
+
+def outage_row(line: dict[str, Any], step: dict[str, Any]) -> list[Any]:
+    o = step["outage"]
+    ready = ", ".join(f"{status or '-'}@{t}" for t, status in o.get("readyz") or [])
+    refused = sum(step.get("refused", {}).values())
+    return [
+        _label(line),
+        step["sent"],
+        step["accepted"],
+        refused,
+        step["lost_accepted"],
+        f"{o['stopped_s']} → {o['up_s']}",
+        o["last_delivery_before_stop_s"],
+        o["first_delivery_after_up_s"],
+        o["resume_after_up_s"],
+        o["longest_gap_s"],
+        ready,
+        step.get("latency", {}).get("p99_ms"),
+        _load(line, step),
+    ]
+
+
 def conns_row(line: dict[str, Any]) -> list[Any]:
     def mib(kb: Any) -> str:
         return f"{kb / 1024:.0f}" if isinstance(kb, int | float) else "?"
@@ -117,6 +214,8 @@ def table(columns: tuple[str, ...], rows: list[list[Any]]) -> str:
 
 def main(paths: list[str]) -> int:
     fanout_rows: list[list[Any]] = []
+    redis_rows: list[list[Any]] = []
+    outage_rows: list[list[Any]] = []
     conns_rows: list[list[Any]] = []
     for path in paths:
         with open(path) as f:
@@ -130,9 +229,21 @@ def main(paths: list[str]) -> int:
                 elif mode == "ramp":
                     fanout_rows += [fanout_row(line, step) for step in line["steps"]]
                 elif mode == "fanout":
-                    fanout_rows.append(fanout_row(line, line.get("result", line)))
+                    step = line.get("result", line)
+                    if "outage" in step:
+                        outage_rows.append(outage_row(line, step))
+                    elif _label(line).startswith("redis"):
+                        redis_rows.append(redis_row(line, step))
+                    else:
+                        fanout_rows.append(fanout_row(line, step))
     if fanout_rows:
         print(table(FANOUT_COLUMNS, fanout_rows))
+        print()
+    if redis_rows:
+        print(table(REDIS_COLUMNS, redis_rows))
+        print()
+    if outage_rows:
+        print(table(OUTAGE_COLUMNS, outage_rows))
         print()
     if conns_rows:
         print(table(CONNS_COLUMNS, conns_rows))

@@ -118,6 +118,17 @@ class Connection:
         if not self.closing:
             self._write(ws_text_frame(payload))
 
+    def forget_held_presence(self) -> None:
+        """Drop held presence frames (and pings): the welcome about to be built includes them.
+
+        In a burst of joins each newcomer would otherwise queue a frame for every join before
+        its own welcome, N^2 frames in all.
+        """
+        if self._held:
+            batches = [item for item in self._held if isinstance(item, Batch)]
+            self._held = list(batches)
+            self._held_bytes = sum(len(batch.data) for batch in batches)
+
     def go_live(self, replayed_up_to: str | None) -> None:
         """Welcome and replay are written: release held frames, dropping replayed messages.
 

@@ -117,6 +117,7 @@ class Node:
     async def _welcome(
         self, ws: web.WebSocketResponse, conn: Connection, params: ConnectParams
     ) -> None:
+        conn.forget_held_presence()
         members, count = await self.broker.presence.members(
             params.room, self.config.presence_limit, params.name
         )

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from webchat.broker.base import Broker, Message, PresenceEvent
-from webchat.connection import Batch, Connection
+from webchat.connection import CLOSE_TRY_AGAIN, Batch, Connection
 from webchat.protocol import encode_message, encode_presence, ws_text_frame
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,13 @@ class Hub:
         batch = Batch(messages, [ws_text_frame(encode_message(m)) for m in messages])
         for conn in room.conns:
             conn.deliver(batch)
+
+    def on_gap(self, room_name: str) -> None:
+        """Some messages will never arrive live: close the room's clients with 1013, so they
+        resume with `since` and the replay tells them with a `gap` frame."""
+        room = self._rooms.get(room_name)
+        for conn in list(room.conns) if room is not None else []:
+            conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since")
 
     def on_presence(self, event: PresenceEvent) -> None:
         if event.count > self._presence_limit:

@@ -162,3 +162,36 @@ async def test_a_subscriber_killed_for_its_output_buffer_recovers(
     assert "looks dead" in a.log() or "connection failed" in a.log(), a.log()
     await rx.stop()
     await tx.stop()
+
+
+async def test_messages_trimmed_while_unsubscribed_make_clients_resume_with_a_gap(
+    make_server: MakeServer, redis_server: RedisServer, session
+):
+    """More messages than history holds are published while b's subscriber is down: b cannot
+    deliver the trimmed ones, so its clients are closed 1013 and resume into a `gap` frame."""
+    a = make_server(*TRAFFIC, "--history-size", "5")
+    b = make_server(*TRAFFIC, "--history-size", "5")
+    alice = await connect(session, a, "alice")
+    bob = await ReconnectingClient(session, b.ws_url, room="r", name="bob").start()
+    await alice.client.send("before")
+    await bob.wait(lambda: len(bob.messages) == 1, 5, "the first message")
+
+    redis_server.command("ACL", "SETUSER", "default", "-subscribe")
+    assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == 2
+    await wait_status(session, b.url + "/readyz", 503, timeout=2)
+    for n in range(8):
+        await alice.client.send(f"meanwhile {n}")
+    with redis_server.client() as client:
+        deadline = asyncio.get_running_loop().time() + seconds(10)
+        while client.xinfo_stream("wc:{r}:h")["entries-added"] < 9:
+            assert asyncio.get_running_loop().time() < deadline, "sends not stored"
+            await asyncio.sleep(0.02)  # polling Redis, bounded above
+    redis_server.command("ACL", "SETUSER", "default", "+subscribe")
+
+    await bob.wait(lambda: bob.gaps == 1 and len(bob.messages) == 6, 10, "a resume into a gap")
+    assert 1013 in bob.close_codes
+    history = await fetch_history(session, a.url, "r")
+    assert [m["id"] for m in bob.messages[1:]] == [m["id"] for m in history]
+    assert [m["text"] for m in history] == [f"meanwhile {n}" for n in range(3, 8)]
+    await bob.stop()
+    await alice.client.close()

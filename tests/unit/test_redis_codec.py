@@ -94,12 +94,12 @@ def test_a_backfill_hands_over_to_buffered_live_events():
     sub.buffer = [message("11-0"), announced("4-0"), message("12-0"), announced("3-0")]
     done = sub.backfilled(
         2,
-        Read("11-0", [message("10-5"), message("11-0")], complete=True),
-        Read("4-0", [announced("4-0")], complete=True),
+        Read("11-0", "1-0", [message("10-5"), message("11-0")], complete=True),
+        Read("4-0", "1-0", [announced("4-0")], complete=True),
     )
     assert [m.id for m in done.messages] == ["10-5", "11-0", "12-0"]
     assert done.presence == [announced("4-0").event]
-    assert not done.again and not done.reset
+    assert not done.again and not done.reset and not done.gap
     assert sub.state is State.LIVE and sub.buffer == []
 
 
@@ -107,20 +107,48 @@ def test_an_older_backfill_delivers_but_does_not_hand_over():
     sub = RoomSub("10-0", "0-0")
     sub.state, sub.generation = State.BACKFILL, 3
     sub.buffer = [message("13-0")]
-    done = sub.backfilled(2, Read("11-0", [message("11-0")], True), Read(None, [], True))
+    done = sub.backfilled(
+        2, Read("11-0", "1-0", [message("11-0")], True), Read(None, None, [], True)
+    )
     assert [m.id for m in done.messages] == ["11-0"]
     assert sub.state is State.BACKFILL and sub.buffer == [message("13-0")]
-    partial = sub.backfilled(3, Read("13-0", [message("12-0")], False), Read(None, [], True))
+    partial = sub.backfilled(
+        3, Read("13-0", "1-0", [message("12-0")], False), Read(None, None, [], True)
+    )
     assert [m.id for m in partial.messages] == ["12-0"] and partial.again
 
 
 def test_a_stream_behind_the_cursor_starts_over():
     sub = RoomSub("10-0", "5-0")
     sub.state, sub.generation = State.BACKFILL, 1
-    done = sub.backfilled(1, Read(None, [], True), Read("5-0", [], True))
+    done = sub.backfilled(1, Read(None, None, [], True), Read("5-0", "5-0", [], True))
     assert done.reset and done.again and done.messages == []
     assert sub.messages.last == "0-0" and sub.presence.last == "5-0"
     assert sub.state is State.BACKFILL
+
+
+def test_history_trimmed_past_the_cursor_is_a_gap():
+    sub = RoomSub("10-0", "0-0")
+    sub.state, sub.generation = State.BACKFILL, 1
+    # The cursor's own message is still held: nothing after it can have been trimmed.
+    kept = sub.backfilled(
+        1, Read("12-0", "10-0", [message("12-0")], True), Read(None, None, [], True)
+    )
+    assert not kept.gap
+    # Now the oldest held message is newer than the cursor: some in between may be gone.
+    sub.state, sub.generation = State.BACKFILL, 2
+    trimmed = sub.backfilled(
+        2,
+        Read("30-0", "20-0", [message("20-0"), message("30-0")], True),
+        Read(None, None, [], True),
+    )
+    assert trimmed.gap and [m.id for m in trimmed.messages] == ["20-0", "30-0"]
+    # A room subscribed while its stream was empty has no cursor to fall off.
+    fresh = RoomSub("0-0", "0-0")
+    fresh.state, fresh.generation = State.BACKFILL, 1
+    assert not fresh.backfilled(
+        1, Read("5-0", "5-0", [message("5-0")], True), Read(None, None, [], True)
+    ).gap
 
 
 def test_backoff_is_capped_full_jitter():

@@ -77,6 +77,10 @@ class EventHandler(Protocol):
     def on_presence(self, event: PresenceEvent) -> None:
         """A join or leave in a subscribed room, from any node."""
 
+    def on_gap(self, room: str) -> None:
+        """Messages of `room` may never reach this node's clients (history trimmed them while
+        the node was not subscribed): its clients must resume with `since` to learn of it."""
+
 
 class Presence(Protocol):
     """Which names are in which room, across every node."""

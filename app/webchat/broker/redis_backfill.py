@@ -36,20 +36,25 @@ async def read_after(
             (presence_stream_key(room), sub.presence),
         ):
             pipe.xrevrange(key, count=1)
+            pipe.xrange(key, count=1)
             pipe.xrange(key, min=f"({cursor.last}", count=BACKFILL_COUNT)
     results: list[Any] = await pipe.execute()
     reads = []
     for n, (room, _) in enumerate(rooms):
-        newest_message, messages, newest_presence, presence = results[4 * n : 4 * n + 4]
+        (newest_message, oldest_message, messages, newest_presence, oldest_presence, presence) = (
+            results[6 * n : 6 * n + 6]
+        )
         reads.append(
             (
                 Read(
                     _first_id(newest_message),
+                    _first_id(oldest_message),
                     _decode(message_from_entry, room, messages),
                     len(messages) < BACKFILL_COUNT,
                 ),
                 Read(
                     _first_id(newest_presence),
+                    _first_id(oldest_presence),
                     _decode(presence_from_entry, room, presence),
                     len(presence) < BACKFILL_COUNT,
                 ),

@@ -55,6 +55,7 @@ class Read(NamedTuple, Generic[E]):
     """One read of a stream after its cursor."""
 
     newest: str | None  # the stream's newest id at the time of the read
+    oldest: str | None  # the stream's oldest id at the time of the read
     events: list[E]
     complete: bool  # fewer entries than asked: the read reached the stream's end
 
@@ -64,6 +65,7 @@ class Backfill(NamedTuple):
     presence: list[PresenceEvent]  # to deliver, in order
     again: bool  # read the streams again after these
     reset: bool  # a stream went back behind its cursor: Redis lost its data
+    gap: bool  # history was trimmed past the message cursor: some messages were never seen
 
 
 class RoomSub:
@@ -97,11 +99,18 @@ class RoomSub:
                 cursor.reset()  # new ids may be lower than the lost ones: start over
                 reset = True
         if reset:
-            return Backfill([], [], again=True, reset=True)
+            return Backfill([], [], again=True, reset=True, gap=False)
+        # Trimming drops the oldest entries first: while the last delivered message is still
+        # held, nothing after it was dropped. Once it is gone, something after it may be.
+        gap = (
+            self.messages.key != (0, 0)
+            and messages.oldest is not None
+            and id_key(messages.oldest) > self.messages.key
+        )
         out_messages = [m for m in messages.events if self.messages.advance(m.id)]
         out_presence = [a.event for a in presence.events if self.presence.advance(a.id)]
         if not (messages.complete and presence.complete):
-            return Backfill(out_messages, out_presence, again=True, reset=False)
+            return Backfill(out_messages, out_presence, again=True, reset=False, gap=gap)
         if self.state is State.BACKFILL and self.generation == generation:
             for item in self.buffer:
                 if isinstance(item, Message):
@@ -110,7 +119,7 @@ class RoomSub:
                 elif self.presence.advance(item.id):
                     out_presence.append(item.event)
             self.state, self.buffer = State.LIVE, []
-        return Backfill(out_messages, out_presence, again=False, reset=False)
+        return Backfill(out_messages, out_presence, again=False, reset=False, gap=gap)
 
 
 def backoff_delay(attempt: int) -> float:

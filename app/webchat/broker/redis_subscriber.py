@@ -332,6 +332,13 @@ class Subscriber:
             except Exception:
                 log.exception("presence handler failed")
 
+    def _gap(self, room: str) -> None:
+        if self.handler is not None:
+            try:
+                self.handler.on_gap(room)
+            except Exception:
+                log.exception("gap handler failed")
+
     def _deliver(self, room: str, messages: list[Message]) -> None:
         if messages and self.handler is not None:
             try:
@@ -393,6 +400,9 @@ class Subscriber:
                         log.warning("the streams of %s went back behind what was delivered", room)
                     if result.again:
                         self._backfill_wanted.set()
+                    if result.gap:  # first, so the clients resume from before the gap
+                        log.warning("history of %s was trimmed past what was delivered", room)
+                        self._gap(room)
                     self._deliver(room, result.messages)
                     for event in result.presence:
                         self._announce(event)

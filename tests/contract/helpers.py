@@ -16,7 +16,7 @@ import aiohttp
 
 from tests.support.client import ChatClient
 from tests.support.servers import WebchatProcess
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
@@ -188,8 +188,8 @@ async def until_metric(
     session: aiohttp.ClientSession, server: WebchatProcess, name: str, value: float
 ) -> None:
     """Wait (bounded) until a metric reaches `value`: for effects no frame reports."""
-    deadline = asyncio.get_running_loop().time() + seconds(10)
-    while (current := await metric(session, server, name)) != value:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{name} stayed {current}, expected {value}")
-        await asyncio.sleep(0.02)  # polling interval, not synchronisation: the loop re-checks
+
+    async def reached() -> bool:
+        return await metric(session, server, name) == value
+
+    await poll(reached, 10, f"{name} == {value}")

@@ -187,7 +187,7 @@ async def test_tokens_refill_at_the_rate(make_server, session):
         await alice.send(f"a{n}")
     assert kinds([await alice.recv() for _ in range(3)]) == ["message", "message", "rate_limited"]
     # Time itself is under test here: after 1.1 s at 1 token/s exactly one token is back.
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # time under test: tokens come back at the configured rate
     for n in range(2):
         await alice.send(f"b{n}")
     frames = [await alice.recv() for _ in range(2)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.contract.helpers import connect, nothing_else, until_metric
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 
 def presence(room: str, event: str, name: str) -> dict[str, str]:
@@ -172,11 +172,10 @@ async def test_large_rooms_get_no_presence_frames(make_server, session):
 
 async def until_welcome_count(session, server, name, room, count) -> None:
     """Wait (bounded) until a welcome in `room` counts `count` names; `name` is present."""
-    deadline = asyncio.get_running_loop().time() + seconds(10)
-    while True:
+
+    async def counted() -> bool:
         probe = await connect(session, server, name=name, room=room)
         await probe.close()
-        if probe.welcome["member_count"] == count:
-            return
-        assert asyncio.get_running_loop().time() < deadline, probe.welcome
-        await asyncio.sleep(0.02)  # polling interval: the loop re-checks the condition
+        return probe.welcome["member_count"] == count
+
+    await poll(counted, 10, f"a welcome counting {count} names")

@@ -5,13 +5,11 @@ Each case runs `python -m webchat` (the venv's python) as a real child process.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
 
 import aiohttp
@@ -20,7 +18,7 @@ import pytest
 from tests.support.client import ChatClient
 from tests.support.redis import RedisServer
 from tests.support.servers import ROOT, WebchatProcess, http_status, wait_until
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 from webchat.config import Config
 
 # Every option's environment variable: removed from the children's environment, so a
@@ -183,13 +181,11 @@ async def test_two_workers_share_one_port_and_drain_on_sigterm(
     server = WebchatProcess("--workers", "2", "--redis-url", redis_server.url, env=clean_env())
     with server:
         # Both workers are up once each has logged its listening line.
-        deadline = time.monotonic() + seconds(15)
-        pids: set[str] = set()
-        while len(pids) < 2 and time.monotonic() < deadline:
+        def listening() -> set[str]:
             pids = set(re.findall(r"listening on .* \(pid (\d+),", server.log()))
-            if len(pids) < 2:
-                await asyncio.sleep(0.05)  # polling the log for the lines, bounded above
-        assert len(pids) == 2, server.log()
+            return pids if len(pids) == 2 else set()
+
+        pids = await poll(listening, 15, "two workers' listening lines")
         assert server.proc is not None
         assert str(server.proc.pid) not in pids, "the parent only supervises"
         async with aiohttp.ClientSession() as session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import time
 
 import aiohttp
@@ -18,7 +19,7 @@ import pytest
 from tests.support.client import ChatClient
 from tests.support.rawws import OP_CLOSE, OP_TEXT, HandshakeError, RawWebSocket
 from tests.support.servers import WebchatProcess
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 ROOM = "drain"
 EXIT_WITHIN = 10.0  # PROTOCOL.md: an instance exits within 10 s of the signal
@@ -36,25 +37,23 @@ async def status_of(session: aiohttp.ClientSession, url: str) -> int:
 async def poll_status(
     session: aiohttp.ClientSession, url: str, wanted: int, deadline: float
 ) -> float:
-    """Poll `url` until it answers `wanted`; return the monotonic time it did."""
-    status = None
-    while time.monotonic() < deadline:
-        status = await status_of(session, url)
-        if status == wanted:
-            return time.monotonic()
-        await asyncio.sleep(0.01)  # polling interval; the signal is handled asynchronously
-    raise AssertionError(f"{url} still answered {status}, not {wanted}")
+    """Poll `url` until it answers `wanted` (before the monotonic `deadline`); return when."""
+
+    async def answered() -> bool:
+        return await status_of(session, url) == wanted
+
+    await poll(answered, max(0.0, deadline - time.monotonic()) / seconds(1), f"{wanted} from {url}")
+    return time.monotonic()
 
 
 async def wait_exit(server: WebchatProcess, deadline: float) -> tuple[int, float]:
     """Poll until the process exits; return its status and the monotonic time it was seen."""
     assert server.proc is not None
-    while time.monotonic() < deadline:
-        code = server.proc.poll()
-        if code is not None:
-            return code, time.monotonic()
-        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline
-    raise AssertionError(f"webchat did not exit in time:\n{server.log()}")
+    try:
+        code = await asyncio.to_thread(server.proc.wait, max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"webchat did not exit in time:\n{server.log()}") from None
+    return code, time.monotonic()
 
 
 async def close_of(client: ChatClient, timeout: float) -> tuple[int | None, float]:

@@ -15,7 +15,7 @@ from tests.support.client import ChatClient
 from tests.support.redis import Recorder, RedisServer, fetch_history
 from tests.support.redis_traffic import FAST
 from tests.support.servers import WebchatProcess
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 
 @pytest.fixture
@@ -169,10 +169,7 @@ async def test_an_instance_subscribes_to_a_room_only_while_it_has_members_there(
         return int(count)
 
     async def until_subscribers(room: str, count: int) -> None:
-        deadline = asyncio.get_running_loop().time() + seconds(5)
-        while subscribers(room) != count:
-            assert asyncio.get_running_loop().time() < deadline, (room, subscribers(room))
-            await asyncio.sleep(0.02)  # polling Redis, bounded above
+        await poll(lambda: subscribers(room) == count, 5, f"{count} subscribers of {room}")
 
     assert subscribers("r") == 0
     alice = await connect(session, a, "alice")

@@ -21,7 +21,7 @@ from tests.support.redis_traffic import (
     assert_everyone_has_history,
     connect,
 )
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 
 @pytest.fixture
@@ -52,10 +52,11 @@ async def test_killed_pubsub_connections_recover_and_backfill(
     await carol.stop()
     await carol.client.close()  # her leave is announced while nobody is subscribed
     with redis_server.client() as client:
-        deadline = asyncio.get_running_loop().time() + seconds(10)
-        while client.xlen("wc:{r}:h") < 11 or client.hexists("wc:{r}:p", "carol"):
-            assert asyncio.get_running_loop().time() < deadline, "sends or leave not done"
-            await asyncio.sleep(0.02)  # polling Redis, bounded above
+        await poll(
+            lambda: client.xlen("wc:{r}:h") >= 11 and not client.hexists("wc:{r}:p", "carol"),
+            10,
+            "the sends and carol's leave in Redis",
+        )
     assert alice.errors == bob.errors == []
     assert len(alice.messages) == len(bob.messages) == 1  # nothing delivered live meanwhile
     assert len(alice.presence) == 2
@@ -148,10 +149,9 @@ async def test_a_subscriber_killed_for_its_output_buffer_recovers(
         for n in range(count):
             await tx.client.send(f"{n} {text}")
         await tx.wait(lambda: len(tx.messages) == count, 60, "every echo on b")
-        deadline = asyncio.get_running_loop().time() + seconds(10)
-        while "output buffer limits" not in redis_server.log():
-            assert asyncio.get_running_loop().time() < deadline, redis_server.log()
-            await asyncio.sleep(0.05)  # polling the log, bounded above
+        await poll(
+            lambda: "output buffer limits" in redis_server.log(), 10, "the output buffer kill"
+        )
     finally:
         a.signal(signal.SIGCONT)
     await wait_status(session, a.url + "/readyz", 200, timeout=10)
@@ -182,10 +182,7 @@ async def test_messages_trimmed_while_unsubscribed_make_clients_resume_with_a_ga
     for n in range(8):
         await alice.client.send(f"meanwhile {n}")
     with redis_server.client() as client:
-        deadline = asyncio.get_running_loop().time() + seconds(10)
-        while client.xinfo_stream("wc:{r}:h")["entries-added"] < 9:
-            assert asyncio.get_running_loop().time() < deadline, "sends not stored"
-            await asyncio.sleep(0.02)  # polling Redis, bounded above
+        await poll(lambda: client.xinfo_stream("wc:{r}:h")["entries-added"] >= 9, 10, "9 stored")
     redis_server.command("ACL", "SETUSER", "default", "+subscribe")
 
     await bob.wait(lambda: bob.gaps == 1 and len(bob.messages) == 6, 10, "a resume into a gap")

@@ -20,7 +20,7 @@ from tests.integration.conftest import ReadMetric
 from tests.support.client import ChatClient
 from tests.support.rawws import OP_CLOSE, OP_TEXT, Frame, RawWebSocket, process_has_socket
 from tests.support.servers import WebchatProcess
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 ROOM = "busy"
 FILLER = "x" * 1500
@@ -111,27 +111,25 @@ async def wait_for_metric(
     read_metric: ReadMetric, server: WebchatProcess, series: str, value: float, timeout: float
 ) -> float:
     """Poll /metrics until `series` equals `value`; return the monotonic time it did."""
-    deadline = time.monotonic() + seconds(timeout)
-    seen = None
-    while time.monotonic() < deadline:
-        seen = await read_metric(server, series)
-        if seen == value:
-            return time.monotonic()
-        await asyncio.sleep(0.05)  # polling interval, not synchronisation: the loop checks state
-    raise AssertionError(f"{series} stayed {seen}, expected {value} within {timeout}s")
+
+    async def reached() -> bool:
+        return await read_metric(server, series) == value
+
+    await poll(reached, timeout, f"{series} == {value}")
+    return time.monotonic()
 
 
 async def wait_until_dropped(server: WebchatProcess, inode: int, deadline: float) -> float:
     """Poll until the server process no longer holds the socket `inode`; return when."""
     assert server.proc is not None
-    while time.monotonic() < deadline:
-        if not process_has_socket(server.proc.pid, inode):
-            return time.monotonic()
-        await asyncio.sleep(0.05)  # polling interval, not synchronisation: the loop checks state
-    raise AssertionError(
-        f"the server still holds the slow client's socket {SLOW_CLOSE_GRACE:g} s after the "
-        "overflow (PROTOCOL.md: dropped after 5 s)"
+    pid = server.proc.pid
+    # /proc is the only witness: the client never reads, so no event reports the drop.
+    await poll(
+        lambda: not process_has_socket(pid, inode),
+        max(0.0, deadline - time.monotonic()) / seconds(1),
+        f"the drop of the slow client's socket, {SLOW_CLOSE_GRACE:g} s after the overflow",
     )
+    return time.monotonic()
 
 
 async def test_slow_client_is_closed_1013_while_100_others_get_every_message(

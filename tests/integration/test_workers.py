@@ -29,7 +29,7 @@ from tests.conftest import MakeServer
 from tests.support.client import ChatClient
 from tests.support.redis import RedisServer
 from tests.support.servers import ROOT, WebchatProcess
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 REDIS = pytest.mark.parametrize("broker", ["redis"], indirect=True)
 FLAGS = ("--workers", "2", "--drain-delay", "0.2", "--drain-spread", "0.3")
@@ -81,11 +81,7 @@ def holder(port: int, client_port: int, pids: set[int]) -> int | None:
 
 
 async def eventually(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + seconds(timeout)
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout}s")
-        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline
+    await poll(predicate, timeout, what)
 
 
 async def worker_pids(server: WebchatProcess, count: int, timeout: float = 15) -> set[int]:

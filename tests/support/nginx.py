@@ -12,7 +12,6 @@ in the foreground as a child process and returns once its port accepts connectio
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -30,7 +29,7 @@ from typing import TypeVar
 import aiohttp
 
 from tests.support.servers import ROOT, WebchatProcess, free_port, require_binary, wait_until
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 NGINX_CONF = ROOT / "nginx.conf"
 T = TypeVar("T")
@@ -385,13 +384,11 @@ async def locate(
     """
     before = [await connected_users(session, s) for s in servers]
     client = await connect()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds(timeout)
-    while True:
+
+    async def landed() -> list[int]:
         after = [await connected_users(session, s) for s in servers]
         grown = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a == b + 1]
-        if sum(after) == sum(before) + 1 and len(grown) == 1:
-            return client, grown[0]
-        if loop.time() > deadline:
-            raise TimeoutError(f"connection counts went from {before} to {after}")
-        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline
+        return grown if sum(after) == sum(before) + 1 and len(grown) == 1 else []
+
+    grown = await poll(landed, timeout, f"one instance counting one more than {before}")
+    return client, grown[0]

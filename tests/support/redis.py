@@ -27,7 +27,7 @@ import redis
 
 from tests.support.client import ChatClient
 from tests.support.servers import free_port, require_binary, wait_until
-from tests.support.timing import seconds
+from tests.support.timing import poll, seconds
 
 
 def _ping(port: int, tls_ca: Path | None) -> bool:
@@ -229,16 +229,13 @@ async def wait_status(
     session: aiohttp.ClientSession, url: str, status: int, timeout: float
 ) -> float:
     """Poll `url` until it answers `status`; return how many seconds that took."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = started + seconds(timeout)
-    while True:
-        got = await http_get_status(session, url)
-        if got == status:
-            return loop.time() - started
-        if loop.time() > deadline:
-            raise TimeoutError(f"{url} answered {got}, not {status}, for {timeout}s")
-        await asyncio.sleep(0.02)  # polling interval, not synchronisation
+    started = asyncio.get_running_loop().time()
+
+    async def answered() -> bool:
+        return await http_get_status(session, url) == status
+
+    await poll(answered, timeout, f"{status} from {url}")
+    return asyncio.get_running_loop().time() - started
 
 
 async def fetch_history(session: aiohttp.ClientSession, base_url: str, room: str) -> list[dict]:

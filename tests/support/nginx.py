@@ -28,7 +28,14 @@ from typing import TypeVar
 
 import aiohttp
 
-from tests.support.servers import ROOT, WebchatProcess, free_port, require_binary, wait_until
+from tests.support.servers import (
+    ROOT,
+    WebchatProcess,
+    alive_and,
+    free_port,
+    require_binary,
+    wait_until,
+)
 from tests.support.timing import poll, seconds
 
 NGINX_CONF = ROOT / "nginx.conf"
@@ -314,7 +321,7 @@ class NginxServer:
             )
         try:
             wait_until(
-                lambda: self._alive_or_raise() and _accepts(self.port),
+                alive_and(self.proc, "nginx", self.log, lambda: _accepts(self.port)),
                 seconds(10),
                 f"nginx on port {self.port} to accept connections",
             )
@@ -322,12 +329,6 @@ class NginxServer:
             self.stop()
             raise
         return self
-
-    def _alive_or_raise(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
-        return True
 
     def log(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""

@@ -26,7 +26,7 @@ import aiohttp
 import redis
 
 from tests.support.client import ChatClient
-from tests.support.servers import free_port, require_binary, wait_until
+from tests.support.servers import alive_and, free_port, require_binary, wait_until
 from tests.support.timing import poll, seconds
 
 
@@ -143,7 +143,9 @@ class RedisServer:
             )
         try:
             wait_until(
-                lambda: self._alive_or_raise() and _ping(self.port, self.tls_ca),
+                alive_and(
+                    self.proc, "redis-server", self.log, lambda: _ping(self.port, self.tls_ca)
+                ),
                 seconds(10),
                 f"redis-server on port {self.port} to answer PING",
             )
@@ -151,12 +153,6 @@ class RedisServer:
             self.kill()
             raise
         return self
-
-    def _alive_or_raise(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{self.log()}")
-        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

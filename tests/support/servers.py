@@ -43,6 +43,17 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> 
     raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
+def alive_and(proc: subprocess.Popen[bytes], what: str, log, ready):  # type: ignore[no-untyped-def]
+    """A readiness check for `wait_until` that fails at once, with the log, if `proc` exited."""
+
+    def check() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log()}")
+        return bool(ready())
+
+    return check
+
+
 def http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=seconds(2)) as response:
@@ -87,7 +98,9 @@ class WebchatProcess:
         wanted = "/readyz" if wait_ready else "/healthz"
         try:
             wait_until(
-                lambda: self._alive_or_raise() and http_status(self.url + wanted) == 200,
+                alive_and(
+                    self.proc, "webchat", self.log, lambda: http_status(self.url + wanted) == 200
+                ),
                 seconds(15),
                 f"webchat on port {self.port} to answer {wanted}",
             )
@@ -95,12 +108,6 @@ class WebchatProcess:
             self.stop()
             raise
         return self
-
-    def _alive_or_raise(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"webchat exited with {self.proc.returncode}:\n{self.log()}")
-        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

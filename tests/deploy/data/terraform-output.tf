@@ -1,0 +1,18 @@
+# Same shape as infra/outputs.tf, with the addresses of a made-up apply (documentation ranges).
+locals {
+  web = [
+    { name = "webchat-web-1", public_ip = "203.0.113.21", private_ip = "10.42.1.21" },
+    { name = "webchat-web-2", public_ip = "203.0.113.22", private_ip = "10.42.1.22" },
+    { name = "webchat-web-3", public_ip = "203.0.113.23", private_ip = "10.42.1.23" },
+  ]
+}
+output "hosts" {
+  value = {
+    lb         = [{ name = "webchat-lb", public_ip = "203.0.113.10", private_ip = "10.42.1.10" }]
+    web        = [for host in local.web : { name = host.name, public_ip = host.public_ip, private_ip = host.private_ip }]
+    redis      = [{ name = "webchat-redis", public_ip = "203.0.113.30", private_ip = "10.42.1.30" }]
+    monitoring = [{ name = "webchat-monitoring", public_ip = "203.0.113.40", private_ip = "10.42.1.40" }]
+  }
+}
+output "ssh_user" { value = "admin" }
+output "lb_public_ip" { value = "203.0.113.10" }

@@ -2,8 +2,8 @@
 
 No terraform binary is needed. `evaluate` runs a condition the way Terraform would for the
 small set of functions infra/variables.tf uses (can, try, regex, cidrhost, cidrsubnet,
-cidrnetmask, contains, floor, length, trimspace): the expression is translated token by token into Python and
-evaluated with `var` bound to the values under test. Anything else (another function, a
+cidrnetmask, contains, floor, length, trimspace): the expression is translated token by
+token into Python and evaluated with `var` bound to the values under test. Anything else (another function, a
 reference other than var.*) raises UnsupportedExpression, so a new kind of condition makes
 the tests fail loudly instead of passing unevaluated.
 """
@@ -24,7 +24,9 @@ from hcl2 import SerializationOptions
 from tests.support.servers import ROOT
 
 INFRA = ROOT / "infra"
-_OPTIONS = SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+_OPTIONS = SerializationOptions(
+    with_comments=False, explicit_blocks=False, strip_string_quotes=True
+)
 
 
 class UnsupportedExpression(ValueError):

@@ -68,8 +68,9 @@ def test_a_missing_password_is_refused_with_its_message(missing: str) -> None:
 def test_the_example_env_names_every_required_variable() -> None:
     required = set(re.findall(r"\$\{(\w+):\?", (ROOT / "docker-compose.yml").read_text()))
     example = dict(
-        line.split("=", 1) for line in EXAMPLE_ENV.read_text().splitlines() if "=" in line[:40]
-        and not line.startswith("#")
+        line.split("=", 1)
+        for line in EXAMPLE_ENV.read_text().splitlines()
+        if "=" in line[:40] and not line.startswith("#")
     )
     assert required == set(SECRETS) == set(example)
     # Filled in as the example says, the file is accepted.
@@ -193,7 +194,9 @@ def test_monitoring_is_mounted_from_the_repository(services: dict[str, dict[str,
     assert grafana["/etc/grafana/provisioning"] == str(monitoring / "grafana" / "provisioning")
     assert grafana["/var/lib/grafana/dashboards"] == str(monitoring / "grafana" / "dashboards")
     assert services["grafana"]["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
-    assert mounts(services["nginx"]) == {"/etc/nginx/nginx.conf": str(ROOT / "deploy/compose/nginx.conf")}
+    assert mounts(services["nginx"]) == {
+        "/etc/nginx/nginx.conf": str(ROOT / "deploy/compose/nginx.conf")
+    }
 
 
 def test_exporters_are_where_prometheus_looks(services: dict[str, dict[str, Any]]) -> None:

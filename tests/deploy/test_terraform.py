@@ -212,7 +212,10 @@ def test_every_variable_is_described_and_validated() -> None:
             assert failed_validations(name, variable["default"]) == [], f"default of {name}"
     assert tested <= set(variables)
     # Without defaults the user must choose: where SSH comes from, and which key.
-    assert {n for n, v in variables.items() if "default" not in v} == {"admin_cidr", "ssh_public_key"}
+    assert {n for n, v in variables.items() if "default" not in v} == {
+        "admin_cidr",
+        "ssh_public_key",
+    }
 
 
 def test_the_evaluator_refuses_what_it_does_not_implement() -> None:

@@ -41,7 +41,9 @@ def read_outputs(env: dict[str, str]) -> dict[str, Any]:
         try:
             text = Path(saved).read_text(encoding="utf-8")
         except OSError as exc:
-            raise InventoryError(f"WEBCHAT_TF_OUTPUT: cannot read {saved}: {exc.strerror}") from None
+            raise InventoryError(
+                f"WEBCHAT_TF_OUTPUT: cannot read {saved}: {exc.strerror}"
+            ) from None
         source = saved
     else:
         tf_dir = env.get("WEBCHAT_TF_DIR") or str(DEFAULT_TF_DIR)

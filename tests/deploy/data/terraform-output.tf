@@ -1,4 +1,7 @@
-# Same shape as infra/outputs.tf, with the addresses of a made-up apply (documentation ranges).
+# How terraform-output.json was recorded (Terraform 1.11.4; no cloud, no provider):
+#   terraform init && terraform apply -auto-approve && terraform output -json > terraform-output.json
+# The outputs have infra/outputs.tf's names and shape (tests/deploy/test_terraform.py checks
+# that), with the addresses of a made-up apply with web_count = 3 (documentation ranges).
 locals {
   web = [
     { name = "webchat-web-1", public_ip = "203.0.113.21", private_ip = "10.42.1.21" },

@@ -3,9 +3,9 @@
 No terraform binary is needed. `evaluate` runs a condition the way Terraform would for the
 small set of functions infra/variables.tf uses (can, try, regex, cidrhost, cidrsubnet,
 cidrnetmask, contains, floor, length, trimspace): the expression is translated token by
-token into Python and evaluated with `var` bound to the values under test. Anything else (another function, a
-reference other than var.*) raises UnsupportedExpression, so a new kind of condition makes
-the tests fail loudly instead of passing unevaluated.
+token into Python and evaluated with `var` bound to the values under test. Anything else
+(another function, a reference other than var.*) raises UnsupportedExpression, so a new kind
+of condition makes the tests fail loudly instead of passing unevaluated.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ case "$probe" in *'/healthz'*) ;; *) echo "FAIL: HEALTHCHECK $probe"; exit 1 ;; 
 rootfs=$(pm image mount "$IMAGE")
 server=""
 cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
   pm image unmount "$IMAGE" >/dev/null || true
 }
 trap cleanup EXIT
@@ -57,9 +57,10 @@ for module in pip setuptools wheel; do
 done
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-in_image() { chroot --userspec=10001:10001 "$rootfs" /usr/bin/env -i \
-  PATH=/opt/webchat/bin:/usr/bin:/bin HOST=127.0.0.1 PORT="$port" "$@"; }
-in_image webchat & server=$!
+environment=(PATH=/opt/webchat/bin:/usr/bin:/bin HOST=127.0.0.1 PORT="$port")
+in_image() { chroot --userspec=10001:10001 "$rootfs" /usr/bin/env -i "${environment[@]}" "$@"; }
+# Not through the function: chroot and env exec, so $! is webchat itself (stopped on exit).
+chroot --userspec=10001:10001 "$rootfs" /usr/bin/env -i "${environment[@]}" webchat & server=$!
 # The image's own HEALTHCHECK command (["CMD", ...]), as the container runtime would run it.
 mapfile -t check < <(python3 -c 'import json, sys; print(*json.loads(sys.argv[1])[1:], sep="\n")' "$probe")
 for _ in $(seq 100); do

@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real.
-APT_PACKAGES := python3-venv redis-server nginx prometheus chromium
-NEEDED_BINARIES := redis-server nginx prometheus promtool chromium
+APT_PACKAGES := python3-venv redis-server nginx prometheus chromium docker-compose
+NEEDED_BINARIES := redis-server nginx prometheus promtool chromium docker-compose
 
-.PHONY: run test lint typecheck pytest system-deps bench clean
+.PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -44,6 +44,21 @@ pytest: $(BIN)/.installed system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The unit tests and the deployment's fast tier (compose config, HCL, inventory, lint, nginx -t);
+# the full deployment tier (tests/deploy/full/, real hosts) runs only in `make test`.
+test-fast: $(BIN)/.installed system-deps
+	$(BIN)/pytest tests/unit tests/deploy --ignore=tests/deploy/full
+
+# Not in `make test`: needs a terraform binary and the hashicorp/aws provider (a registry or a
+# local mirror); `terraform test` plans and applies infra/ against a mocked provider.
+terraform-test:
+	cd infra && terraform init -input=false -backend=false && terraform validate && terraform test
+
+# Not in `make test`: builds the image with podman from a locally made Debian base (no registry
+# needed) and checks it; see deploy/compose/build-image.sh.
+image:
+	bash deploy/compose/build-image.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

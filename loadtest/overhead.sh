@@ -106,7 +106,13 @@ stop_server() {
 }
 
 for round in $(seq "$ROUNDS"); do
-    for variant in "${VARIANTS[@]}"; do
+    # Each round starts one variant later (A B C, B C A, C A B, ...): load that grows or falls
+    # during a round must not always fall on the same variant.
+    order=()
+    for i in "${!VARIANTS[@]}"; do
+        order+=("${VARIANTS[(i + round - 1) % ${#VARIANTS[@]}]}")
+    done
+    for variant in "${order[@]}"; do
         start_server "$variant"
         echo "== round $round $variant | $(uptime | sed 's/.*load/load/')" | tee -a "$OUT/notes.txt" >&2
         "${RUN[@]}" taskset -c "$GEN_CORE" "$PYTHON" loadtest/fanout.py --url "ws://127.0.0.1:${PORT}/ws?room=bench" \

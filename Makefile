@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real.
 APT_PACKAGES := python3-venv redis-server nginx prometheus chromium
 NEEDED_BINARIES := redis-server nginx prometheus promtool chromium
+# The exporters the deployment runs, scraped by the real-Prometheus test (tests/integration).
+APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 
-.PHONY: run test lint typecheck pytest system-deps bench clean
+.PHONY: run test lint typecheck pytest system-deps bench clean dashboards
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -44,6 +47,10 @@ pytest: $(BIN)/.installed system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Grafana dashboards are generated from code and committed (monitoring/grafana/dashboards.py).
+dashboards: $(BIN)/.installed
+	$(BIN)/python monitoring/grafana/dashboards.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ NEEDED_BINARIES := redis-server nginx prometheus promtool chromium
 APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 
-.PHONY: run test lint typecheck pytest system-deps bench clean dashboards
+.PHONY: run test lint typecheck pytest system-deps bench clean dashboards dashboard-picture
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -51,6 +51,10 @@ test: lint typecheck pytest
 # Grafana dashboards are generated from code and committed (monitoring/grafana/dashboards.py).
 dashboards: $(BIN)/.installed
 	$(BIN)/python monitoring/grafana/dashboards.py
+
+# docs/dashboard.png: four minutes of scripted chat on a local deployment, drawn from Prometheus.
+dashboard-picture: $(BIN)/.installed system-deps
+	$(BIN)/python monitoring/snapshot.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

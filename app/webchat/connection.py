@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
@@ -51,10 +51,10 @@ class Connection:
         "_held",
         "_held_bytes",
         "_limit",
-        "_on_overflow",
         "_transport",
         "_watermark",
         "closing",
+        "ended_by",
         "last_seen",
         "name",
         "next_ping",
@@ -69,16 +69,17 @@ class Connection:
         room: str,
         name: str,
         send_buffer: int,
-        on_overflow: Callable[[], None],
         heartbeat: float,
     ) -> None:
         self.ws = ws
         self.room = room
         self.name = name
         self.closing = False
+        # Why the server ended it (a DISCONNECT_REASONS value), for the disconnection metric;
+        # None while the client is the one to end it.
+        self.ended_by: str | None = None
         self._transport = transport
         self._limit = send_buffer
-        self._on_overflow = on_overflow
         self._held: list[Batch | bytes] | None = []
         self._held_bytes = 0
         self._watermark: tuple[int, int] | None = None
@@ -112,6 +113,11 @@ class Connection:
         if newer:
             self._watermark = None
             self._write(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for this client: unsent in its socket buffer, or held before go_live."""
+        return self._transport.get_write_buffer_size() + self._held_bytes
 
     def write_now(self, payload: bytes) -> None:
         """Write a JSON frame ahead of anything held (welcome, replay)."""
@@ -166,14 +172,19 @@ class Connection:
         """The client cannot keep up: stop sending, queue a 1013 close, drop it after 5 s."""
         if self.closing:
             return
-        self._on_overflow()
-        self.close(CLOSE_TRY_AGAIN, "too slow: reconnect with since")
+        self.close(CLOSE_TRY_AGAIN, "too slow: reconnect with since", why="slow_client")
 
-    def close(self, code: int, reason: str, grace: float = SLOW_CLOSE_GRACE) -> None:
-        """Queue a close frame; drop the socket if the handshake takes longer than `grace`."""
+    def close(
+        self, code: int, reason: str, grace: float = SLOW_CLOSE_GRACE, *, why: str = "error"
+    ) -> None:
+        """Queue a close frame; drop the socket if the handshake takes longer than `grace`.
+
+        `why` is the disconnection reason the metrics count (metrics.DISCONNECT_REASONS).
+        """
         if self.closing:
             return
         self.closing = True
+        self.ended_by = self.ended_by or why
         self._held = None
         loop = asyncio.get_running_loop()
         self._abort_timer = loop.call_later(grace, self._transport.abort)
@@ -189,6 +200,7 @@ class Connection:
 
     def drop(self) -> None:
         """The client is gone without closing (no pong): free the socket now."""
+        self.ended_by = self.ended_by or "timeout"
         self.closing = True
         self._held = None
         self._transport.abort()

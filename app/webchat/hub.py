@@ -2,6 +2,9 @@
 
 The broker calls `on_messages`/`on_presence`; each message is encoded once and the same bytes
 are written to every local member without awaiting any socket (see connection.py).
+
+Each batch is measured once after its writes (metrics.delivered: latency per message, not per
+recipient) and, for sampled messages, traced by a CONSUMER span around the writes.
 """
 
 from __future__ import annotations
@@ -10,10 +13,15 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from webchat.broker.base import Broker, Message, PresenceEvent
 from webchat.connection import CLOSE_TRY_AGAIN, Batch, Connection
+from webchat.metrics import Metrics
 from webchat.protocol import encode_message, encode_presence, ws_text_frame
+
+if TYPE_CHECKING:
+    from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +44,17 @@ class Room:
 class Hub:
     """Rooms of this process. Presence frames go only to rooms of at most `presence_limit` names."""
 
-    def __init__(self, broker: Broker, presence_grace: float, presence_limit: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        presence_grace: float,
+        presence_limit: int,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._broker = broker
+        self._metrics = metrics
+        self._tracing = tracing
         self._grace = presence_grace
         self._presence_limit = presence_limit
         self._rooms: dict[str, Room] = {}
@@ -48,6 +65,11 @@ class Hub:
     @property
     def connections(self) -> list[Connection]:
         return [conn for room in self._rooms.values() for conn in room.conns]
+
+    @property
+    def active_rooms(self) -> int:
+        """Rooms with at least one local connection."""
+        return sum(1 for room in self._rooms.values() if room.conns)
 
     @property
     def connection_count(self) -> int:
@@ -152,15 +174,21 @@ class Hub:
         if room is None or not room.conns:
             return
         batch = Batch(messages, [ws_text_frame(encode_message(m)) for m in messages])
+        recipients = len(room.conns)
+        tracing = self._tracing
+        spans = tracing.start_delivery(room_name, messages, recipients) if tracing else None
         for conn in room.conns:
             conn.deliver(batch)
+        if spans:
+            tracing.end_delivery(spans)  # type: ignore[union-attr]  # spans imply tracing
+        self._metrics.delivered(messages, recipients)
 
     def on_gap(self, room_name: str) -> None:
         """Some messages will never arrive live: close the room's clients with 1013, so they
         resume with `since` and the replay tells them with a `gap` frame."""
         room = self._rooms.get(room_name)
         for conn in list(room.conns) if room is not None else []:
-            conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since")
+            conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap")
 
     def on_presence(self, event: PresenceEvent) -> None:
         if event.count > self._presence_limit:

@@ -1,12 +1,13 @@
-"""One running instance: wires hub, broker and metrics, serves sockets, drains on shutdown."""
+"""One running instance: wires hub, broker, metrics and tracing, serves sockets, drains."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -17,6 +18,7 @@ from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Con
 from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
 from webchat.metrics import Metrics
+from webchat.monitor import LoopLag, run_monitor
 from webchat.protocol import (
     GAP,
     ConnectParams,
@@ -28,6 +30,9 @@ from webchat.protocol import (
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +47,22 @@ class Node:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
-        self.broker = broker or create_broker(config, self.id)
-        self.hub = Hub(self.broker, config.presence_grace, config.presence_limit)
+        # Imported only when switched on: with tracing off no OpenTelemetry code is loaded.
+        self.tracing: Tracing | None = None
+        if config.tracing:
+            from webchat.tracing import Tracing
+
+            system = "memory" if config.memory_broker else "redis"
+            self.tracing = Tracing(self.id, system)
+        self.broker = broker or create_broker(config, self.id, self.metrics, self.tracing)
+        self.hub = Hub(
+            self.broker, config.presence_grace, config.presence_limit, self.metrics, self.tracing
+        )
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self.loop_lag = LoopLag(0.0)
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -58,18 +74,42 @@ class Node:
         return self.broker.ready and not self.draining
 
     async def start(self) -> None:
+        self.metrics.count_logged_errors()
         await self.broker.start(self.hub)
-        self._heartbeat = asyncio.get_running_loop().create_task(
-            run_heartbeat(lambda: self.hub.connections, self.config.heartbeat)
+        loop = asyncio.get_running_loop()
+        self._heartbeat = loop.create_task(
+            run_heartbeat(
+                lambda: self.hub.connections,
+                self.config.heartbeat,
+                self.metrics.send_buffer_bytes.set,
+            )
         )
+        self.loop_lag = LoopLag(loop.time())
+        self._sample()
+        self._monitor = loop.create_task(run_monitor(self.loop_lag, self._on_probe, self._sample))
+
+    def _on_probe(self, lag: float) -> None:
+        self.metrics.loop_lag_hist.observe(lag)
+
+    def _sample(self) -> None:
+        """Once a second (monitor.py): gauges that are states, not events."""
+        metrics = self.metrics
+        metrics.loop_lag.set(self.loop_lag.recent)
+        metrics.broker_ready.set(1 if self.broker.ready else 0)
+        metrics.rooms_active.set(self.hub.active_rooms)
+        metrics.flush()
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.hub.close()
         await self.broker.close()
+        if self.tracing is not None:
+            await self.tracing.close()
+        self.metrics.stop_counting()
 
     # --- one client ---------------------------------------------------------------------
 
@@ -92,15 +132,16 @@ class Node:
             params.room,
             params.name,
             cfg.send_buffer,
-            on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
             heartbeat=cfg.heartbeat,
         )
+        self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
         try:
             try:
                 await self.hub.attach(conn)
                 await self._welcome(ws, conn, params)
             except BrokerUnavailable:
+                conn.ended_by = "error"
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
             except ConnectionResetError:  # the client left during its welcome or replay
@@ -110,6 +151,7 @@ class Node:
             self.hub.detach(conn)
             conn.closed()
             self.metrics.connected_users.dec()
+            self.metrics.disconnected(conn.ended_by or "client")
             if self.draining and self.hub.connection_count == 0:
                 self._all_closed.set()
         return ws
@@ -144,17 +186,20 @@ class Node:
         cfg = self.config
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
+        tracing = self.tracing
         async for msg in ws:
-            conn.last_seen = loop.time()
+            received = conn.last_seen = loop.time()
             if msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if msg.type is WSMsgType.ERROR:  # a protocol error, a frame too big (1009)
+                    conn.ended_by = conn.ended_by or "error"
                 continue  # a pong: last_seen is all it is for; errors end the loop
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    self.metrics.closes.labels("rate_limit_abuse").inc()
+                    conn.ended_by = "rate_limit_abuse"
                     conn.closing = True
                     await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
                     break
@@ -167,10 +212,12 @@ class Node:
             except ProtocolError as exc:
                 self._error(conn, exc.code, exc.message)
                 continue
+            draft = Draft(conn.name, request.text, request.nonce)
             try:
-                published = await self.broker.publish(
-                    conn.room, Draft(conn.name, request.text, request.nonce)
-                )
+                if tracing is None:
+                    published = await self.broker.publish(conn.room, draft)
+                else:
+                    published = await tracing.publish(self.broker, conn.room, draft)
             except BrokerUnavailable:
                 self._error(conn, "unavailable", "the message broker is unreachable; retry later")
                 continue
@@ -179,9 +226,10 @@ class Node:
                 conn.send(ws_text_frame(encode_message(published.message)))
             else:
                 self.metrics.messages.inc()
+                self.metrics.message_latency.observe(loop.time() - received)
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
-        self.metrics.errors.labels(code).inc()
+        self.metrics.error(code)
         conn.send(ws_text_frame(encode_error(code, message)))
 
     # --- shutdown -----------------------------------------------------------------------
@@ -196,9 +244,9 @@ class Node:
         loop = asyncio.get_running_loop()
         step = self.config.drain_spread / len(conns)
         for index, conn in enumerate(conns):
-            loop.call_later(
-                index * step, conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE
+            close = functools.partial(
+                conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE, why="drain"
             )
-        self.metrics.closes.labels("drain").inc(len(conns))
+            loop.call_later(index * step, close)
         if self.hub.connection_count:
             await self._all_closed.wait()

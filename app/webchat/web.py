@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -10,7 +10,6 @@ from aiohttp import web
 
 from webchat.broker.base import BrokerUnavailable
 from webchat.config import Config
-from webchat.metrics import CONTENT_TYPE
 from webchat.node import Node
 from webchat.protocol import (
     ProtocolError,
@@ -60,14 +59,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         params = parse_connect_params(request.query)
     except ProtocolError as exc:
-        node.metrics.http_refusals.labels("400").inc()
+        node.metrics.upgrade(exc.code)
         return _error(400, exc.code, exc.message)
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, request.headers.get("Host"), node.config.allowed_origins):
-        node.metrics.http_refusals.labels("403").inc()
+        node.metrics.upgrade("forbidden_origin")
         return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
     if not node.ready:
-        node.metrics.http_refusals.labels("503").inc()
+        node.metrics.upgrade("unavailable")
         why = "draining" if node.draining else "message broker unreachable"
         return _error(503, "unavailable", f"service unavailable ({why}); retry with backoff")
     return await node.serve(request, params)
@@ -106,8 +105,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[NODE].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    """Prometheus text format, or OpenMetrics (with exemplars) when the scraper accepts it."""
+    body, content_type = request.app[NODE].metrics.render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -123,6 +123,18 @@ def make_app(config: Config) -> web.Application:
             response.headers.setdefault("Cache-Control", "no-cache")
 
     app.on_response_prepare.append(revalidate_static)
+
+    if config.tracing:
+        # The node (and its tracer) exists only once the app starts: look it up per request.
+        @web.middleware
+        async def traced(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            tracing = request.app[NODE].tracing
+            assert tracing is not None
+            return await tracing.trace_http(request, handler)
+
+        app.middlewares.append(traced)
 
     async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         node = Node(config)

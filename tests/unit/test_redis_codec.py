@@ -57,6 +57,15 @@ def test_decode_message_and_presence_payloads():
         decode_event("r", b'{"k":"z"}')
 
 
+def test_acceptance_time_in_microseconds_is_kept_and_never_fatal():
+    timed = {"k": "m", "i": "17-0", "n": "a", "t": "hi", "a": "1732650000123456"}
+    assert decode_event("r", json.dumps(timed).encode()).accepted_us == 1732650000123456
+    for bad in ("soon", None, [1]):
+        message = decode_event("r", json.dumps({**timed, "a": bad}).encode())
+        assert isinstance(message, Message) and message.accepted_us is None
+        assert message.text == "hi"
+
+
 def test_message_from_a_stream_entry():
     entry = {b"n": "é".encode(), b"t": b"text", b"o": b"n1"}
     assert message_from_entry("r", b"5-0", entry) == Message("5-0", "r", "é", "text", 5, "n1")

@@ -8,7 +8,7 @@ The hub never learns which broker it talks to; the broker never sees a socket.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 DEDUPE_SECONDS = 300.0
@@ -30,7 +30,12 @@ class Draft:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An accepted message: `id` orders it within its room, `ts` is acceptance time (ms)."""
+    """An accepted message: `id` orders it within its room, `ts` is acceptance time (ms).
+
+    `accepted_us` is the broker's acceptance time in microseconds since the epoch (its
+    clock: Redis's `TIME`, or this process's), for delivery latency; it is not part of the
+    wire frame, and None where the broker did not say (history and backfill reads).
+    """
 
     id: str
     room: str
@@ -39,6 +44,7 @@ class Message:
     ts: int
     nonce: str | None
     trace: dict[str, str] | None = None
+    accepted_us: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,8 @@ class MemoryBroker:
         self._subscribed.discard(room)
 
     async def publish(self, room: str, draft: Draft) -> Published:
-        now = time.time()
+        now_ns = time.time_ns()
+        now = now_ns / 1e9
         key = (room, draft.name, draft.nonce) if draft.nonce is not None else None
         if key is not None:
             self._forget_expired(now)
@@ -138,7 +139,16 @@ class MemoryBroker:
             if seen is not None:
                 return Published(seen[1], duplicate=True)
         message_id, ts = self._clock.next(int(now * 1000))
-        message = Message(message_id, room, draft.name, draft.text, ts, draft.nonce, draft.trace)
+        message = Message(
+            message_id,
+            room,
+            draft.name,
+            draft.text,
+            ts,
+            draft.nonce,
+            draft.trace,
+            accepted_us=now_ns // 1000,
+        )
         history = self._rooms.get(room)
         if history is None:
             history = self._rooms[room] = deque(maxlen=self._history_size)

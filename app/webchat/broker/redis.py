@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -48,12 +48,17 @@ from webchat.broker.redis_codec import (
     start_after,
     stream_key,
 )
+from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
 from webchat.broker.redis_rooms import BACKOFF_CAP
 from webchat.broker.redis_scripts import PUBLISH
 from webchat.broker.redis_subscriber import Subscriber
 from webchat.config import Config
+from webchat.metrics import Metrics
 from webchat.protocol import parse_id
+
+if TYPE_CHECKING:
+    from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +99,18 @@ class RedisBroker:
     nothing to share is served more cheaply by MemoryBroker. Create it with the node's id,
     `start` it with the node's event handler (it returns even while Redis is down: watch
     `ready`), and `close` it after the hub has left its rooms.
+
+    Every Redis call is timed and counted by kind (`webchat_redis_*` in `metrics`, a fresh
+    set when none is given) and traced as a CLIENT span inside a sampled trace (`tracing`).
     """
 
-    def __init__(self, config: Config, node_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        node_id: str,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._url = config.redis_url
         self._history_size = config.history_size
         self._node_id = node_id
@@ -116,12 +130,19 @@ class RedisBroker:
             protocol=2,
         )
         self._client = Redis.from_pool(pool)
+        self._metrics = metrics or Metrics()
+        self._ops = RedisOps(self._metrics, tracing, config.redis_url)
         self._publish = self._client.register_script(PUBLISH)
         self._presence = RedisPresence(
-            self._client, node_id, config.presence_timeout, lambda: self._client_ok
+            self._client, node_id, config.presence_timeout, lambda: self._client_ok, self._ops
         )
         self._subscriber = Subscriber(
-            self._client, node_id, self._readiness_changed, f"webchat-{node_id}-sub"
+            self._client,
+            node_id,
+            self._readiness_changed,
+            f"webchat-{node_id}-sub",
+            self._ops,
+            on_reconnect=self._metrics.broker_reconnects.inc,
         )
         self._client_ok = False
         self._closing = False
@@ -195,7 +216,7 @@ class RedisBroker:
             keys.append(dedupe_key(room, draft.name, draft.nonce))
             args.append(draft.nonce)
         try:
-            duplicate, value = await self._publish(keys=keys, args=args)
+            duplicate, value = await self._ops.call("publish", self._publish(keys=keys, args=args))
         except (RedisError, OSError) as exc:
             raise self._unavailable("publish", exc) from exc
         if duplicate:
@@ -217,7 +238,9 @@ class RedisBroker:
         key = stream_key(room)
         try:
             if since is None:
-                entries: Any = await self._client.xrevrange(key, count=limit)
+                entries: Any = await self._ops.call(
+                    "history", self._client.xrevrange(key, count=limit)
+                )
                 entries.reverse()
                 return History(self._messages(room, entries), gap=False)
             after = parse_id(since)
@@ -226,7 +249,7 @@ class RedisBroker:
                 start = start_after(after)
                 if start is not None:
                     pipe.xrange(key, min=start, count=limit)
-                results: list[Any] = await pipe.execute()
+                results: list[Any] = await self._ops.call("history", pipe.execute())
         except (RedisError, OSError) as exc:
             raise self._unavailable("history", exc) from exc
         first = results[0]
@@ -273,8 +296,10 @@ class RedisBroker:
             seq += 1
             token = self._subscriber.ping_token()
             try:
-                async with asyncio.timeout(HEALTH_TIMEOUT):
-                    receivers = await self._client.publish(ping_channel, seq)
+                receivers = await self._ops.call(
+                    "ping",
+                    asyncio.wait_for(self._client.publish(ping_channel, seq), HEALTH_TIMEOUT),
+                )
             except (TimeoutError, RedisError, OSError) as exc:
                 if self._client_ok:
                     log.warning("Redis unreachable (health check: %s)", describe(exc))

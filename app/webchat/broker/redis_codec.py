@@ -15,7 +15,8 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 
 Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
 context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
-written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..}` for a message and
+written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"a":..}` for a message
+(`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
 """
@@ -88,6 +89,15 @@ def _trace(raw: Any) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
 
 
+def _micros(raw: Any) -> int | None:
+    """The acceptance time `a`; None when absent (an older version's payload) or malformed:
+    a message is never dropped for its timing."""
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def encode_trace(trace: dict[str, str] | None) -> str:
     return json.dumps(trace, separators=(",", ":")) if trace else ""
 
@@ -114,6 +124,7 @@ def decode_event(room: str, payload: bytes) -> Message | Announced:
             id_key(message_id)[0],
             data.get("o"),
             _trace(data.get("x")),
+            accepted_us=_micros(data.get("a")),
         )
     if kind == "p":
         return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))

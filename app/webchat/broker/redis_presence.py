@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from webchat.broker.base import BrokerUnavailable
 from webchat.broker.redis_codec import channel, describe, presence_keys
+from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_scripts import JOIN, LEAVE, MEMBERS, REAP, REFRESH
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,15 @@ class RedisPresence:
     """The Presence protocol over Redis; the broker owns it and runs its loops."""
 
     def __init__(
-        self, client: Redis, node_id: str, timeout: float, reachable: Callable[[], bool]
+        self,
+        client: Redis,
+        node_id: str,
+        timeout: float,
+        reachable: Callable[[], bool],
+        ops: RedisOps,
     ) -> None:
         self._client = client
+        self._ops = ops
         self._reachable = reachable
         self._node = node_id
         # A dead node's hold expires at most `hold` after it died and is reaped at most one
@@ -100,8 +107,9 @@ class RedisPresence:
 
     async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
         try:
-            count, names = await self._members(
-                keys=presence_keys(room), args=[channel(room), limit, include]
+            count, names = await self._ops.call(
+                "presence_members",
+                self._members(keys=presence_keys(room), args=[channel(room), limit, include]),
             )
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"presence listing failed: {describe(exc)}") from exc
@@ -163,7 +171,7 @@ class RedisPresence:
                     args=[self._node, self._timeout_ms, *names],
                     client=pipe,
                 )
-            results: list[Any] = await pipe.execute()
+            results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
             for (room, _), missing in zip(chunk, results, strict=True):
                 for raw in missing:
                     name = raw.decode()
@@ -175,7 +183,7 @@ class RedisPresence:
             pipe = self._client.pipeline(transaction=False)
             for room in rooms[start : start + _CHUNK]:
                 await self._reap(keys=presence_keys(room), args=[channel(room)], client=pipe)
-            await pipe.execute()
+            await self._ops.call("presence_reap", pipe.execute())
 
     # --- internals ----------------------------------------------------------------------
 
@@ -206,11 +214,17 @@ class RedisPresence:
             async with entry.lock:
                 keys = presence_keys(room)
                 if name in self._held.get(room, ()):
-                    await self._join(
-                        keys=keys, args=[channel(room), self._node, self._timeout_ms, name]
+                    await self._ops.call(
+                        "presence_join",
+                        self._join(
+                            keys=keys, args=[channel(room), self._node, self._timeout_ms, name]
+                        ),
                     )
                 else:
-                    await self._leave(keys=keys, args=[channel(room), self._node, name])
+                    await self._ops.call(
+                        "presence_leave",
+                        self._leave(keys=keys, args=[channel(room), self._node, name]),
+                    )
         finally:
             entry.users -= 1
             if entry.users == 0:

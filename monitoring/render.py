@@ -49,10 +49,10 @@ PALETTE = [
 ]  # fmt: skip
 NAMED = {"green": "#73bf69", "red": "#f2495c", "blue": "#5794f2", "yellow": "#fade2a"}
 
-# Figure inches per grid unit: Grafana's columns are about 2.4 times as wide as its rows are
-# high on a 1,600-pixel screen.
+# Inches per grid unit: Grafana's columns are about twice as wide as its rows are high on a
+# 1,600-pixel screen.
 UNIT_W = 0.72
-UNIT_H = 0.30
+UNIT_H = 0.36
 
 
 @dataclass
@@ -150,29 +150,86 @@ def threshold_line(panel: dict[str, Any]) -> float | None:
     return float(values[0]) if values else None
 
 
-def style(ax: Axes, title: str) -> None:
+@dataclass
+class Box:
+    """A panel's place on the figure, in inches from the top left."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+def frame(fig: Figure, box: Box, title: str) -> None:
+    """The panel's background and title, as Grafana draws them."""
+    fig_w, fig_h = fig.get_size_inches()
+    fig.patches.append(
+        plt.Rectangle(
+            (box.left / fig_w, 1 - (box.top + box.height) / fig_h),
+            box.width / fig_w,
+            box.height / fig_h,
+            transform=fig.transFigure,
+            facecolor=PANEL,
+            edgecolor=BORDER,
+            linewidth=0.8,
+            zorder=-1,  # behind the panel's axes
+        )
+    )
+    fig.text(
+        (box.left + 0.1) / fig_w,
+        1 - (box.top + 0.08) / fig_h,
+        title,
+        color=TEXT,
+        fontsize=9,
+        fontweight="bold",
+        va="top",
+    )
+
+
+def axes_in(fig: Figure, box: Box, top: float, bottom: float, left: float, right: float) -> Axes:
+    """Axes inside `box`, leaving these margins (inches) for title, legend and tick labels."""
+    fig_w, fig_h = fig.get_size_inches()
+    ax = fig.add_axes(
+        (
+            (box.left + left) / fig_w,
+            1 - (box.top + box.height - bottom) / fig_h,
+            (box.width - left - right) / fig_w,
+            (box.height - top - bottom) / fig_h,
+        )
+    )
     ax.set_facecolor(PANEL)
     for spine in ax.spines.values():
-        spine.set_color(BORDER)
+        spine.set_visible(False)
     ax.tick_params(colors=MUTED, labelsize=7, length=0)
-    ax.set_title(title, loc="left", color=TEXT, fontsize=9, fontweight="bold", pad=6)
+    return ax
+
+
+LEGEND_LINE = 0.15  # inches per legend row
+LEGEND_COLUMNS_PER_INCH = 0.55
 
 
 def draw_graph(
-    ax: Axes, panel: dict[str, Any], series: Sequence[Series], span: tuple[datetime, datetime]
+    fig: Figure,
+    box: Box,
+    panel: dict[str, Any],
+    series: Sequence[Series],
+    span: tuple[datetime, datetime],
 ) -> None:
     unit = panel["fieldConfig"]["defaults"].get("unit", "short")
-    style(ax, panel["title"])
+    frame(fig, box, panel["title"])
+    # The legend lists the series that are not 0 throughout (every label value of webchat's
+    # counters exists from the start, mostly at 0): Grafana would list them all.
+    shown = [s for s in series if any(v for v in s.values if not math.isnan(v))]
+    hidden = len(series) - len(shown)
+    columns = max(1, min(len(shown) + (hidden > 0), int(box.width * LEGEND_COLUMNS_PER_INCH)))
+    legend_rows = math.ceil((len(shown) + (hidden > 0)) / columns) if series else 0
+    ax = axes_in(fig, box, top=0.35, bottom=0.3 + legend_rows * LEGEND_LINE, left=0.6, right=0.15)
     ax.grid(True, color=BORDER, linewidth=0.6)
-    bars = panel["fieldConfig"]["defaults"].get("custom", {}).get("drawStyle") == "bars"
     for index, s in enumerate(series):
         color = PALETTE[index % len(PALETTE)]
-        values = [v if not math.isnan(v) else math.nan for v in s.values]
-        if bars:
-            ax.bar(s.times, values, width=1 / (24 * 60 * 6), color=color, label=s.name)
-        else:
-            ax.plot(s.times, values, color=color, linewidth=1.1, label=s.name)
-            ax.fill_between(s.times, values, alpha=0.08, color=color)
+        label = s.name if s in shown else "_"
+        ax.plot(s.times, s.values, color=color, linewidth=1.1, label=label)
+        ax.fill_between(s.times, s.values, alpha=0.08, color=color)
     line = threshold_line(panel)
     if line is not None:
         ax.axhline(line, color=NAMED["red"], linestyle="--", linewidth=1)
@@ -182,19 +239,33 @@ def draw_graph(
     ax.yaxis.set_major_formatter(formatter(unit))
     ax.set_xlim(*span)
     ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     if not series:
         ax.text(0.5, 0.5, "No data", color=MUTED, ha="center", va="center", transform=ax.transAxes)
         return
+    handles, labels = ax.get_legend_handles_labels()
+    if hidden:
+        handles.append(plt.Line2D([], [], color=PANEL))
+        labels.append(f"+{hidden} series at 0")
+    fig_h = fig.get_size_inches()[1]
     ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12),
-        ncol=min(len(series), 4),
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(
+            (box.left + 0.1) / fig.get_size_inches()[0],
+            1 - (box.top + box.height - legend_rows * LEGEND_LINE - 0.05) / fig_h,
+        ),
+        bbox_transform=fig.transFigure,
+        ncol=columns,
         fontsize=6.5,
         frameon=False,
         labelcolor=TEXT,
         handlelength=1.2,
-        columnspacing=1.0,
+        columnspacing=1.2,
+        borderaxespad=0,
+        borderpad=0,
+        labelspacing=0.25,
     )
 
 
@@ -212,8 +283,10 @@ def stat_colour(panel: dict[str, Any], value: float) -> tuple[str, str]:
     return human(value, defaults.get("unit", "short")), colour
 
 
-def draw_stat(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None:
-    style(ax, panel["title"])
+def draw_stat(fig: Figure, box: Box, panel: dict[str, Any], series: Sequence[Series]) -> None:
+    """The last value, large, over a sparkline of the whole range (Grafana's stat panel)."""
+    frame(fig, box, panel["title"])
+    ax = axes_in(fig, box, top=0.3, bottom=0.05, left=0.05, right=0.05)
     ax.set_xticks([])
     ax.set_yticks([])
     values = [v for s in series for v in s.values if not math.isnan(v)]
@@ -222,13 +295,12 @@ def draw_stat(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None
         return
     last = next(v for v in reversed(series[0].values) if not math.isnan(v))
     text, colour = stat_colour(panel, last)
-    twin = ax.twinx()
-    twin.set_axis_off()
-    twin.fill_between(series[0].times, series[0].values, color=colour, alpha=0.15, linewidth=0)
-    twin.set_ylim(bottom=0, top=max(values) * 2.2 or 1)
+    ax.fill_between(series[0].times, series[0].values, color=colour, alpha=0.15, linewidth=0)
+    ax.set_ylim(bottom=0, top=max(values) * 2.2 or 1)
+    ax.set_xlim(series[0].times[0], series[0].times[-1])
     ax.text(
         0.5,
-        0.48,
+        0.5,
         text,
         color=colour,
         ha="center",
@@ -236,8 +308,12 @@ def draw_stat(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None
         fontsize=20,
         fontweight="bold",
         transform=ax.transAxes,
-        zorder=5,
     )
+
+
+DPI = 100
+HEADER = 0.55  # inches above the first row, for the figure's title
+GAP = 0.06  # inches between panels
 
 
 def render(
@@ -247,41 +323,49 @@ def render(
     panels = model["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     step = max(1.0, round((end - start) / 240))
-    fig: Figure = plt.figure(figsize=(24 * UNIT_W, rows * UNIT_H + 0.8), facecolor=BACKGROUND)
-    grid = fig.add_gridspec(
-        rows, 24, left=0.035, right=0.99, top=1 - 0.8 / (rows * UNIT_H + 0.8), bottom=0.01,
-        wspace=2.2, hspace=1.1,
-    )  # fmt: skip
+    margin = 0.15
+    fig: Figure = plt.figure(
+        figsize=(24 * UNIT_W + 2 * margin, rows * UNIT_H + HEADER + margin),
+        facecolor=BACKGROUND,
+    )
+    fig_h = fig.get_size_inches()[1]
     span = f"{datetime.fromtimestamp(start):%Y-%m-%d %H:%M} to {datetime.fromtimestamp(end):%H:%M}"
-    fig.suptitle(
-        f"{model['title']} — from a real Prometheus, {span} (drawn by monitoring/render.py)",
+    fig.text(
+        margin / fig.get_size_inches()[0],
+        1 - 0.2 / fig_h,
+        f"{model['title']}: the Grafana dashboard drawn from a real Prometheus, {span} "
+        "(monitoring/render.py)",
         color=TEXT,
         fontsize=12,
-        x=0.01,
-        ha="left",
-        y=1 - 0.25 / (rows * UNIT_H + 0.8),
+        va="top",
     )
+    window = (datetime.fromtimestamp(start), datetime.fromtimestamp(end))
     for panel in panels:
         pos = panel["gridPos"]
-        if panel["type"] == "row":
-            ax = fig.add_subplot(grid[pos["y"], :])
-            ax.set_axis_off()
-            ax.text(0, 0.3, panel["title"], color=TEXT, fontsize=11, fontweight="bold")
-            continue
-        # A panel's first grid row holds its title; the plot takes the rest, its legend
-        # hangs below the axes inside the panel's last row.
-        ax = fig.add_subplot(
-            grid[pos["y"] : pos["y"] + pos["h"] - 1, pos["x"] : pos["x"] + pos["w"]]
+        box = Box(
+            left=margin + pos["x"] * UNIT_W + GAP / 2,
+            top=HEADER + pos["y"] * UNIT_H + GAP / 2,
+            width=pos["w"] * UNIT_W - GAP,
+            height=pos["h"] * UNIT_H - GAP,
         )
+        if panel["type"] == "row":
+            fig.text(
+                box.left / fig.get_size_inches()[0],
+                1 - (box.top + box.height / 2) / fig_h,
+                panel["title"],
+                color=TEXT,
+                fontsize=11,
+                fontweight="bold",
+                va="center",
+            )
+            continue
         series = fetch(prom, panel, start, end, step)
         if panel["type"] == "stat":
-            draw_stat(ax, panel, series)
+            draw_stat(fig, box, panel, series)
         else:
-            draw_graph(
-                ax, panel, series, (datetime.fromtimestamp(start), datetime.fromtimestamp(end))
-            )
+            draw_graph(fig, box, panel, series, window)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80, facecolor=BACKGROUND)
+    fig.savefig(out, dpi=DPI, facecolor=BACKGROUND)
     plt.close(fig)
     return out
 

@@ -186,8 +186,9 @@ async def scenario(
             print(f"{at:>5.0f} s  {what}", flush=True)
             running.append(asyncio.ensure_future(event()))
         await asyncio.gather(sender, *running)
+        ended = time.time()  # before the clients leave: the picture shows the load, not its end
         await load.close()
-        return started_wall, time.time()
+        return started_wall, ended
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         prom.start()
         print(f"prometheus at {prom.url}; traffic for {args.duration:.0f} s", flush=True)
         start, end = asyncio.run(scenario(servers, nginx, redis, args.duration))
-        time.sleep(2)  # two more scrapes, so the last seconds are in
-        print(render(Prometheus(prom.url), start, end + 2, args.out))
+        print(render(Prometheus(prom.url), start, end, args.out))
     finally:
         for cleanup in reversed(cleanups):
             cleanup()

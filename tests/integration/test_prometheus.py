@@ -10,10 +10,11 @@ repository's rule files. Clients chat for a few seconds; then:
 - delivery p99 from Prometheus's histogram agrees with the p99 the clients measured, within
   the resolution of the histogram's buckets.
 
-The clients measure delivery latency as the server defines it: from the broker's acceptance (the
-message id's millisecond part is Redis's clock at XADD, the same machine's clock as the
-clients') to the moment the last of an instance's receivers read the frame. So both sides count
-one observation per message per instance.
+The receivers measure delivery latency as the server defines it, on one clock: from the broker's
+acceptance (the message id's millisecond part is Redis's clock at XADD, this machine's clock)
+to the arrival of the frame at the last of an instance's receivers, as the kernel stamped it
+(tests/support/stamped.py: the test process's own scheduling delays are not in the figure).
+So both sides have one observation per message per instance.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tests.support.prometheus import (
 )
 from tests.support.redis import RedisServer
 from tests.support.servers import WebchatProcess
+from tests.support.stamped import StampedReceiver
 from tests.support.timing import poll
 
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
@@ -58,28 +60,23 @@ FLAGS = ("--rate", "1000", "--burst", "1000", "--drain-delay", "0", "--drain-spr
 
 
 @dataclass
-class Reader:
-    """A client that timestamps every message frame it reads (wall clock, like Redis's)."""
+class Sender:
+    """A client that sends through nginx and notes the messages it reads back."""
 
     client: ChatClient
-    instance: int | None  # the instance it is connected to straight, None through nginx
-    received: dict[str, float] = field(default_factory=dict)  # message id -> when read
-    senders: dict[str, str] = field(default_factory=dict)  # message id -> sender's name
+    received: dict[str, str] = field(default_factory=dict)  # message id -> sender's name
 
     async def run(self) -> None:
         async for msg in self.client.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            now = time.time()
-            frame = json.loads(msg.data)
-            if frame.get("type") == "message":
-                self.received[frame["id"]] = now
-                self.senders[frame["id"]] = frame["name"]
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                frame = json.loads(msg.data)
+                if frame.get("type") == "message":
+                    self.received[frame["id"]] = frame["name"]
 
     def own(self) -> list[str]:
         """Ids of this client's own messages (their echoes are the acknowledgements)."""
         name = self.client.welcome["name"] if self.client.welcome else None
-        return [i for i, sender in self.senders.items() if sender == name]
+        return [i for i, sender in self.received.items() if sender == name]
 
 
 @dataclass
@@ -91,7 +88,7 @@ class Run:
     end: float  # after the traffic, after a scrape of every target
     messages: int  # messages accepted during the traffic
     frames: int  # message frames all clients read during the traffic
-    latencies: list[float]  # per message per instance: acceptance to the last receiver's read
+    latencies: list[float]  # per message per instance: acceptance to the last arrival
 
     def offset(self) -> str:
         """A PromQL offset that, evaluated at `end`, reads the samples from before `start`."""
@@ -104,27 +101,33 @@ def accepted_at(message_id: str) -> float:
 
 
 async def drive(servers: list[WebchatProcess], nginx: NginxServer, prom: PrometheusServer) -> Run:
+    receivers = {
+        StampedReceiver.connect(server.port, f"/ws?room={ROOM}&name=r{i}{n}").start(): i
+        for i, server in enumerate(servers)
+        for n in range(RECEIVERS_PER_INSTANCE)
+    }
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        receivers = [
-            Reader(await ChatClient.connect(session, s.ws_url, room=ROOM, name=f"r{i}{n}"), i)
-            for i, s in enumerate(servers)
-            for n in range(RECEIVERS_PER_INSTANCE)
-        ]
         # Senders come through nginx, so the load balancer carries traffic too.
         senders = [
-            Reader(await ChatClient.connect(session, nginx.ws_url, room=ROOM, name=f"s{n}"), None)
+            Sender(await ChatClient.connect(session, nginx.ws_url, room=ROOM, name=f"s{n}"))
             for n in range(SENDERS)
         ]
-        readers = [*receivers, *senders]
-        tasks = [asyncio.ensure_future(r.run()) for r in readers]
+        tasks = [asyncio.ensure_future(s.run()) for s in senders]
         try:
+            await poll(
+                lambda: all(
+                    any(f.get("type") == "welcome" for _, f in r.frames) for r in receivers
+                ),
+                10,
+                "every receiver's welcome",
+            )
             # The counters' values before the traffic are those of a scrape after everyone
             # connected (presence frames are not messages).
             connected = time.time()
             await poll(lambda: prom.scraped_since(session, connected), 20, "a scrape of all")
             start = time.time()
 
-            async def send(sender: Reader) -> None:
+            async def send(sender: Sender) -> None:
                 for k in range(COUNT):
                     await sender.client.send(f"message {k}", nonce=str(k))
                     await asyncio.sleep(1 / RATE)  # a sender's pace, not a wait for anything
@@ -133,7 +136,10 @@ async def drive(servers: list[WebchatProcess], nginx: NginxServer, prom: Prometh
             await poll(lambda: all(len(s.own()) == COUNT for s in senders), 10, "every echo")
             sent = [i for s in senders for i in s.own()]
             await poll(
-                lambda: all(len(r.received) == len(sent) for r in readers),
+                lambda: (
+                    all(len(r.messages()) == len(sent) for r in receivers)
+                    and all(len(s.received) == len(sent) for s in senders)
+                ),
                 10,
                 "every client to read every message",
             )
@@ -143,11 +149,14 @@ async def drive(servers: list[WebchatProcess], nginx: NginxServer, prom: Prometh
         finally:
             for task in tasks:
                 task.cancel()
-            for reader in readers:
-                await reader.client.close()
+            for sender in senders:
+                await sender.client.close()
+            for receiver in receivers:
+                receiver.close()
 
+    arrivals = {r: r.messages() for r in receivers}
     latencies = [
-        max(r.received[message_id] for r in receivers if r.instance == instance)
+        max(arrivals[r][message_id] for r, i in receivers.items() if i == instance)
         - accepted_at(message_id)
         for message_id in sent
         for instance in range(len(servers))
@@ -157,7 +166,7 @@ async def drive(servers: list[WebchatProcess], nginx: NginxServer, prom: Prometh
         start=start,
         end=end,
         messages=len(sent),
-        frames=len(sent) * len(readers),
+        frames=len(sent) * (len(receivers) + len(senders)),
         latencies=latencies,
     )
 

@@ -188,10 +188,11 @@ class PrometheusServer:
     async def scraped_since(self, session: aiohttp.ClientSession, moment: float) -> bool:
         """True once every target has been scraped successfully after `moment` (epoch s).
 
-        `timestamp(up)` is when each target was last scraped; `up` 1 that it answered.
+        `timestamp(up)` is when each target was last scraped (the selector's own sample: of
+        `up == 1` it would be the query's time); `up` 1 that it answered.
         """
         targets = len((await self.api(session, "targets", state="active"))["activeTargets"])
-        scraped = await self.query(session, f"timestamp(up == 1) > {moment:.3f}")
+        scraped = await self.query(session, f"timestamp(up) > {moment:.3f} and up == 1")
         return targets > 0 and len(scraped) == targets
 
 

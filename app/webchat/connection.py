@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -51,6 +51,7 @@ class Connection:
         "_held",
         "_held_bytes",
         "_limit",
+        "_on_ended",
         "_transport",
         "_watermark",
         "closing",
@@ -70,14 +71,15 @@ class Connection:
         name: str,
         send_buffer: int,
         heartbeat: float,
+        on_ended: Callable[[str], None],
     ) -> None:
         self.ws = ws
         self.room = room
         self.name = name
         self.closing = False
-        # Why the server ended it (a DISCONNECT_REASONS value), for the disconnection metric;
-        # None while the client is the one to end it.
+        # Why it ended (a metrics.DISCONNECT_REASONS value), set once by `mark_ended`.
         self.ended_by: str | None = None
+        self._on_ended = on_ended
         self._transport = transport
         self._limit = send_buffer
         self._held: list[Batch | bytes] | None = []
@@ -184,7 +186,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
-        self.ended_by = self.ended_by or why
+        self.mark_ended(why)
         self._held = None
         loop = asyncio.get_running_loop()
         self._abort_timer = loop.call_later(grace, self._transport.abort)
@@ -200,10 +202,20 @@ class Connection:
 
     def drop(self) -> None:
         """The client is gone without closing (no pong): free the socket now."""
-        self.ended_by = self.ended_by or "timeout"
+        self.mark_ended("timeout")
         self.closing = True
         self._held = None
         self._transport.abort()
+
+    def mark_ended(self, why: str) -> None:
+        """Record why the connection ends, once: the first reason given wins.
+
+        The server's reasons are recorded when it decides (a slow client's socket may take
+        5 s more to go), the client's when the session ends (node.py records "client" last).
+        """
+        if self.ended_by is None:
+            self.ended_by = why
+            self._on_ended(why)
 
     def closed(self) -> None:
         """The handler ended: cancel the abort timer, unless frames are still unsent.

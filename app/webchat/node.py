@@ -9,7 +9,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from webchat.broker import create_broker
 from webchat.broker.base import Broker, BrokerUnavailable, Draft
@@ -133,6 +133,7 @@ class Node:
             params.name,
             cfg.send_buffer,
             heartbeat=cfg.heartbeat,
+            on_ended=self.metrics.disconnected,
         )
         self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
@@ -141,7 +142,7 @@ class Node:
                 await self.hub.attach(conn)
                 await self._welcome(ws, conn, params)
             except BrokerUnavailable:
-                conn.ended_by = "error"
+                conn.mark_ended("error")
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
             except ConnectionResetError:  # the client left during its welcome or replay
@@ -151,7 +152,7 @@ class Node:
             self.hub.detach(conn)
             conn.closed()
             self.metrics.connected_users.dec()
-            self.metrics.disconnected(conn.ended_by or "client")
+            conn.mark_ended("client")  # unless the server ended it first
             if self.draining and self.hub.connection_count == 0:
                 self._all_closed.set()
         return ws
@@ -193,13 +194,13 @@ class Node:
                 await ws.pong(msg.data)
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                if msg.type is WSMsgType.ERROR:  # a protocol error, a frame too big (1009)
-                    conn.ended_by = conn.ended_by or "error"
+                if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                    conn.mark_ended("error")  # a protocol error, a frame too big (1009)
                 continue  # a pong: last_seen is all it is for; errors end the loop
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    conn.ended_by = "rate_limit_abuse"
+                    conn.mark_ended("rate_limit_abuse")
                     conn.closing = True
                     await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
                     break

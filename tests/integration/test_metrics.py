@@ -120,6 +120,12 @@ async def test_metrics_follow_connections_messages_and_deliveries(session: aioht
         await until(session, server, 'webchat_disconnections_total{reason="rate_limit_abuse"}', 1)
         assert await value(session, server, 'webchat_errors_total{type="rate_limited"}') >= 12
 
+        # A frame over --max-frame is a protocol error: closed 1009, counted as "error".
+        big = await ChatClient.connect(session, server.ws_url, room="alone", name="big")
+        await big.ws.send_str("x" * 17000)
+        assert await big.closed(timeout=5) == 1009
+        await until(session, server, 'webchat_disconnections_total{reason="error"}', 1)
+
         # A client that closes is a "client" disconnection; the gauges follow.
         await members[1].close()
         await until(session, server, 'webchat_disconnections_total{reason="client"}', 1)

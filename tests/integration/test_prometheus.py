@@ -101,19 +101,20 @@ def accepted_at(message_id: str) -> float:
 
 
 async def drive(servers: list[WebchatProcess], nginx: NginxServer, prom: PrometheusServer) -> Run:
-    receivers = {
-        StampedReceiver.connect(server.port, f"/ws?room={ROOM}&name=r{i}{n}").start(): i
-        for i, server in enumerate(servers)
-        for n in range(RECEIVERS_PER_INSTANCE)
-    }
+    receivers: dict[StampedReceiver, int] = {}  # each with the instance it is connected to
+    senders: list[Sender] = []
+    tasks: list[asyncio.Future[None]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        # Senders come through nginx, so the load balancer carries traffic too.
-        senders = [
-            Sender(await ChatClient.connect(session, nginx.ws_url, room=ROOM, name=f"s{n}"))
-            for n in range(SENDERS)
-        ]
-        tasks = [asyncio.ensure_future(s.run()) for s in senders]
         try:
+            for i, server in enumerate(servers):
+                for n in range(RECEIVERS_PER_INSTANCE):
+                    target = f"/ws?room={ROOM}&name=r{i}{n}"
+                    receivers[StampedReceiver.connect(server.port, target).start()] = i
+            # Senders come through nginx, so the load balancer carries traffic too.
+            for n in range(SENDERS):
+                client = await ChatClient.connect(session, nginx.ws_url, room=ROOM, name=f"s{n}")
+                senders.append(Sender(client))
+                tasks.append(asyncio.ensure_future(senders[-1].run()))
             await poll(
                 lambda: all(
                     any(f.get("type") == "welcome" for _, f in r.frames) for r in receivers

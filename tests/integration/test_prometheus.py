@@ -287,6 +287,9 @@ async def test_counts_equal_what_the_clients_did(run: Run, session: aiohttp.Clie
     assert await delta("webchat_delivery_latency_seconds_count") == 2 * run.messages
 
 
+TRUNCATION_AND_HOP = 0.0015
+
+
 def nearest_rank(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
@@ -308,9 +311,10 @@ async def test_delivery_p99_agrees_with_the_clients(run: Run, session: aiohttp.C
     upper = next(b for b in bounds if b >= from_prometheus)
     lower = max([0.0, *(b for b in bounds if b < upper)])
     measured = nearest_rank(run.latencies, 0.99)
-    # The histogram only says the p99 lies in (lower, upper]. The clients' figure also holds
-    # the last hop to a client and up to 1 ms of the id's truncation to milliseconds.
-    assert lower <= measured <= upper + 0.001, (
+    # The histogram only says the server's p99 lies in (lower, upper]. Each client figure is
+    # the server's plus the id's truncation to milliseconds (< 1 ms), the rest of the publish
+    # script after XADD and the loopback hop (microseconds): TRUNCATION_AND_HOP above it.
+    assert lower <= measured <= upper + TRUNCATION_AND_HOP, (
         f"clients' p99 {measured * 1000:.2f} ms, Prometheus's {from_prometheus * 1000:.2f} ms "
         f"in bucket ({lower * 1000:g}, {upper * 1000:g}] ms; "
         f"clients' p50 {nearest_rank(run.latencies, 0.5) * 1000:.2f} ms"

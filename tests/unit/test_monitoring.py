@@ -177,3 +177,11 @@ def test_dashboard_provider_reads_the_deployed_directory() -> None:
     (provider,) = load(GRAFANA / "provisioning" / "dashboards" / "webchat.yml")["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_dashboard_threshold_lines_are_the_alerts_thresholds() -> None:
+    """The dashed lines on the latency and loop-lag panels are where the alerts fire."""
+    module = generator()
+    rules = alerts()
+    assert f":p99_5m > {module.SLO_SECONDS:g} and" in rules["WebchatDeliveryLatencyHigh"]["expr"]
+    assert rules["WebchatEventLoopLagHigh"]["expr"].endswith(f"> {module.LOOP_LAG_SECONDS:g}")

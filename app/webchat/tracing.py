@@ -157,11 +157,14 @@ class Tracing:
 
     # --- Redis --------------------------------------------------------------------------
 
-    def client_span(self, command: str, attributes: dict[str, Any]) -> Span | None:
-        """A CLIENT span for one Redis call, only inside a sampled trace (else None)."""
+    def client_span(self, command: str, attributes: Callable[[], dict[str, Any]]) -> Span | None:
+        """A CLIENT span for one Redis call, only inside a sampled trace (else None).
+
+        `attributes` is called only then: an unsampled call costs one context lookup.
+        """
         if not get_current_span().is_recording():
             return None
-        return self._tracer.start_span(command, kind=SpanKind.CLIENT, attributes=attributes)
+        return self._tracer.start_span(command, kind=SpanKind.CLIENT, attributes=attributes())
 
     # --- HTTP ---------------------------------------------------------------------------
 

@@ -103,11 +103,11 @@ async def test_metrics_follow_connections_messages_and_deliveries(session: aioht
         assert parse_metric(text, "webchat_fanout_recipients_count") == 3
         assert parse_metric(text, 'webchat_fanout_recipients_bucket{le="2.0"}') == 0
         assert parse_metric(text, 'webchat_fanout_recipients_bucket{le="5.0"}') == 3
-        # Plausible latencies on a loopback: each under a second.
+        # Plausible latencies on a loopback: each under 5 s even on a loaded machine, above 0.
         for name in ("webchat_delivery_latency_seconds", "webchat_message_latency_seconds"):
-            assert parse_metric(text, f'{name}_bucket{{le="1.0"}}') == 3
+            assert parse_metric(text, f'{name}_bucket{{le="5.0"}}') == 3
             total = parse_metric(text, f"{name}_sum")
-            assert total is not None and 0 < total < 3
+            assert total is not None and 0 < total < 15
         assert parse_metric(text, "webchat_send_buffer_bytes") is not None
 
         # Error frames by code; rate-limit abuse closes the connection 1008 and is counted.
@@ -167,7 +167,7 @@ async def test_redis_metrics_readiness_and_reconnects(
         )
         # Timed by Redis's clock (TIME in the publish script), observed once, on delivery.
         assert parse_metric(text, "webchat_delivery_latency_seconds_count") == 1
-        assert parse_metric(text, 'webchat_delivery_latency_seconds_bucket{le="1.0"}') == 1
+        assert parse_metric(text, 'webchat_delivery_latency_seconds_bucket{le="5.0"}') == 1
         assert parse_metric(text, "webchat_broker_reconnects_total") == 0
 
         redis_server.stop()

@@ -62,7 +62,7 @@ class RedisOps:
             command = COMMANDS[operation]
             span = self._tracing.client_span(
                 command,
-                {
+                lambda: {
                     **self._span_attributes,
                     "db.operation.name": command,
                     "webchat.redis.operation": operation,

@@ -5,8 +5,12 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real.
 APT_PACKAGES := python3-venv redis-server nginx prometheus chromium docker-compose
 NEEDED_BINARIES := redis-server nginx prometheus promtool chromium docker-compose
+# The exporters the deployment runs, scraped by the real-Prometheus test (tests/integration).
+APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 
-.PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image
+.PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image \
+	dashboards dashboard-picture
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -59,6 +63,14 @@ terraform-test:
 # needed) and checks it; see deploy/compose/build-image.sh.
 image:
 	bash deploy/compose/build-image.sh
+
+# Grafana dashboards are generated from code and committed (monitoring/grafana/dashboards.py).
+dashboards: $(BIN)/.installed
+	$(BIN)/python monitoring/grafana/dashboards.py
+
+# docs/dashboard.png: four minutes of scripted chat on a local deployment, drawn from Prometheus.
+dashboard-picture: $(BIN)/.installed system-deps
+	$(BIN)/python monitoring/snapshot.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -55,6 +55,7 @@ class Connection:
         "_transport",
         "_watermark",
         "closing",
+        "holder",
         "last_seen",
         "name",
         "next_ping",
@@ -71,10 +72,12 @@ class Connection:
         send_buffer: int,
         on_overflow: Callable[[], None],
         heartbeat: float,
+        holder: str = "",
     ) -> None:
         self.ws = ws
         self.room = room
         self.name = name
+        self.holder = holder  # who may use `name`: see protocol.ConnectParams
         self.closing = False
         self._transport = transport
         self._limit = send_buffer

@@ -11,7 +11,14 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from webchat.broker import create_broker
-from webchat.broker.base import Broker, BrokerUnavailable, Draft
+from webchat.broker.base import (
+    ROOMS_LIMIT,
+    Broker,
+    BrokerUnavailable,
+    Draft,
+    NameTaken,
+    RoomInfo,
+)
 from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
@@ -24,6 +31,7 @@ from webchat.protocol import (
     encode_error,
     encode_message,
     encode_welcome,
+    error_body,
     parse_client_frame,
     ws_text_frame,
 )
@@ -31,8 +39,15 @@ from webchat.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status)
+
+
 # How long a close handshake may take before the socket is dropped, when draining.
 DRAIN_CLOSE_GRACE = 2.0
+# GET /api/rooms is polled by every open page: one broker read per instance this often at most.
+ROOMS_CACHE_SECONDS = 2.0
 
 
 class Node:
@@ -47,6 +62,8 @@ class Node:
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._rooms: tuple[float, list[RoomInfo]] | None = None  # (expiry, listing)
+        self._rooms_task: asyncio.Task[list[RoomInfo]] | None = None
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -64,6 +81,10 @@ class Node:
         )
 
     async def close(self) -> None:
+        if self._rooms_task is not None:
+            self._rooms_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._rooms_task
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -73,8 +94,9 @@ class Node:
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.WebSocketResponse:
-        """Run one WebSocket session: welcome, replay, then the client's frames until it ends."""
+    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
+        """Run one WebSocket session: join, upgrade, welcome, replay, then the client's frames
+        until it ends. A name held by another key is refused (409) before the upgrade."""
         cfg = self.config
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
@@ -82,10 +104,9 @@ class Node:
             autoping=False,  # pings and pongs are handled below and by heartbeat.py
             timeout=DRAIN_CLOSE_GRACE,
         )
-        await ws.prepare(request)
         transport = request.transport
-        if transport is None:  # the client went away during the handshake
-            return ws
+        if transport is None:  # the client went away already
+            return web.Response(status=400)
         conn = Connection(
             ws,
             transport,
@@ -94,11 +115,21 @@ class Node:
             cfg.send_buffer,
             on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
             heartbeat=cfg.heartbeat,
+            holder=params.holder,
         )
+        # Joining first (deliveries are held until the welcome) decides the name before the
+        # upgrade, so a refusal is an HTTP answer the client can read.
+        try:
+            await self.hub.attach(conn)
+        except NameTaken:
+            return self.name_taken(params)
+        except BrokerUnavailable:
+            self.metrics.http_refusals.labels("503").inc()
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
         self.metrics.connected_users.inc()
         try:
             try:
-                await self.hub.attach(conn)
+                await ws.prepare(request)
                 await self._welcome(ws, conn, params)
             except BrokerUnavailable:
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
@@ -124,7 +155,15 @@ class Node:
         welcome = encode_welcome(params.room, params.name, members, count, self._limits)
         await ws.send_frame(welcome, WSMsgType.TEXT)
         watermark = None
-        if params.since is not None:
+        if params.since is None and params.history:
+            # The newest n, then live ones newer than the last of them (held ones are dropped
+            # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
+            recent = await self.broker.history(params.room, None, params.history)
+            for message in recent.messages:
+                await ws.send_frame(encode_message(message), WSMsgType.TEXT)
+            if recent.messages:
+                watermark = recent.messages[-1].id
+        elif params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
             # newer than it are news even when `since` claims more (history lost, clock behind).
             newest = await self.broker.history(params.room, None, 1)
@@ -179,6 +218,45 @@ class Node:
                 conn.send(ws_text_frame(encode_message(published.message)))
             else:
                 self.metrics.messages.inc()
+
+    def name_taken(self, params: ConnectParams) -> web.Response:
+        self.metrics.http_refusals.labels("409").inc()
+        return _json_error(
+            409,
+            "name_taken",
+            f"the name {params.name!r} is in use in {params.room} by someone else; pick another",
+        )
+
+    async def check(self, params: ConnectParams) -> web.Response:
+        """What an upgrade with these parameters would get, without joining: for a client
+        whose WebSocket failed to open and that cannot read the refusal (browsers cannot)."""
+        try:
+            holder = await self.hub.holder(params.room, params.name)
+        except BrokerUnavailable:
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        if holder is not None and holder != params.holder:
+            return self.name_taken(params)
+        return _json_error(426, "upgrade_required", "this would be accepted as a WebSocket upgrade")
+
+    async def rooms(self) -> list[RoomInfo]:
+        """GET /api/rooms, from a cache a few seconds old at most (every page polls it).
+
+        Concurrent requests share one broker read. Raises BrokerUnavailable.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._rooms
+        if cached is not None and loop.time() < cached[0]:
+            return cached[1]
+        task = self._rooms_task
+        if task is None or task.done():
+            task = self._rooms_task = loop.create_task(self.broker.rooms(ROOMS_LIMIT))
+            task.add_done_callback(self._rooms_read)
+        return await asyncio.shield(task)
+
+    def _rooms_read(self, task: asyncio.Task[list[RoomInfo]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            expiry = asyncio.get_running_loop().time() + ROOMS_CACHE_SECONDS
+            self._rooms = (expiry, task.result())
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
         self.metrics.errors.labels(code).inc()

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 APT_PACKAGES := python3-venv redis-server nginx prometheus chromium
 NEEDED_BINARIES := redis-server nginx prometheus promtool chromium
 
-.PHONY: run test lint typecheck pytest system-deps bench clean
+.PHONY: run test lint typecheck pytest system-deps bench clean screenshots
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -44,6 +44,11 @@ pytest: $(BIN)/.installed system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The README's pictures: docs/screenshot.png (laptop) and docs/screenshot-phone.png, taken by
+# the accessibility test's scene in headless Chromium. Tests never write them otherwise.
+screenshots: $(BIN)/.installed system-deps
+	WEBCHAT_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_accessibility.py -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -30,6 +30,7 @@ from webchat.protocol import (
     ProtocolError,
     encode_error,
     encode_message,
+    encode_rooms,
     encode_welcome,
     error_body,
     parse_client_frame,
@@ -39,15 +40,14 @@ from webchat.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-
-def _json_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(error_body(code, message), status=status)
-
-
 # How long a close handshake may take before the socket is dropped, when draining.
 DRAIN_CLOSE_GRACE = 2.0
 # GET /api/rooms is polled by every open page: one broker read per instance this often at most.
 ROOMS_CACHE_SECONDS = 2.0
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status)
 
 
 class Node:
@@ -62,7 +62,7 @@ class Node:
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._rooms: tuple[float, list[RoomInfo]] | None = None  # (expiry, listing)
+        self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
         self._rooms_task: asyncio.Task[list[RoomInfo]] | None = None
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
@@ -238,25 +238,29 @@ class Node:
             return self.name_taken(params)
         return _json_error(426, "upgrade_required", "this would be accepted as a WebSocket upgrade")
 
-    async def rooms(self) -> list[RoomInfo]:
-        """GET /api/rooms, from a cache a few seconds old at most (every page polls it).
+    async def rooms(self) -> tuple[list[RoomInfo], bytes]:
+        """GET /api/rooms, from a cache a few seconds old at most (every page polls it): the
+        listing and its JSON body, encoded once. Concurrent requests share one broker read.
 
-        Concurrent requests share one broker read. Raises BrokerUnavailable.
+        Raises BrokerUnavailable.
         """
         loop = asyncio.get_running_loop()
         cached = self._rooms
-        if cached is not None and loop.time() < cached[0]:
-            return cached[1]
-        task = self._rooms_task
-        if task is None or task.done():
-            task = self._rooms_task = loop.create_task(self.broker.rooms(ROOMS_LIMIT))
-            task.add_done_callback(self._rooms_read)
-        return await asyncio.shield(task)
+        if cached is None or loop.time() >= cached[0]:
+            task = self._rooms_task
+            if task is None or task.done():
+                task = self._rooms_task = loop.create_task(self.broker.rooms(ROOMS_LIMIT))
+                task.add_done_callback(self._rooms_read)
+            await asyncio.shield(task)
+            cached = self._rooms
+            assert cached is not None
+        return cached[1], cached[2]
 
     def _rooms_read(self, task: asyncio.Task[list[RoomInfo]]) -> None:
         if not task.cancelled() and task.exception() is None:
             expiry = asyncio.get_running_loop().time() + ROOMS_CACHE_SECONDS
-            self._rooms = (expiry, task.result())
+            listing = task.result()
+            self._rooms = (expiry, listing, encode_rooms(listing))
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
         self.metrics.errors.labels(code).inc()

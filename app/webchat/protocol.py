@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from webchat.broker.base import Message
+from webchat.broker.base import Message, RoomInfo
 
 ROOM_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
@@ -255,6 +255,12 @@ def encode_welcome(
             "limits": dict(limits),
         }
     )
+
+
+def encode_rooms(rooms: Sequence[RoomInfo]) -> bytes:
+    """The body of GET /api/rooms."""
+    listed = [{"room": r.room, "member_count": r.member_count, "last_ts": r.last_ts} for r in rooms]
+    return _dumps({"rooms": listed})
 
 
 def encode_presence(room: str, event: str, name: str) -> bytes:

@@ -512,3 +512,17 @@ def test_ws_text_frame_lengths(size, header):
     data = ws_text_frame(payload)
     assert data == header + payload
     assert decode_frame(data) == (0x1, payload)
+
+
+def test_rooms_body():
+    from webchat.broker.base import RoomInfo
+    from webchat.protocol import encode_rooms
+
+    body = encode_rooms([RoomInfo("lobby", 3, 1732650000000), RoomInfo("שלום", 1, None)])
+    assert json.loads(body) == {
+        "rooms": [
+            {"room": "lobby", "member_count": 3, "last_ts": 1732650000000},
+            {"room": "שלום", "member_count": 1, "last_ts": None},
+        ]
+    }
+    assert json.loads(encode_rooms([])) == {"rooms": []}

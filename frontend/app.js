@@ -278,7 +278,7 @@ function sessionFor(room) {
   s.start();
   // Too many rooms open: leave the least recently shown one that has nothing left to send.
   if (app.sessions.size > MAX_JOINED) {
-    const victim = app.used.find((r) => r !== room && app.sessions.get(r)?.outbox.length === 0);
+    const victim = app.used.find((r) => r !== room && app.sessions.get(r)?.outbox.size === 0);
     if (victim) leaveRoom(victim);
   }
   persistRooms();

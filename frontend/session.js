@@ -1,30 +1,22 @@
-// One room as this tab holds it: its WebSocket, its conversation and its outbox.
+// One room as this tab holds it: its WebSocket, its members, its outbox (outbox.js) and its
+// conversation on screen (conversation.js).
 //
 // Delivery model (unchanged from version 1 of the client):
-// - Every message the user writes goes into the outbox with a nonce and stays there, shown
-//   as pending below the conversation, until the server's echo (a `message` frame carrying
-//   that nonce) comes back. The outbox is sent one frame at a time, so an error frame always
-//   belongs to the message in flight; after a reconnect it is resent with the same nonces,
-//   which the server deduplicates. It is kept in sessionStorage, so a reload loses nothing.
-// - Messages are shown in the room's order and never twice: ids already seen are dropped.
+// - What the user writes waits in the outbox until its echo comes back, and is sent again
+//   with the same nonces after a reconnect.
+// - Messages are shown in the room's order and never twice (the conversation drops ids it
+//   has seen).
 // - The first connection asks for `history=50`; reconnects pass the last id seen as
-//   `since`. Older pages come from the history API with `before=`.
+//   `since`.
 // - Reconnects use full jitter under a ceiling that grows with the time offline, from 1 s
 //   to 30 s (text.backoffCeilingMs).
 
-import { load, remove, save } from "./store.js";
-import { ID_RE, backoffCeilingMs, makeNonce } from "./text.js";
-import { el, messageElement, pendingElement, relayout } from "./view.js";
+import { Conversation, HISTORY } from "./conversation.js";
+import { Outbox } from "./outbox.js";
+import { load, remove } from "./store.js";
+import { backoffCeilingMs, makeNonce } from "./text.js";
 
-const HISTORY = 50; // messages shown on first load, and per page of scroll-back
-const ACK_TIMEOUT_MS = 10_000; // no echo this long: the socket is presumed dead
 const CONNECT_TIMEOUT_MS = 10_000; // no welcome this long: try again
-// The replay after a welcome comes in one burst: it is over when frames pause this long, or
-// this long after the welcome at the latest (live messages must not extend it).
-const REPLAY_QUIET_MS = 250;
-const REPLAY_MAX_MS = 1500;
-const MAX_RENDERED = 1000; // messages kept while at the bottom; older ones can be re-fetched
-const NEAR_EDGE_PX = 200;
 // Refusals that no retry changes: the user must act (another name, another room).
 const FATAL = new Set(["name_taken", "bad_request", "forbidden_origin"]);
 
@@ -44,357 +36,69 @@ export class RoomSession {
     this.members = new Set();
     this.memberCount = 0;
     this.stale = false;
-    this.seen = new Set();
-    this.lastId = null; // newest id shown: `since` of the next connection
-    this.oldestId = null; // oldest id shown: `before` of the next page
-    this.exhausted = false;
-    this.loadingOlder = false;
-    this.olderFailed = false;
-    this.replaying = false;
-    this.firstConnection = true;
-    this.replayEnds = 0;
-    this.unread = 0;
-    this.newBelow = 0; // arrived while scrolled up
-    this.firstUnread = null;
-    this.readMarker = load("local", this.key("read"), null);
     this.draft = load("session", this.key("draft"), "");
-    this.savedScroll = null;
-    this.visible = false;
-    this.outbox = [];
-    this.inFlight = null;
-    this.timers = { retry: 0, ack: 0, resend: 0, open: 0, replay: 0 };
-    this.layoutQueued = false;
-    this.build();
-    for (const { nonce, text } of load("session", this.key("outbox"), [])) {
-      if (typeof nonce === "string" && typeof text === "string") this.queue(text, nonce);
-    }
+    this.timers = { retry: 0, open: 0 };
+    this.view = new Conversation(room, {
+      changed: (what) => hooks.changed(this, what),
+      reading: () => hooks.reading(this),
+      me: () => this.me,
+      connected: () => this.open,
+    });
+    this.outbox = new Outbox(this.key("outbox"), this.view.outboxList, {
+      send: (frame) => this.ws.send(JSON.stringify(frame)),
+      name: () => this.me || this.hooks.identity().name,
+      dead: (why) => this.abandon(why),
+      dismissed: () => this.hooks.changed(this, "focus-composer"),
+    });
   }
 
   key(what) {
     return `webchat.${what}.${this.room}`;
   }
 
-  build() {
-    this.element = el("div", "conversation");
-    Object.assign(this.element.dataset, { testid: "conversation", room: this.room });
-    this.element.setAttribute("role", "region");
-    this.element.setAttribute("aria-label", `Conversation in #${this.room}`);
-    this.element.tabIndex = 0;
-    this.element.hidden = true;
-    this.historyStart = el("div", "history-start");
-    this.historyStart.dataset.testid = "history-start";
-    // The live region wraps the list, so the list keeps its semantics ("list, 50 items").
-    this.region = el("div", "log");
-    this.region.setAttribute("role", "log");
-    this.region.setAttribute("aria-label", `Messages in #${this.room}`);
-    this.log = el("ol", "messages");
-    this.log.dataset.testid = "messages";
-    this.region.append(this.log);
-    this.outboxList = el("ol", "outbox");
-    this.outboxList.dataset.testid = "outbox";
-    this.outboxList.setAttribute("aria-label", "Unsent messages");
-    this.element.append(this.historyStart, this.region, this.outboxList);
-    this.element.addEventListener("scroll", () => this.onScroll(), { passive: true });
-    this.renderHistoryStart();
+  // The conversation on screen, for the shell.
+  get element() {
+    return this.view.element;
   }
 
-  // --- showing -------------------------------------------------------------------------
+  get unread() {
+    return this.view.unread;
+  }
+
+  get newBelow() {
+    return this.view.newBelow;
+  }
 
   show() {
-    this.visible = true;
-    this.element.hidden = false;
-    const saved = this.savedScroll;
-    if (!saved || saved.atBottom) this.scrollToBottom();
-    else this.element.scrollTop = saved.top;
-    this.layout();
+    this.view.show();
   }
 
   hide() {
-    this.savedScroll = { top: this.element.scrollTop, atBottom: this.nearBottom() };
-    this.visible = false;
-    this.element.hidden = true;
-    this.firstUnread = null; // the "New messages" mark is for one visit
-    this.layout();
+    this.view.hide();
   }
 
-  nearBottom() {
-    const s = this.element;
-    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  markRead() {
+    this.view.markRead();
   }
 
   scrollToBottom() {
-    this.element.scrollTop = this.element.scrollHeight;
-    if (this.newBelow) {
-      this.newBelow = 0;
-      this.hooks.changed(this, "below");
-    }
+    this.view.scrollToBottom();
   }
-
-  onScroll() {
-    if (this.newBelow && this.nearBottom()) {
-      this.newBelow = 0;
-      this.hooks.changed(this, "below");
-    }
-    if (this.element.scrollTop < NEAR_EDGE_PX) this.loadOlder();
-  }
-
-  /** The user is looking at this room now: everything in it is read. */
-  markRead() {
-    if (this.unread) {
-      this.unread = 0;
-      this.hooks.changed(this, "unread");
-    }
-    if (this.lastId && this.readMarker !== this.lastId) {
-      this.readMarker = this.lastId;
-      save("local", this.key("read"), this.lastId);
-    }
-  }
-
-  /** Day separators and grouping, once per burst of changes; then maybe load older ones. */
-  layout() {
-    if (this.layoutQueued) return;
-    this.layoutQueued = true;
-    queueMicrotask(() => {
-      this.layoutQueued = false;
-      relayout(this.log, this.firstUnread);
-      this.renderHistoryStart();
-      if (this.visible && !this.replaying && this.element.scrollTop < NEAR_EDGE_PX) {
-        this.loadOlder();
-      }
-    });
-  }
-
-  renderHistoryStart() {
-    const box = this.historyStart;
-    let text;
-    let button = null;
-    if (this.exhausted) {
-      text = `This is the beginning of #${this.room}.`;
-    } else if (this.loadingOlder) {
-      text = "Loading earlier messages…";
-    } else if (this.olderFailed) {
-      text = "Earlier messages could not be loaded.";
-      button = "Try again";
-    } else if (this.oldestId) {
-      text = "Earlier messages";
-      button = "Load earlier messages";
-    } else {
-      text = this.open ? "" : "Loading messages…";
-    }
-    if (box.dataset.text === `${text}|${button}`) return;
-    box.dataset.text = `${text}|${button}`;
-    box.dataset.state = this.exhausted ? "beginning" : this.loadingOlder ? "loading" : "more";
-    const children = [el("p", "", text)];
-    if (button) {
-      const b = el("button", "link-button", button);
-      b.type = "button";
-      b.addEventListener("click", () => {
-        this.olderFailed = false;
-        this.loadOlder();
-      });
-      children.push(b);
-    }
-    box.replaceChildren(...children);
-  }
-
-  // --- messages ------------------------------------------------------------------------
 
   own(frame) {
     return frame.name === this.me;
   }
 
-  onMessage(frame) {
-    if (typeof frame.id !== "string" || this.seen.has(frame.id)) return;
-    this.seen.add(frame.id);
-    if (ID_RE.test(frame.id)) this.lastId = frame.id;
-    if (this.oldestId === null) this.oldestId = frame.id;
-    const stick = !this.visible || this.nearBottom();
-    this.log.append(messageElement(frame, this.own(frame)));
-    if (stick) this.trimTop();
-    if (this.replaying) this.replayGoesOn();
-    this.count(frame);
-    this.layout();
-    if (!this.visible) return;
-    if (stick) {
-      this.scrollToBottom();
-    } else if (!this.own(frame)) {
-      this.newBelow += 1;
-      this.hooks.changed(this, "below");
-    }
-  }
-
-  /** Unread: others' messages after the last one read here (the marker survives reloads). */
-  count(frame) {
-    if (frame.id === this.readMarker || this.own(frame)) {
-      this.unread = 0;
-      this.firstUnread = null;
-    } else if (!this.hooks.reading(this)) {
-      this.unread += 1;
-      this.firstUnread ??= frame.id;
-    }
-    if (this.hooks.reading(this)) this.markRead();
-    this.hooks.changed(this, "unread");
-  }
-
-  trimTop() {
-    const items = this.log.children;
-    const extra = items.length - MAX_RENDERED;
-    if (extra <= 0) return;
-    for (let i = 0; i < extra; i++) {
-      this.seen.delete(items[0].dataset.id);
-      items[0].remove();
-    }
-    this.oldestId = items[0]?.dataset.id ?? null;
-    this.exhausted = false;
-  }
-
-  async loadOlder() {
-    if (this.loadingOlder || this.exhausted || this.olderFailed || this.replaying) return;
-    if (!this.oldestId || !this.visible) return;
-    this.loadingOlder = true;
-    this.renderHistoryStart();
-    const before = this.oldestId;
-    const url = `/api/rooms/${encodeURIComponent(this.room)}/messages?before=${before}&limit=${HISTORY}`;
-    let page = null;
-    try {
-      const response = await fetch(url, { cache: "no-store" });
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      const body = await response.json();
-      page = Array.isArray(body.messages) ? body.messages : [];
-    } catch {
-      this.olderFailed = true;
-    }
-    this.loadingOlder = false;
-    if (page !== null && before === this.oldestId) this.prepend(page);
-    this.renderHistoryStart();
-    this.layout();
-  }
-
-  prepend(page) {
-    const scroller = this.element;
-    const height = scroller.scrollHeight;
-    const top = scroller.scrollTop;
-    const items = [];
-    for (const frame of page) {
-      if (typeof frame?.id !== "string" || this.seen.has(frame.id)) continue;
-      this.seen.add(frame.id);
-      items.push(messageElement(frame, this.own(frame)));
-    }
-    this.region.setAttribute("aria-busy", "true"); // not read out as if it were news
-    this.log.prepend(...items);
-    if (items.length) this.oldestId = items[0].dataset.id;
-    if (page.length < HISTORY) this.exhausted = true;
-    relayout(this.log, this.firstUnread);
-    scroller.scrollTop = top + (scroller.scrollHeight - height);
-    requestAnimationFrame(() => this.region.removeAttribute("aria-busy"));
-  }
-
-  /** The messages right after a welcome are a replay: quiet for screen readers, no paging. */
-  replayStarts() {
-    this.replaying = true;
-    this.replayEnds = Date.now() + REPLAY_MAX_MS;
-    this.region.setAttribute("aria-busy", "true");
-    this.replayGoesOn();
-  }
-
-  replayGoesOn() {
-    clearTimeout(this.timers.replay);
-    const wait = Math.max(0, Math.min(REPLAY_QUIET_MS, this.replayEnds - Date.now()));
-    this.timers.replay = setTimeout(() => {
-      this.replaying = false;
-      this.region.removeAttribute("aria-busy");
-      if (this.firstConnection && !this.log.children.length) this.exhausted = true;
-      this.firstConnection = false;
-      this.layout();
-    }, wait);
-  }
-
   // --- the outbox ------------------------------------------------------------------------
 
   send(text) {
-    this.queue(text, makeNonce());
-    this.persistOutbox();
+    this.outbox.add(text, makeNonce());
+    if (this.view.visible) this.view.scrollToBottom();
     this.pump();
   }
 
-  queue(text, nonce) {
-    const entry = { nonce, text, el: pendingElement(this.me || this.hooks.identity().name, text, nonce), failed: false };
-    this.outbox.push(entry);
-    this.outboxList.append(entry.el);
-    if (this.visible) this.scrollToBottom();
-  }
-
-  persistOutbox() {
-    const unsent = this.outbox.filter((e) => !e.failed).map(({ nonce, text }) => ({ nonce, text }));
-    if (unsent.length) save("session", this.key("outbox"), unsent);
-    else remove("session", this.key("outbox"));
-  }
-
-  setDelivery(entry, text) {
-    const label = entry.el.querySelector(".delivery");
-    if (label && label.textContent !== text) label.textContent = text;
-  }
-
-  /** Send the oldest unsent outbox entry, if the socket is open and nothing is in flight. */
   pump() {
-    for (const entry of this.outbox) {
-      if (!entry.failed) this.setDelivery(entry, this.open ? "sending…" : "pending");
-    }
-    if (!this.open || this.inFlight || this.timers.resend) return;
-    const entry = this.outbox.find((e) => !e.failed);
-    if (!entry) return;
-    this.inFlight = entry;
-    this.ws.send(JSON.stringify({ type: "message", text: entry.text, nonce: entry.nonce }));
-    this.timers.ack = setTimeout(() => this.abandon("no answer from the server"), ACK_TIMEOUT_MS);
-  }
-
-  settleInFlight() {
-    clearTimeout(this.timers.ack);
-    this.timers.ack = 0;
-    this.inFlight = null;
-  }
-
-  acknowledge(frame) {
-    if (typeof frame.nonce !== "string" || !this.own(frame)) return;
-    const index = this.outbox.findIndex((e) => e.nonce === frame.nonce);
-    if (index < 0) return;
-    const [entry] = this.outbox.splice(index, 1);
-    entry.el.remove();
-    if (this.inFlight === entry) this.settleInFlight();
-    this.persistOutbox();
-    this.pump();
-  }
-
-  /** The in-flight message was refused for good (bad_message): mark it, move on. */
-  failInFlight(reason) {
-    const entry = this.inFlight;
-    if (!entry) return;
-    this.settleInFlight();
-    entry.failed = true;
-    entry.el.classList.add("failed");
-    entry.el.dataset.state = "failed";
-    this.setDelivery(entry, `not sent: ${reason}`);
-    const dismiss = el("button", "link-button", "Dismiss");
-    dismiss.type = "button";
-    dismiss.addEventListener("click", () => {
-      this.outbox.splice(this.outbox.indexOf(entry), 1);
-      entry.el.remove();
-      this.hooks.changed(this, "focus-composer");
-    });
-    entry.el.querySelector(".bubble").append(dismiss);
-    this.persistOutbox();
-    this.pump();
-  }
-
-  /** The in-flight message was not processed (rate_limited, unavailable): send it later. */
-  retryInFlight(delayMs) {
-    if (!this.inFlight) return;
-    this.settleInFlight();
-    clearTimeout(this.timers.resend);
-    this.timers.resend = setTimeout(() => {
-      this.timers.resend = 0;
-      this.pump();
-    }, delayMs);
+    this.outbox.pump(this.open);
   }
 
   // --- the connection ----------------------------------------------------------------------
@@ -402,13 +106,12 @@ export class RoomSession {
   socketUrl(scheme) {
     const { name, key } = this.hooks.identity();
     const params = new URLSearchParams({ room: this.room, name, key });
-    if (this.lastId) params.set("since", this.lastId);
+    if (this.view.lastId) params.set("since", this.view.lastId);
     else params.set("history", String(HISTORY));
     return `${scheme}//${location.host}/ws?${params}`;
   }
 
   start() {
-    this.firstConnection = true;
     this.connect();
   }
 
@@ -469,9 +172,9 @@ export class RoomSession {
     if (this.ws) this.ws.close(1000, "left the room");
     this.ws = null;
     this.open = false;
-    remove("session", this.key("outbox"));
+    this.outbox.forget();
     remove("session", this.key("draft"));
-    this.element.remove();
+    this.view.element.remove();
   }
 
   /** Stop using the current socket at once and reconnect, without waiting for its close. */
@@ -489,9 +192,7 @@ export class RoomSession {
     clearTimeout(this.timers.open);
     const wasOpen = this.open;
     this.open = false;
-    this.settleInFlight();
-    clearTimeout(this.timers.resend);
-    this.timers.resend = 0;
+    this.outbox.disconnected();
     if (wasOpen) {
       this.stale = true; // the member list is what we knew last
       this.hooks.changed(this, "members");
@@ -570,15 +271,16 @@ export class RoomSession {
         this.onWelcome(frame);
         break;
       case "message":
-        this.onMessage(frame);
-        this.acknowledge(frame);
+        this.view.add(frame);
+        if (typeof frame.nonce === "string" && this.own(frame) && this.outbox.acknowledge(frame.nonce)) {
+          this.pump();
+        }
         break;
       case "presence":
         this.onPresence(frame);
         break;
       case "gap":
-        this.log.append(el("li", "system", "Some earlier messages may be missing."));
-        this.log.lastElementChild.dataset.testid = "gap";
+        this.view.gap();
         this.hooks.notify("Some messages may be missing: the history no longer reaches back that far.", "warning", "gap");
         break;
       case "error":
@@ -601,7 +303,7 @@ export class RoomSession {
     this.members.add(this.me);
     this.memberCount = Math.max(this.members.size, Number(frame.member_count) || 0);
     this.stale = false;
-    this.replayStarts();
+    this.view.replayStarts();
     this.setState("open");
     this.hooks.changed(this, "members");
     if (reconnected) this.hooks.announce(`Connected to #${this.room} again.`);
@@ -614,10 +316,10 @@ export class RoomSession {
     if (frame.event === "join" && !this.members.has(frame.name)) {
       this.members.add(frame.name);
       this.memberCount += 1;
-      if (this.visible) this.hooks.announce(`${frame.name} joined #${this.room}.`);
+      if (this.view.visible) this.hooks.announce(`${frame.name} joined #${this.room}.`);
     } else if (frame.event === "leave" && this.members.delete(frame.name)) {
       this.memberCount = Math.max(this.members.size, this.memberCount - 1);
-      if (this.visible) this.hooks.announce(`${frame.name} left #${this.room}.`);
+      if (this.view.visible) this.hooks.announce(`${frame.name} left #${this.room}.`);
     }
     this.hooks.changed(this, "members");
   }
@@ -628,15 +330,16 @@ export class RoomSession {
     switch (code) {
       case "rate_limited":
         this.hooks.notify("Slow down: messages are being sent too fast. Yours will follow.", "warning", "rate");
-        this.retryInFlight(Math.ceil(1000 / (Number(this.limits.rate_per_s) || 1)) + 100);
+        this.outbox.retryInFlight(Math.ceil(1000 / (Number(this.limits.rate_per_s) || 1)) + 100, () => this.pump());
         break;
       case "unavailable":
         this.hooks.notify("The chat service is having trouble; your message will be retried.", "warning", "unavailable");
-        this.retryInFlight(2000 + Math.random() * 3000);
+        this.outbox.retryInFlight(2000 + Math.random() * 3000, () => this.pump());
         break;
       case "bad_message":
         this.hooks.notify(`Message refused: ${message}`, "error", "refused");
-        this.failInFlight(message);
+        this.outbox.failInFlight(message);
+        this.pump();
         break;
       default:
         this.hooks.notify(`Error (${code}): ${message}`, "error", code);

@@ -10,6 +10,7 @@ written.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -132,10 +133,11 @@ async def test_main_views_have_no_serious_violations(make_server, browser: Brows
         await alice.input.fill("x" * 2100)
         await alice.page.evaluate("history.pushState({}, '', '?room=bad!'); location.reload()")
         await expect(alice.notices.filter(has_text="not a room name")).to_have_count(1)
+        await alice.wait_open()
         await alice.input.fill("x" * 2100)
         await expect(alice.counter).to_have_attribute("data-state", "over")
         await alice.page.context.set_offline(True)
-        server.stop()
+        await asyncio.to_thread(server.stop)
         await expect(alice.members_panel).to_have_attribute("data-stale", "true")
         violations += await in_both_themes(alice.page, "laptop, offline and errors")
         await keyboard_reaches_every_control(alice)

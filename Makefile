@@ -10,7 +10,7 @@ APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-n
 NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 
 .PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image \
-	dashboards dashboard-picture
+	dashboards dashboard-picture screenshots
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -71,6 +71,11 @@ dashboards: $(BIN)/.installed
 # docs/dashboard.png: four minutes of scripted chat on a local deployment, drawn from Prometheus.
 dashboard-picture: $(BIN)/.installed system-deps
 	$(BIN)/python monitoring/snapshot.py
+
+# The README's pictures: docs/screenshot.png (laptop) and docs/screenshot-phone.png, taken by
+# the accessibility test's scene in headless Chromium. Tests never write them otherwise.
+screenshots: $(BIN)/.installed system-deps
+	WEBCHAT_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_accessibility.py -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -56,6 +56,7 @@ class Connection:
         "_watermark",
         "closing",
         "ended_by",
+        "holder",
         "last_seen",
         "name",
         "next_ping",
@@ -72,10 +73,12 @@ class Connection:
         send_buffer: int,
         heartbeat: float,
         on_ended: Callable[[str], None],
+        holder: str = "",
     ) -> None:
         self.ws = ws
         self.room = room
         self.name = name
+        self.holder = holder  # who may use `name`: see protocol.ConnectParams
         self.closing = False
         # Why it ended (a metrics.DISCONNECT_REASONS value), set once by `mark_ended`.
         self.ended_by: str | None = None

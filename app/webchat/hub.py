@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from webchat.broker.base import Broker, Message, PresenceEvent
+from webchat.broker.base import Broker, BrokerUnavailable, Message, NameTaken, PresenceEvent
 from webchat.connection import CLOSE_TRY_AGAIN, Batch, Connection
 from webchat.metrics import Metrics
 from webchat.protocol import encode_message, encode_presence, ws_text_frame
@@ -27,18 +27,37 @@ log = logging.getLogger(__name__)
 
 
 class Room:
-    __slots__ = ("conns", "grace", "lock", "names", "subscribed")
+    __slots__ = (
+        "conns",
+        "grace",
+        "holders",
+        "joining",
+        "lock",
+        "names",
+        "present",
+        "subscribed",
+    )
 
     def __init__(self) -> None:
         self.conns: dict[Connection, None] = {}  # insertion-ordered set
         self.names: Counter[str] = Counter()  # local connections per name
+        self.present: set[str] = set()  # names this node has joined in presence (until leave)
         self.grace: dict[str, asyncio.TimerHandle] = {}  # names whose last connection left
+        self.holders: dict[str, str] = {}  # holder of each name connected or present here
+        # A name's presence join in flight: other connections of the name wait for its
+        # outcome (None, or the error) before their welcome.
+        self.joining: dict[str, asyncio.Future[Exception | None]] = {}
         self.lock = asyncio.Lock()  # serialises subscribe/unsubscribe of this room
         self.subscribed = False
 
     @property
     def idle(self) -> bool:
         return not self.conns and not self.grace and not self.subscribed
+
+    def forget_holder(self, name: str) -> None:
+        """Drop the name's holder once nothing here holds the name any more."""
+        if name not in self.names and name not in self.present and name not in self.joining:
+            self.holders.pop(name, None)
 
 
 class Hub:
@@ -75,33 +94,70 @@ class Hub:
     def connection_count(self) -> int:
         return sum(len(room.conns) for room in self._rooms.values())
 
+    async def holder(self, room_name: str, name: str) -> str | None:
+        """Who holds `name` in the room now (here or on any node), or None: a read only."""
+        room = self._rooms.get(room_name)
+        if room is not None and name in room.holders:
+            return room.holders[name]
+        return await self._broker.presence.holder(room_name, name)
+
     async def attach(self, conn: Connection) -> None:
         """Add a connection (it holds deliveries until go_live); subscribe and join as needed.
 
-        Raises BrokerUnavailable if the room cannot be subscribed; the connection is detached.
+        Raises NameTaken if the name is present under another holder (here or on any node),
+        BrokerUnavailable if the room cannot be subscribed or joined; either way the
+        connection is detached again.
         """
         room = self._rooms.get(conn.room)
         if room is None:
             room = self._rooms[conn.room] = Room()
+        held_by = room.holders.get(conn.name)
+        if held_by is not None and held_by != conn.holder:
+            raise NameTaken(f"{conn.name!r} is held by another key in {conn.room}")
+        room.holders[conn.name] = conn.holder
         room.conns[conn] = None
         room.names[conn.name] += 1
+        timer = room.grace.pop(conn.name, None)
+        if timer is not None:
+            timer.cancel()  # back within the grace period: no leave, no join
         try:
             if not room.subscribed:
                 async with room.lock:
                     if not room.subscribed and room.conns:
                         await self._broker.subscribe(conn.room)
                         room.subscribed = True
-            if room.names[conn.name] == 1:
-                timer = room.grace.pop(conn.name, None)
-                if timer is not None:
-                    timer.cancel()  # back within the grace period: no leave, no join
-                else:
-                    await self._broker.presence.join(conn.room, conn.name)
+            await self._join(room, conn)
         except BaseException:
-            self.detach(conn, announce=False)
+            self.detach(conn)
             raise
 
-    def detach(self, conn: Connection, *, announce: bool = True) -> None:
+    async def _join(self, room: Room, conn: Connection) -> None:
+        """Make sure the name is present, joining it if no connection here has."""
+        name = conn.name
+        if name in room.present:
+            return
+        pending = room.joining.get(name)
+        if pending is not None:  # another connection of the name is joining it: its outcome
+            failed = await asyncio.shield(pending)
+            if isinstance(failed, NameTaken):
+                raise NameTaken(str(failed))
+            if failed is not None:
+                raise BrokerUnavailable(f"joining {conn.room} failed: {failed}")
+            return
+        outcome = room.joining[name] = asyncio.get_running_loop().create_future()
+        error: Exception | None = BrokerUnavailable("the joining connection went away")
+        try:
+            await self._broker.presence.join(conn.room, name, conn.holder)
+            room.present.add(name)
+            error = None
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            del room.joining[name]
+            outcome.set_result(error)
+
+    def detach(self, conn: Connection) -> None:
         """Remove a connection; its name leaves after the grace period if it was the last."""
         room = self._rooms.get(conn.room)
         if room is None or conn not in room.conns:
@@ -110,11 +166,13 @@ class Hub:
         room.names[conn.name] -= 1
         if room.names[conn.name] <= 0:
             del room.names[conn.name]
-            if announce:
+            if conn.name in room.present:
                 loop = asyncio.get_running_loop()
                 room.grace[conn.name] = loop.call_later(
                     self._grace, self._grace_over, conn.room, conn.name
                 )
+            else:
+                room.forget_holder(conn.name)
         if not room.conns:
             self._spawn(self._release(conn.room))
 
@@ -122,6 +180,8 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None or room.grace.pop(name, None) is None:
             return
+        room.present.discard(name)
+        room.forget_holder(name)
         self._spawn(self._broker.presence.leave(room_name, name))
         if room.idle:
             del self._rooms[room_name]
@@ -155,7 +215,7 @@ class Hub:
     async def close(self) -> None:
         """Leave every room this process still holds, then stop background tasks."""
         for room_name, room in list(self._rooms.items()):
-            for name in list(room.names) + list(room.grace):
+            for name in list(room.present):
                 timer = room.grace.pop(name, None)
                 if timer is not None:
                     timer.cancel()

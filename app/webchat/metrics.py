@@ -67,7 +67,13 @@ FANOUT_BUCKETS: Final = (
 )  # fmt: skip
 
 # The fixed label sets. Other values may appear (a later status code), never user input.
-CONNECTION_STATUSES: Final = ("accepted", "bad_request", "forbidden_origin", "unavailable")
+CONNECTION_STATUSES: Final = (
+    "accepted",
+    "bad_request",
+    "forbidden_origin",
+    "name_taken",
+    "unavailable",
+)
 DISCONNECT_REASONS: Final = (
     "client",  # the client closed, or its TCP connection ended
     "timeout",  # no frame, not even a pong, for two heartbeat intervals
@@ -96,6 +102,9 @@ REDIS_OPERATIONS: Final = (
     "presence_members",
     "presence_refresh",
     "presence_reap",
+    "presence_holder",  # which key holds a name, read before an upgrade
+    "room_index",  # a node's batched update of the room index (GET /api/rooms)
+    "rooms",  # the room listing read (GET /api/rooms, cached per node)
     "ping",  # the health check's self-ping
 )
 EXEMPLAR_FILE_PREFIX: Final = "exemplars_"

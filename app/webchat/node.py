@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WebSocketError, WSMsgType, web
 
 from webchat.broker import create_broker
-from webchat.broker.base import Broker, BrokerUnavailable, Draft
+from webchat.broker.base import (
+    ROOMS_LIMIT,
+    Broker,
+    BrokerUnavailable,
+    Draft,
+    NameTaken,
+    RoomInfo,
+)
 from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
@@ -25,7 +32,9 @@ from webchat.protocol import (
     ProtocolError,
     encode_error,
     encode_message,
+    encode_rooms,
     encode_welcome,
+    error_body,
     parse_client_frame,
     ws_text_frame,
 )
@@ -38,6 +47,12 @@ log = logging.getLogger(__name__)
 
 # How long a close handshake may take before the socket is dropped, when draining.
 DRAIN_CLOSE_GRACE = 2.0
+# GET /api/rooms is polled by every open page: one broker read per instance this often at most.
+ROOMS_CACHE_SECONDS = 2.0
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status)
 
 
 class Node:
@@ -63,6 +78,8 @@ class Node:
         self._heartbeat: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self.loop_lag = LoopLag(0.0)
+        self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
+        self._rooms_task: asyncio.Task[list[RoomInfo]] | None = None
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -100,6 +117,10 @@ class Node:
         metrics.flush()
 
     async def close(self) -> None:
+        if self._rooms_task is not None:
+            self._rooms_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._rooms_task
         for task in (self._heartbeat, self._monitor):
             if task is not None:
                 task.cancel()
@@ -113,8 +134,9 @@ class Node:
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.WebSocketResponse:
-        """Run one WebSocket session: welcome, replay, then the client's frames until it ends."""
+    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
+        """Run one WebSocket session: join, upgrade, welcome, replay, then the client's frames
+        until it ends. A name held by another key is refused (409) before the upgrade."""
         cfg = self.config
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
@@ -122,10 +144,9 @@ class Node:
             autoping=False,  # pings and pongs are handled below and by heartbeat.py
             timeout=DRAIN_CLOSE_GRACE,
         )
-        await ws.prepare(request)
         transport = request.transport
-        if transport is None:  # the client went away during the handshake
-            return ws
+        if transport is None:  # the client went away already
+            return web.Response(status=400)
         conn = Connection(
             ws,
             transport,
@@ -134,12 +155,23 @@ class Node:
             cfg.send_buffer,
             heartbeat=cfg.heartbeat,
             on_ended=self.metrics.disconnected,
+            holder=params.holder,
         )
+        # Joining first (deliveries are held until the welcome) decides the name before the
+        # upgrade, so a refusal is an HTTP answer the client can read.
+        try:
+            await self.hub.attach(conn)
+        except NameTaken:
+            self.metrics.upgrade("name_taken")
+            return self.name_taken(params)
+        except BrokerUnavailable:
+            self.metrics.upgrade("unavailable")
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
         self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
         try:
             try:
-                await self.hub.attach(conn)
+                await ws.prepare(request)
                 await self._welcome(ws, conn, params)
             except BrokerUnavailable:
                 conn.mark_ended("error")
@@ -167,7 +199,15 @@ class Node:
         welcome = encode_welcome(params.room, params.name, members, count, self._limits)
         await ws.send_frame(welcome, WSMsgType.TEXT)
         watermark = None
-        if params.since is not None:
+        if params.since is None and params.history:
+            # The newest n, then live ones newer than the last of them (held ones are dropped
+            # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
+            recent = await self.broker.history(params.room, None, params.history)
+            for message in recent.messages:
+                await ws.send_frame(encode_message(message), WSMsgType.TEXT)
+            if recent.messages:
+                watermark = recent.messages[-1].id
+        elif params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
             # newer than it are news even when `since` claims more (history lost, clock behind).
             newest = await self.broker.history(params.room, None, 1)
@@ -228,6 +268,49 @@ class Node:
             else:
                 self.metrics.messages.inc()
                 self.metrics.message_latency.observe(loop.time() - received)
+
+    @staticmethod
+    def name_taken(params: ConnectParams) -> web.Response:
+        return _json_error(
+            409,
+            "name_taken",
+            f"the name {params.name!r} is in use in {params.room} by someone else; pick another",
+        )
+
+    async def check(self, params: ConnectParams) -> web.Response:
+        """What an upgrade with these parameters would get, without joining: for a client
+        whose WebSocket failed to open and that cannot read the refusal (browsers cannot)."""
+        try:
+            holder = await self.hub.holder(params.room, params.name)
+        except BrokerUnavailable:
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        if holder is not None and holder != params.holder:
+            return self.name_taken(params)
+        return _json_error(426, "upgrade_required", "this would be accepted as a WebSocket upgrade")
+
+    async def rooms(self) -> tuple[list[RoomInfo], bytes]:
+        """GET /api/rooms, from a cache a few seconds old at most (every page polls it): the
+        listing and its JSON body, encoded once. Concurrent requests share one broker read.
+
+        Raises BrokerUnavailable.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._rooms
+        if cached is None or loop.time() >= cached[0]:
+            task = self._rooms_task
+            if task is None or task.done():
+                task = self._rooms_task = loop.create_task(self.broker.rooms(ROOMS_LIMIT))
+                task.add_done_callback(self._rooms_read)
+            await asyncio.shield(task)
+            cached = self._rooms
+            assert cached is not None
+        return cached[1], cached[2]
+
+    def _rooms_read(self, task: asyncio.Task[list[RoomInfo]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            expiry = asyncio.get_running_loop().time() + ROOMS_CACHE_SECONDS
+            listing = task.result()
+            self._rooms = (expiry, listing, encode_rooms(listing))
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
         self.metrics.error(code)

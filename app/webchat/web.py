@@ -69,6 +69,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         node.metrics.upgrade("unavailable")
         why = "draining" if node.draining else "message broker unreachable"
         return _error(503, "unavailable", f"service unavailable ({why}); retry with backoff")
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        # Not an upgrade: answer what the upgrade would get. A browser cannot read why its
+        # WebSocket was refused; it asks again this way (e.g. to learn of name_taken).
+        return await node.check(params)
     return await node.serve(request, params)
 
 
@@ -79,16 +83,32 @@ async def messages(request: web.Request) -> web.Response:
         since = request.query.get("since")
         if since is not None:
             parse_id(since)
+        before = request.query.get("before")
+        if before is not None:
+            parse_id(before, "before")
+            if since is not None:
+                raise ProtocolError("bad_request", "give since or before, not both")
         limit = parse_limit(request.query.get("limit"))
     except ProtocolError as exc:
         return _error(400, exc.code, exc.message)
     try:
-        history = await node.broker.history(room, since, limit)
+        if before is not None:
+            history = await node.broker.history_before(room, before, limit)
+        else:
+            history = await node.broker.history(room, since, limit)
     except BrokerUnavailable:
         return _error(503, "unavailable", "the message broker is unreachable; retry later")
     return web.json_response(
         {"messages": [message_dict(m) for m in history.messages], "gap": history.gap}
     )
+
+
+async def rooms(request: web.Request) -> web.Response:
+    try:
+        _, body = await request.app[NODE].rooms()
+    except BrokerUnavailable:
+        return _error(503, "unavailable", "the message broker is unreachable; retry later")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -145,6 +165,7 @@ def make_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(node_ctx)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/api/rooms", rooms)
     app.router.add_get("/api/rooms/{room}/messages", messages)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -36,6 +36,7 @@ from webchat.broker.base import (
     History,
     Message,
     Published,
+    RoomInfo,
 )
 from webchat.broker.redis_codec import (
     channel,
@@ -43,11 +44,13 @@ from webchat.broker.redis_codec import (
     dedupe_key,
     describe,
     encode_trace,
+    end_before,
     id_key,
     message_from_entry,
     start_after,
     stream_key,
 )
+from webchat.broker.redis_index import RoomIndex
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
 from webchat.broker.redis_rooms import BACKOFF_CAP
@@ -133,8 +136,14 @@ class RedisBroker:
         self._metrics = metrics or Metrics()
         self._ops = RedisOps(self._metrics, tracing, config.redis_url)
         self._publish = self._client.register_script(PUBLISH)
+        self._index = RoomIndex(self._client, config.presence_timeout, self._ops)
         self._presence = RedisPresence(
-            self._client, node_id, config.presence_timeout, lambda: self._client_ok, self._ops
+            self._client,
+            node_id,
+            config.presence_timeout,
+            lambda: self._client_ok,
+            self._ops,
+            self._index.counted,
         )
         self._subscriber = Subscriber(
             self._client,
@@ -172,6 +181,7 @@ class RedisBroker:
             ("health", self._health_loop),
             ("presence refresh", self._presence.refresh_loop),
             ("presence reaper", lambda: self._presence.reap_loop(lambda: self._subscriber.rooms)),
+            ("room index", self._index.flush_loop),
         ]
         self._tasks = [asyncio.create_task(_owned(name, loop)) for name, loop in loops]
         try:
@@ -222,6 +232,7 @@ class RedisBroker:
         if duplicate:
             return Published(decode_message(room, value), duplicate=True)
         message_id = value.decode()
+        self._index.published(room, id_key(message_id)[0])
         message = Message(
             message_id,
             room,
@@ -256,6 +267,23 @@ class RedisBroker:
         entries = results[1] if start is not None else []
         gap = not first or after < id_key(first[0][0].decode())
         return History(self._messages(room, entries), gap=gap)
+
+    async def history_before(self, room: str, before: str, limit: int) -> History:
+        """memory.select_before's rule: one XREVRANGE with an exclusive end."""
+        end = end_before(parse_id(before, "before"))
+        if end is None:
+            return History([], gap=False)
+        try:
+            entries: Any = await self._ops.call(
+                "history", self._client.xrevrange(stream_key(room), max=end, count=limit)
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("history", exc) from exc
+        entries.reverse()
+        return History(self._messages(room, entries), gap=False)
+
+    async def rooms(self, limit: int) -> list[RoomInfo]:
+        return await self._index.rooms(limit)
 
     # --- internals ----------------------------------------------------------------------
 

@@ -11,7 +11,14 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 | `wc:{room}:p`                   | hash   | name -> how many nodes hold it                       |
 | `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
 | `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
+| `wc:{room}:k`                   | hash   | name -> its holder (SHA-256 of the key, or "")       |
 | `wc:node:<node>`                | pubsub | this node's self-ping, proving its subscriber alive  |
+| `wc:{#index}:members`           | zset   | room -> names present (GET /api/rooms)               |
+| `wc:{#index}:seen`              | zset   | room -> when a live node last confirmed that count   |
+| `wc:{#index}:active`            | zset   | room -> ts of its last message, for 24 hours         |
+
+The index keys share one hash tag that no room name can have (`#`), so the index is one
+slot and never collides with a room's keys.
 
 Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
 context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
@@ -57,8 +64,19 @@ def dedupe_key(room: str, name: str, nonce: str) -> str:
 
 
 def presence_keys(room: str) -> list[str]:
-    """The names hash, holders zset and presence stream of `room`, as the Lua scripts take them."""
-    return [f"{PREFIX}:{{{room}}}:p", f"{PREFIX}:{{{room}}}:e", presence_stream_key(room)]
+    """The names hash, holders zset, presence stream and name holders hash of `room`, as the
+    Lua scripts take them."""
+    return [
+        f"{PREFIX}:{{{room}}}:p",
+        f"{PREFIX}:{{{room}}}:e",
+        presence_stream_key(room),
+        f"{PREFIX}:{{{room}}}:k",
+    ]
+
+
+def index_keys() -> list[str]:
+    """The room index: member counts, when they were confirmed, last message times."""
+    return [f"{PREFIX}:{{#index}}:{part}" for part in ("members", "seen", "active")]
 
 
 def presence_stream_key(room: str) -> str:
@@ -158,6 +176,18 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
         nonce.decode() if nonce is not None else None,
         _trace(trace),
     )
+
+
+def end_before(before: tuple[int, int]) -> str | None:
+    """The XREVRANGE end of the entries before `before`; None if no stream id precedes it."""
+    ms, seq = before
+    if ms > MAX_ID_PART:
+        return "+"
+    if seq > MAX_ID_PART:
+        return f"{ms}-{MAX_ID_PART}"
+    if (ms, seq) == (0, 0):
+        return None
+    return f"({ms}-{seq}"
 
 
 def start_after(after: tuple[int, int]) -> str | None:

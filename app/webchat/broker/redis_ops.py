@@ -31,6 +31,9 @@ COMMANDS: Final = {
     "presence_members": "EVALSHA",
     "presence_refresh": "EVALSHA",
     "presence_reap": "EVALSHA",
+    "presence_holder": "EVALSHA",
+    "room_index": "EVALSHA",
+    "rooms": "EVALSHA",
     "ping": "PUBLISH",
 }
 

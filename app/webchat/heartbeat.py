@@ -29,10 +29,13 @@ async def run_heartbeat(
     connections: Callable[[], Iterable[Connection]],
     interval: float,
     on_sweep: Callable[[int], None] | None = None,
+    send_timeout: float | None = None,
 ) -> None:
     """Ping due connections and drop silent ones, until cancelled.
 
     After each sweep, `on_sweep` gets the bytes held for all connections (Connection.buffered).
+    With `send_timeout`, a connection whose unsent data is older than that is closed with
+    1013 (Connection.check_age): the send buffer is bounded by age as well as by bytes.
     """
     loop = asyncio.get_running_loop()
     tick = min(1.0, interval / 4)
@@ -44,6 +47,8 @@ async def run_heartbeat(
         try:
             for conn in connections():
                 buffered += conn.buffered
+                if send_timeout is not None:
+                    conn.check_age(now, send_timeout)
                 if conn.closing:
                     continue
                 if now - conn.last_seen > silent_limit:

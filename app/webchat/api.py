@@ -23,6 +23,7 @@ from typing import Final
 from aiohttp import web
 
 from webchat.broker.base import Message
+from webchat.connection import reset
 from webchat.protocol import encode_message
 
 SLICE: Final = 32  # messages encoded between two yields to the loop (~1 ms at most)
@@ -105,7 +106,7 @@ async def send(request: web.Request, chunks: Sequence[bytes], timeout: float) ->
             await response.write_eof()
     except TimeoutError:
         if request.transport is not None:
-            request.transport.abort()
+            reset(request.transport)  # and what the kernel holds for it
     except ConnectionError:  # the client went away: nothing to answer
         pass
     return response

@@ -42,6 +42,7 @@ from webchat.protocol import (
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
+from webchat.trim import Trimmer
 
 if TYPE_CHECKING:
     from webchat.tracing import Tracing
@@ -76,6 +77,7 @@ class Node:
         # checks that before it starts, with a one-line error).
         self.limits = limits or budget(config.max_connections, raise_descriptor_limit())
         self.sessions = 0  # WebSocket sessions in progress (upgrading or open)
+        self.trimmer = Trimmer()  # memory back to the system after large answers and replays
         self.id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
         # Imported only when switched on: with tracing off no OpenTelemetry code is loaded.
@@ -161,6 +163,7 @@ class Node:
         metrics.flush()
 
     async def close(self) -> None:
+        self.trimmer.cancel()
         if self._rooms_task is not None:
             self._rooms_task.cancel()
             with contextlib.suppress(BaseException):
@@ -241,6 +244,8 @@ class Node:
             conn.closed()
             self.metrics.connected_users.dec()
             conn.mark_ended("client")  # unless the server ended it first
+            if conn.ended_by == "slow_client":  # its send buffer and replay are freed now
+                self.trimmer.soon()
             if self.draining and self.hub.connection_count == 0:
                 self._all_closed.set()
         return ws
@@ -314,6 +319,8 @@ class Node:
         chunk = min(REPLAY_CHUNK, self.config.send_buffer)
         frames: list[bytes] = []
         size = 0
+        if len(messages) >= REPLAY_PAGE:
+            self.trimmer.soon()  # a page of frames is about to come and go
         for message in messages:
             frame = ws_text_frame(encode_message(message))
             if frames and size + len(frame) > chunk:

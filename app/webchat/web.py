@@ -167,6 +167,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
             history.messages, history.gap, node.config.api_max_bytes, keep_newest=since is None
         )
         del history  # only the encoded page is held while a slow client reads it
+        if len(chunks) > 1:
+            node.trimmer.soon()  # a large answer: its memory goes back once it is sent
         return await api.send(request, chunks, node.config.api_timeout)
     finally:
         slots.give_back()

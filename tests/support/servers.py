@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -66,8 +67,15 @@ def http_status(url: str) -> int | None:
 class WebchatProcess:
     """A `webchat` process. `args` are extra CLI flags; the port is free unless given."""
 
-    def __init__(self, *args: str, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
+    ):
         self.port = port or free_port()
+        self.nofile = nofile  # a file-descriptor limit (soft and hard) for the process
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
         # A stray RATE or REDIS_URL in the test's environment must not change the server.
         inherited = {k: v for k, v in os.environ.items() if k not in OPTION_VARIABLES}
@@ -92,6 +100,7 @@ class WebchatProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit if self.nofile else None,
         )
         log.close()
         wanted = "/readyz" if wait_ready else "/healthz"
@@ -107,6 +116,11 @@ class WebchatProcess:
             self.stop()
             raise
         return self
+
+    def _limit(self) -> None:
+        """In the child, before exec: the descriptor limit (hard too, so it cannot be raised)."""
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

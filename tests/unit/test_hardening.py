@@ -3,6 +3,7 @@ history pages bounded in bytes, allowed hosts, the security headers, throttled l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,6 +14,7 @@ from webchat import api
 from webchat.broker.base import Message
 from webchat.limits import MIN_HEADROOM, RESERVE, Budget, budget
 from webchat.listener import Throttled
+from webchat.trim import Trimmer
 from webchat.web import CSP, FRONTEND, host_allowed, host_name, origin_allowed
 
 # --- limits.py ------------------------------------------------------------------------------
@@ -164,3 +166,29 @@ def test_throttled_logs_once_per_interval_with_a_count(caplog: pytest.LogCapture
             throttled(f"event {n}")
     assert [r.getMessage() for r in caplog.records] == ["event 0 (1 since the last report)"]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+# --- trim.py: memory back to the system, rarely -----------------------------------------------
+
+
+async def test_trims_follow_bursts_at_most_once_per_interval() -> None:
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+    trimmer = Trimmer(delay=0.01, interval=0.2, trim=lambda: calls.append(loop.time()))
+    started = loop.time()
+    for _ in range(100):  # a burst: one trim after it
+        trimmer.soon()
+    await asyncio.sleep(0.05)
+    assert len(calls) == 1 and calls[0] - started >= 0.01
+    trimmer.soon()  # another burst right after: not before the interval has passed
+    await asyncio.sleep(0.3)
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2
+    trimmer.soon()
+    trimmer.cancel()
+    await asyncio.sleep(0.3)
+    assert len(calls) == 2
+
+
+def test_the_c_library_trim_is_found_here() -> None:
+    # Debian's glibc has malloc_trim; without it the trimmer would silently do nothing.
+    assert Trimmer()._trim is not None

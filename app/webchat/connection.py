@@ -166,6 +166,8 @@ class Connection:
             unsent = transport.get_write_buffer_size()
             if not unsent or unsent + len(data) <= self._limit:
                 self._write(data)  # a frame larger than the whole buffer still overflows
+                # Others' turn: a replay to a fast reader is many writes, none of them awaited.
+                await asyncio.sleep(0)
                 return not self.closing
             await asyncio.sleep(delay)  # polled: asyncio has no public drain event here
             delay = min(2 * delay, 0.1)

@@ -169,3 +169,20 @@ def assert_quiet_log(server: WebchatProcess, max_lines: int = 50) -> str:
     assert not errors, errors[:5]
     assert len(text.splitlines()) <= max_lines, text[-3000:]
     return text
+
+
+async def http_get(port: int, target: str) -> tuple[int, dict, bytes]:
+    """One request on its own connection (`Connection: close`), read to the server's close:
+    once this returns, the server holds no socket for it (it closes before the client sees
+    the end)."""
+    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    sock = await non_reader(port, request.encode(), rcvbuf=65536)
+    try:
+        answer = await read_answer(sock)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(seconds(10)):
+            while await loop.sock_recv(sock, 65536):
+                pass
+    finally:
+        sock.close()
+    return answer

@@ -8,6 +8,11 @@ NEEDED_BINARIES := redis-server nginx prometheus promtool chromium docker-compos
 # The exporters the deployment runs, scraped by the real-Prometheus test (tests/integration).
 APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+# nginx.conf's TLS server, as shipped, names Debian's placeholder certificate (ssl-cert's
+# snakeoil): `nginx -t` on the file needs it. Test nginx instances get their own (openssl).
+APT_PACKAGES += ssl-cert openssl
+NEEDED_BINARIES += make-ssl-cert openssl
+SNAKEOIL := /etc/ssl/certs/ssl-cert-snakeoil.pem
 
 .PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image \
 	dashboards dashboard-picture screenshots
@@ -35,6 +40,10 @@ system-deps:
 	  else \
 	    echo "missing:$$missing. Run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
 	  fi; \
+	fi
+	@if [ ! -f $(SNAKEOIL) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then make-ssl-cert generate-default-snakeoil; \
+	  else echo "missing $(SNAKEOIL). Run: sudo make-ssl-cert generate-default-snakeoil"; exit 1; fi; \
 	fi
 
 lint: $(BIN)/.installed

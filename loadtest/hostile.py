@@ -2,7 +2,7 @@
 """The attacks of issue 12 that the HTTP and socket side bounds, run against a webchat process
 this script starts, with the figures docs/security.md reports.
 
-    python loadtest/hostile.py [--app-dir app] [--scenario api,echo,replay,slowloris,bad,fds]
+    python loadtest/hostile.py [--app-dir app] [--scenario api,echo,replay,slowloris,bad,fds] [--rt]
 
 Each scenario starts its own `python -m webchat` (from `--app-dir`, so the same command
 measures an older tree: `git archive <commit> app frontend | tar -x -C /tmp/old` and
@@ -64,8 +64,29 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --rt: the server alone on core 0 at real-time priority (SCHED_FIFO 1), this process on core
+# 1 at the same priority, load generators (curl) on core 1 at normal priority. On a machine
+# that others share, the server then runs when it has work, and the client measuring echoes
+# runs when it has a frame to read, whatever else the machine does.
+RT = {"server": [], "generators": []}
+
+
+def real_time() -> None:
+    RT["server"] = ["taskset", "-c", "0", "chrt", "-f", "1"]
+    RT["generators"] = ["chrt", "-o", "0", "taskset", "-c", "1"]
+    os.sched_setaffinity(0, {1})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 
 
 class Server:
@@ -83,7 +104,7 @@ class Server:
 
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "webchat", "--port", str(self.port), *flags],
+                [*RT["server"], sys.executable, "-m", "webchat", "--port", str(self.port), *flags],
                 cwd=app_dir.parent,
                 env=env,
                 stdout=log,
@@ -305,22 +326,27 @@ async def echo_under_api_load(app: Path, session: aiohttp.ClientSession) -> dict
         # measures the server's latency, not its own reading of 40 MB/s.
         target = f"{server.url}/api/rooms/big/messages?limit=500"
         script = f"while :; do curl -s -o /dev/null -w '%{{http_code}}\\n' '{target}'; done"
+        cpu_before = cpu_seconds(server.proc.pid)
         with counts.open("wb") as out:  # noqa: ASYNC230  # a local file, opened once
             loopers = [
-                subprocess.Popen(["sh", "-c", script], stdout=out)  # noqa: ASYNC220  # started once
+                subprocess.Popen([*RT["generators"], "sh", "-c", script], stdout=out)  # noqa: ASYNC220  # started once
                 for _ in range(4)
             ]
         await asyncio.sleep(10)
         loaded = percentiles(echo.take())
+        server_cpu = cpu_seconds(server.proc.pid) - cpu_before
         for looper in loopers:
             looper.kill()
             looper.wait()
         await echo.stop()
         codes = counts.read_text().split()  # noqa: ASYNC240  # after the measurement
+        served = codes.count("200")
         return {
             "echo_idle": idle,
             "echo_with_4_api_loops": loaded,
             "api_answers_in_10s": {c: codes.count(c) for c in sorted(set(codes))},
+            "server_cpu_s_in_10s": round(server_cpu, 2),
+            "server_cpu_ms_per_answer": round(1000 * server_cpu / served, 2) if served else None,
         }
     finally:
         for looper in loopers:
@@ -490,7 +516,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--app-dir", type=Path, default=ROOT / "app")
     parser.add_argument("--scenario", default=",".join(SCENARIOS))
+    parser.add_argument("--rt", action="store_true", help="pin and use real-time priority (root)")
     args = parser.parse_args()
+    if args.rt:
+        real_time()
     app = args.app_dir.resolve()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:

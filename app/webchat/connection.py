@@ -71,6 +71,7 @@ class Connection:
         "_limit",
         "_mark",
         "_on_ended",
+        "_on_reset",
         "_transport",
         "_watermark",
         "_written",
@@ -94,6 +95,7 @@ class Connection:
         heartbeat: float,
         on_ended: Callable[[str], None],
         holder: str = "",
+        on_reset: Callable[[], None] | None = None,
     ) -> None:
         self.ws = ws
         self.room = room
@@ -103,6 +105,8 @@ class Connection:
         # Why it ended (a metrics.DISCONNECT_REASONS value), set once by `mark_ended`.
         self.ended_by: str | None = None
         self._on_ended = on_ended
+        # Called once the server drops the socket (what it held unsent is freed then).
+        self._on_reset = on_reset
         self._transport = transport
         self._limit = send_buffer
         self._held: list[Batch | bytes] | None = []
@@ -257,7 +261,7 @@ class Connection:
         self.mark_ended(why)
         self._held = None
         loop = asyncio.get_running_loop()
-        self._abort_timer = loop.call_later(grace, reset, self._transport)
+        self._abort_timer = loop.call_later(grace, self._reset)
         task = loop.create_task(self._close(code, reason))
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
@@ -273,7 +277,12 @@ class Connection:
         self.mark_ended("timeout")
         self.closing = True
         self._held = None
+        self._reset()
+
+    def _reset(self) -> None:
         reset(self._transport)
+        if self._on_reset is not None:
+            self._on_reset()
 
     def mark_ended(self, why: str) -> None:
         """Record why the connection ends, once: the first reason given wins.

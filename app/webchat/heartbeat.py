@@ -8,7 +8,9 @@ pings also keep proxies (nginx's proxy_read_timeout) from closing idle sockets.
 
 The sweep already visits every connection once a tick, so it also sums the bytes held in
 their send buffers for the metrics (`on_sweep`), instead of a second walk or a per-write
-update on the fan-out path.
+update on the fan-out path, and closes (1013) a connection whose unsent data has waited
+longer than --send-timeout (Connection.check_age): the send buffer is bounded by age as well
+as by bytes, at the cost of one comparison per connection per tick.
 """
 
 from __future__ import annotations

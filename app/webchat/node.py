@@ -217,6 +217,7 @@ class Node:
             heartbeat=cfg.heartbeat,
             on_ended=self.metrics.disconnected,
             holder=params.holder,
+            on_reset=self.trimmer.soon,  # its buffers are freed: give the memory back
         )
         # Joining first (deliveries are held until the welcome) decides the name before the
         # upgrade, so a refusal is an HTTP answer the client can read.
@@ -244,8 +245,6 @@ class Node:
             conn.closed()
             self.metrics.connected_users.dec()
             conn.mark_ended("client")  # unless the server ended it first
-            if conn.ended_by == "slow_client":  # its send buffer and replay are freed now
-                self.trimmer.soon()
             if self.draining and self.hub.connection_count == 0:
                 self._all_closed.set()
         return ws

@@ -13,7 +13,7 @@ import pytest
 from webchat import api
 from webchat.broker.base import Message
 from webchat.limits import MIN_HEADROOM, RESERVE, Budget, budget
-from webchat.listener import Throttled
+from webchat.listener import Throttled, throttle_accept_errors
 from webchat.trim import Trimmer
 from webchat.web import CSP, FRONTEND, host_allowed, host_name, origin_allowed
 
@@ -192,3 +192,27 @@ async def test_trims_follow_bursts_at_most_once_per_interval() -> None:
 def test_the_c_library_trim_is_found_here() -> None:
     # Debian's glibc has malloc_trim; without it the trimmer would silently do nothing.
     assert Trimmer()._trim is not None
+
+
+async def test_failed_accepts_are_logged_once_a_second(caplog: pytest.LogCaptureFixture) -> None:
+    """What asyncio reports when accept() fails (out of descriptors): one line, no traceback."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    throttle_accept_errors(loop)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(5000):
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(24, "Too many open files"),
+                    }
+                )
+            # Anything else still reaches the previous handler (asyncio's: logged as before).
+            loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.set_exception_handler(previous)
+    accept = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert len(accept) == 1 and accept[0].exc_info is None
+    assert "Too many open files" in accept[0].getMessage()
+    assert any(r.getMessage() == "something else" for r in caplog.records)

@@ -20,11 +20,13 @@ Start = Callable[..., WebchatProcess]
 
 @pytest.fixture
 def start() -> Iterator[Start]:
-    """`start(*flags, nofile=None)`: a webchat process on the in-memory broker."""
+    """`start(*flags, nofile=None)`: a webchat process on the in-memory broker (`nofile`: its
+    file-descriptor limit)."""
     started: list[WebchatProcess] = []
 
     def make(*flags: str, nofile: int | None = None) -> WebchatProcess:
-        server = WebchatProcess(*flags, nofile=nofile)
+        # No drain delay: each test stops its process at the end, nothing to drain for.
+        server = WebchatProcess("--drain-delay", "0", "--drain-spread", "0", *flags, nofile=nofile)
         started.append(server)
         return server.start()
 

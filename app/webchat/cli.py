@@ -53,6 +53,8 @@ async def serve(config: Config) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
+    # Start-up pauses (imports, that collection) are not overload: admission starts afresh.
+    app[NODE].loop_lag.reset(loop.time())
     sockets = runner.addresses
     log.info(
         "webchat listening on %s (pid %d, %s broker, at most %d WebSockets and %d sockets)",

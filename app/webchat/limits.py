@@ -63,6 +63,12 @@ def budget(max_connections: int, nofile: int) -> Budget:
     return Budget(websockets, usable)
 
 
+def descriptor_limit() -> int:
+    """This process's soft descriptor limit (what it may open now)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return UNLIMITED if soft == resource.RLIM_INFINITY else soft
+
+
 def raise_descriptor_limit() -> int:
     """Raise this process's soft descriptor limit to its hard limit; return the soft limit.
 

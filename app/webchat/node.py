@@ -26,7 +26,7 @@ from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
-from webchat.limits import Budget, budget, raise_descriptor_limit
+from webchat.limits import Budget, budget, descriptor_limit
 from webchat.metrics import Metrics
 from webchat.monitor import LoopLag, run_monitor
 from webchat.protocol import (
@@ -73,9 +73,9 @@ class Node:
         self, config: Config, broker: Broker | None = None, limits: Budget | None = None
     ) -> None:
         self.config = config
-        # Raises ValueError if --max-connections does not fit the descriptor limit (the CLI
-        # checks that before it starts, with a one-line error).
-        self.limits = limits or budget(config.max_connections, raise_descriptor_limit())
+        # The CLI raises the descriptor limit and checks that --max-connections fits it before
+        # it starts (limits.py); here, without `limits`, the caps follow the current limit.
+        self.limits = limits or budget(config.max_connections, descriptor_limit())
         self.sessions = 0  # WebSocket sessions in progress (upgrading or open)
         self.trimmer = Trimmer()  # memory back to the system after large answers and replays
         self.id = uuid.uuid4().hex[:12]
@@ -110,9 +110,14 @@ class Node:
 
     @property
     def loop_lagging(self) -> float | None:
-        """The event loop's recent lag if it is over --max-loop-lag, else None."""
+        """The event loop's lag if it is over --max-loop-lag now, else None.
+
+        The latest probe (monitor.py, 10 a second) decides: overload makes every probe late,
+        so new clients are refused for as long as it lasts; after a single pause (a long
+        fan-out, the collector) only the requests queued during it are, until the next probe.
+        """
         limit = self.config.max_loop_lag
-        lag = max(self.loop_lag.recent, self.loop_lag.latest)
+        lag = self.loop_lag.latest
         return lag if limit and lag > limit else None
 
     @property

@@ -3,8 +3,8 @@ and readings of the server process from /proc (RSS, descriptors) and of its log.
 
 A client that "never reads" is a plain socket with a small receive buffer (so the TCP window
 stays small) on which the test calls no recv: the kernel buffers fill and the server's writes
-back up. `closed_by_server` and `status_line` look at it without consuming what the server
-sent before it gave up (or read and discard it, as noted).
+back up. `closed_by_server` (the socket's TCP state) and `status_line` (a peek) look at it
+without consuming anything the server sent.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ import pytest
 
 from webchat import api
 from webchat.broker.base import Message
+from webchat.config import Config as WebchatConfig
 from webchat.limits import MIN_HEADROOM, RESERVE, Budget, budget
 from webchat.listener import Throttled, throttle_accept_errors
+from webchat.monitor import LoopLag
+from webchat.node import Node
 from webchat.trim import Trimmer
 from webchat.web import CSP, FRONTEND, host_allowed, host_name, origin_allowed
 
@@ -216,3 +219,31 @@ async def test_failed_accepts_are_logged_once_a_second(caplog: pytest.LogCapture
     assert len(accept) == 1 and accept[0].exc_info is None
     assert "Too many open files" in accept[0].getMessage()
     assert any(r.getMessage() == "something else" for r in caplog.records)
+
+
+# --- admission (node.py, monitor.py) --------------------------------------------------------
+
+
+def test_a_reset_excuses_the_probe_that_measured_the_start_up() -> None:
+    lag = LoopLag(now=0.0)
+    lag.reset(now=5.0)  # after a 4.9 s start-up pause that a sleeping probe will report
+    lag.probe(4.9, now=5.0)  # due at 0.1, before the reset: not counted
+    assert lag.latest == 0.0
+    lag.probe(0.6, now=5.8)  # due at 5.2: counted
+    assert lag.latest == 0.6
+
+
+async def test_admission_refuses_while_the_loop_is_late_or_the_cap_is_reached() -> None:
+    node = Node(WebchatConfig(max_loop_lag=0.5), limits=Budget(websockets=2, sockets=18))
+    assert node.admission() is None
+    node.loop_lag.probe(0.8, now=node.loop_lag._since + 1.0)
+    refusal = node.admission()
+    assert refusal is not None and "overloaded" in refusal[0] and refusal[1] >= 1
+    node.loop_lag.probe(0.01, now=node.loop_lag._since + 1.2)  # the next probe is on time
+    assert node.admission() is None
+    node.sessions = 2
+    refusal = node.admission()
+    assert refusal is not None and "limit of 2 connections" in refusal[0]
+    off = Node(WebchatConfig(max_loop_lag=0), limits=Budget(websockets=2, sockets=18))
+    off.loop_lag.probe(30.0, now=off.loop_lag._since + 31.0)
+    assert off.admission() is None  # 0: never refuse for lag

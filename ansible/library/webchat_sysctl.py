@@ -22,6 +22,13 @@ options:
     description: Parameters as dotted names, e.g. C(net.core.somaxconn), and their values.
     type: dict
     required: true
+  at_least:
+    description:
+      - Parameters whose value is a minimum: a host that already has more keeps it (a big
+        machine's C(fs.file-max) is never lowered).
+    type: list
+    elements: str
+    default: []
 author: webchat
 """
 
@@ -39,6 +46,10 @@ applied:
   returned: always
 refused:
   description: Parameters the kernel refused to change, with their current value.
+  type: dict
+  returned: always
+effective:
+  description: Every parameter with the value it has now (or would have, in check mode).
   type: dict
   returned: always
 """
@@ -60,12 +71,23 @@ def _normal(value):
     return " ".join(str(value).split())
 
 
+def _above(current, wanted):
+    """Whether a single-number value is already at least the wanted one."""
+    try:
+        return int(current) >= int(_normal(wanted))
+    except ValueError:
+        return False
+
+
 def main():
     module = AnsibleModule(
-        argument_spec={"values": {"type": "dict", "required": True}},
+        argument_spec={
+            "values": {"type": "dict", "required": True},
+            "at_least": {"type": "list", "elements": "str", "default": []},
+        },
         supports_check_mode=True,
     )
-    applied, refused = {}, {}
+    applied, refused, effective = {}, {}, {}
     for name, wanted in sorted(module.params["values"].items()):
         path = _path(name)
         try:
@@ -73,6 +95,10 @@ def main():
                 current = _normal(handle.read())
         except FileNotFoundError:
             module.fail_json(msg=f"kernel parameter {name} does not exist ({path})")
+        if name in module.params["at_least"] and _above(current, wanted):
+            effective[name] = current
+            continue
+        effective[name] = current
         if current == _normal(wanted):
             continue
         try:
@@ -93,8 +119,8 @@ def main():
                 f"this host may not change it ({exc.strerror}; a container?)"
             )
             continue
-        applied[name] = _normal(wanted)
-    module.exit_json(changed=bool(applied), applied=applied, refused=refused)
+        applied[name] = effective[name] = _normal(wanted)
+    module.exit_json(changed=bool(applied), applied=applied, refused=refused, effective=effective)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Debian packages the test suite drives for real.
-APT_PACKAGES := python3-venv redis-server nginx prometheus chromium
-NEEDED_BINARIES := redis-server nginx prometheus promtool chromium
+# Debian packages the test suite drives for real. The deployment test (tests/e2e/test_deploy.py)
+# boots Debian hosts with debootstrap + systemd-nspawn and serves them packages through
+# apt-cacher-ng; it reaches them with ssh.
+APT_PACKAGES := python3-venv redis-server nginx prometheus chromium \
+  debootstrap systemd-container apt-cacher-ng openssh-client openssl
+NEEDED_BINARIES := redis-server nginx prometheus promtool chromium \
+  debootstrap systemd-nspawn apt-cacher-ng ssh openssl
 
 .PHONY: run test lint typecheck pytest system-deps bench clean
 

@@ -54,8 +54,9 @@ deb {MIRROR} {SUITE}-updates main
 deb http://deb.debian.org/debian-security {SUITE}-security main
 """
 # Bump to rebuild every cached root filesystem after changing how it is made.
-RECIPE_VERSION = "1"
-APT_PROXY_PORT = 3142
+RECIPE_VERSION = "2"
+# Not 3142: a system apt-cacher-ng, if one runs, keeps its own port.
+APT_PROXY_PORT = 13142
 
 
 def _run(*command: str, timeout: float = 60, check: bool = True) -> str:
@@ -88,6 +89,11 @@ def rootfs() -> Path:
             timeout=900,
         )
         (building / "etc/apt/sources.list").write_text(SOURCES)
+        # As on a VM: localhost resolves from the file (Go programs such as Prometheus ask
+        # DNS otherwise, and the hosts have none).
+        (building / "etc/hosts").write_text(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
         # The machine name (-M) becomes the host name; no inherited one.
         (building / "etc/hostname").unlink(missing_ok=True)
         wants = building / "etc/systemd/system/multi-user.target.wants"

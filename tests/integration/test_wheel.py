@@ -12,6 +12,7 @@ import json
 import platform
 import subprocess
 import sys
+import tarfile
 import venv
 from pathlib import Path
 
@@ -50,8 +51,11 @@ def test_the_installed_wheel_serves_the_client(tmp_path: Path):
     assert built.returncode == 0, built.stderr
     report = json.loads(built.stdout)
     assert report["changed"] is True
-    (wheelhouse,) = report["wheelhouses"].values()
-    wheels = sorted(p.name for p in Path(wheelhouse).glob("*.whl"))
+    (archive,) = report["wheelhouses"].values()
+    wheelhouse = tmp_path / "wheels"
+    with tarfile.open(archive) as tar:
+        tar.extractall(wheelhouse, filter="data")
+    wheels = sorted(p.name for p in wheelhouse.glob("*.whl"))
     assert any(w.startswith("webchat-") for w in wheels), wheels
 
     env_dir = tmp_path / "venv"

@@ -114,6 +114,22 @@ def rootfs() -> Path:
     return path
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, deepest first (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found[::-1]
+
+
 def _used_networks() -> list[ipaddress.IPv4Network]:
     routes = _run("ip", "-4", "-o", "addr", "show") + _run("ip", "-4", "route", "show")
     found = []
@@ -139,6 +155,9 @@ def free_subnet() -> ipaddress.IPv4Network:
 class Host:
     name: str
     address: str
+    # Unique per run: the machine name is the host name, and names the host side of its
+    # veth (vb-<machine>), which a container killed hard may leave behind.
+    machine: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -152,7 +171,11 @@ class Cluster:
         addresses = list(self.subnet.hosts())
         self.gateway = str(addresses[0])
         self.bridge = f"wc{os.getpid() % 100000}"
-        self.hosts = {name: Host(name, str(addresses[10 + i])) for i, name in enumerate(names)}
+        run = os.getpid() % 100000
+        self.hosts = {
+            name: Host(name, str(addresses[10 + i]), f"{name[:6]}-{run}")
+            for i, name in enumerate(names)
+        }
         self.dir = Path(tempfile.mkdtemp(prefix="webchat-cluster-"))
         self.key = self.dir / "id_ed25519"
         self.proxy: subprocess.Popen[bytes] | None = None
@@ -239,7 +262,7 @@ class Cluster:
                     "--volatile=overlay",
                     "--resolv-conf=off",
                     f"--network-bridge={self.bridge}",
-                    f"--machine={host.name}",
+                    f"--machine={host.machine}",
                     f"--bind-ro={network}:/etc/systemd/network/10-host0.network",
                     f"--bind-ro={proxy}:/etc/apt/apt.conf.d/01proxy",
                     f"--bind-ro={keys}:/root/.ssh/authorized_keys",
@@ -262,9 +285,21 @@ class Cluster:
                 raise TimeoutError(f"{what} at {address}:{port} did not accept within {timeout}s")
             time.sleep(0.1)  # polling a port no event reports
 
+    def console(self, name: str) -> str:
+        """The end of a container's console output (systemd's boot messages)."""
+        path = self.dir / name / "console.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no console)"
+
     def wait_ssh(self, name: str, timeout: float = 60) -> None:
         host = self.hosts[name]
-        self._wait_port(host.address, 22, f"sshd of {name}", timeout)
+        try:
+            self._wait_port(host.address, 22, f"sshd of {name}", timeout)
+        except TimeoutError as exc:
+            alive = host.proc is not None and host.proc.poll() is None
+            raise TimeoutError(
+                f"{exc} (nspawn {'running' if alive else 'exited'}); console:\n"
+                + self.console(name)
+            ) from None
         deadline = time.monotonic() + seconds(timeout)
         while self.ssh(name, "true", check=False).returncode != 0:
             if time.monotonic() > deadline:
@@ -272,18 +307,20 @@ class Cluster:
             time.sleep(0.2)  # sshd accepts before the login works; nothing reports it
 
     def cleanup(self) -> None:
-        """Power the containers off (SIGTERM to nspawn), then the proxy and the bridge."""
-        running = [h.proc for h in self.hosts.values() if h.proc and h.proc.poll() is None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in running:
-            try:
-                proc.wait(timeout=seconds(30))
-            except subprocess.TimeoutExpired:
+        """Kill the containers outright (nothing in them is kept), then the proxy and bridge.
+
+        SIGKILL to every process of a container (its init is nspawn's descendant, not in its
+        process group) ends its namespaces, so its memory overlay and veth go with it.
+        """
+        for host in self.hosts.values():
+            if host.proc is None or host.proc.poll() is not None:
+                continue
+            for pid in [*_descendants(host.proc.pid), host.proc.pid]:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=seconds(10))
+                    os.kill(pid, signal.SIGKILL)
+            host.proc.wait(timeout=seconds(30))
+            with contextlib.suppress(OSError):  # nspawn's (empty) directory for `machinectl bind`
+                os.rmdir(f"/run/systemd/nspawn/propagate/{host.machine}")
         if self.proxy is not None and self.proxy.poll() is None:
             self.proxy.terminate()
             try:
@@ -291,6 +328,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
                 self.proxy.wait(timeout=seconds(5))
+        for host in self.hosts.values():
+            _run("ip", "link", "del", f"vb-{host.machine}"[:15], check=False)
         _run("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 

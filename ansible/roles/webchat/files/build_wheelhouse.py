@@ -9,7 +9,7 @@ pip and `packaging`). The hosts then install with `pip --no-index` and need no P
 
 Prints one JSON object: `changed` (whether anything was built), `release` (the version and a
 hash of the sources and extras, e.g. `0.1.0-3f2a9c01d2`) and `wheelhouses` (target tag ->
-directory holding webchat's wheel and every wheel it needs on that target).
+a tar of webchat's wheel and every wheel it needs on that target: one file to copy).
 
 Why not just `pip download --python-version`: pip picks wheels for the target's Python and
 platform, but evaluates environment markers with the Python running pip. redis-py needs
@@ -30,6 +30,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import tomllib
 import zipfile
@@ -136,7 +137,7 @@ def missing(
             needed.append(req)
             continue
         for dep in wheel_requirements(dist[1]):
-            extras = [""] + sorted(req.extras)
+            extras = ["", *sorted(req.extras)]
             if dep.marker is None or any(dep.marker.evaluate({**env, "extra": e}) for e in extras):
                 queue.append(Requirement(f"{dep.name}{_extras(dep)}{dep.specifier}"))
     return needed
@@ -184,6 +185,9 @@ def build_wheelhouse(wheel: Path, extras: list[str], target: Mapping[str, str], 
         pip("download", *pip_target_args(target), "--dest", str(tmp), *map(str, needed))
     else:
         raise SystemExit(f"dependencies for {target_tag(target)} did not settle")
+    with tarfile.open(tmp / "wheelhouse.tar", "w") as archive:
+        for wheel_file in sorted(tmp.glob("*.whl")):
+            archive.add(wheel_file, arcname=wheel_file.name)
     (tmp / ".complete").write_text(json.dumps(dict(target)) + "\n")
     tmp.rename(dest)
     return True
@@ -211,7 +215,7 @@ def main() -> None:
         target = json.loads(raw)
         tag = target_tag(target)
         changed |= build_wheelhouse(wheel, sorted(args.extra), target, out / tag)
-        wheelhouses[tag] = str(out / tag)
+        wheelhouses[tag] = str(out / tag / "wheelhouse.tar")
     print(json.dumps({"changed": changed, "release": release, "wheelhouses": wheelhouses}))
 
 

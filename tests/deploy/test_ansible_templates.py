@@ -1,6 +1,7 @@
 """The roles' templates, rendered for an inventory, pass their own checkers.
 
-render.yml renders them on the control node for a deployment of two lb... hosts; then:
+render.yml renders them on the control node for an inventory of one lb, two web hosts (one
+with two instances), Redis and monitoring; then:
 nginx.conf passes `nginx -t` (only file paths rewritten for this machine: pid, logs, cache,
 certificate) and balances every port of every web host with a shared zone; the Prometheus
 targets pass `promtool check config` (which reads file_sd files) and list every instance and
@@ -147,19 +148,14 @@ def test_nginx_balances_every_port_of_every_web_host(rendered: Path):
 def test_nginx_redirects_http_and_serves_stub_status_on_loopback(rendered: Path):
     config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
     servers = [d for d in config.one("http").children("server") if d.block is not None]
-    listens = {
-        tuple(
-            s.child("listen").values
-            if len(s.children("listen")) == 1
-            else s.children("listen")[0].values
-        ): s
-        for s in servers
-    }
     plain = next(s for s in servers if s.children("listen")[0].values[0] == "80")
-    assert plain.child("location").child("return").values[0] == "301"
+    redirect = plain.child("location").child("return").values
+    assert redirect == ["301", "https://$host$request_uri"], redirect
+    tls = next(s for s in servers if s.children("listen")[0].values[:2] == ["443", "ssl"])
+    assert tls.child("ssl_certificate").values == ["/etc/nginx/tls/webchat.crt"]
     status = next(s for s in servers if s.children("listen")[0].values[0].startswith("127.0.0.1:"))
     assert any(d.name == "stub_status" for d in status.walk())
-    assert len(listens) == 3
+    assert len(servers) == 3
 
 
 def test_prometheus_targets_pass_promtool_and_list_every_instance(rendered: Path, tmp_path: Path):
@@ -217,3 +213,32 @@ def test_environment_files_and_unit(rendered: Path):
         "EnvironmentFile=/etc/webchat/%i.env",
     ):
         assert setting in unit.splitlines(), setting
+
+
+def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
+    """One host in every group: it balances to itself, scrapes itself, checks pass."""
+    host = {"chat1": {"ansible_host": "10.9.1.5", "webchat_private_address": "10.9.1.5"}}
+    inventory = {
+        "all": {
+            "vars": {"redis_password": "p" * 32, "webchat_redis_password": "p" * 32},
+            "hosts": host,
+            "children": {g: {"hosts": {"chat1": {}}} for g in ("lb", "web", "redis", "monitoring")},
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
+    monitoring = ROOT / "monitoring" / "prometheus"
+    extra = {
+        "render_dir": str(tmp_path),
+        "ansible_dir": str(ANSIBLE_DIR),
+        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
+        "prometheus_rules_src_dir": str(monitoring / "rules"),
+    }
+    render = str(Path(__file__).with_name("render.yml"))
+    run = run_playbook(render, tmp_path / "hosts.yml", "-e", json.dumps(extra), timeout=120)
+    assert run.returncode == 0, run.output
+    config = nginxconf.parse((tmp_path / "chat1" / "nginx.conf").read_text())
+    assert [d.values[0] for d in config.one("upstream").children("server")] == ["10.9.1.5:8081"]
+    env = (tmp_path / "chat1" / "8081.env").read_text()
+    assert 'REDIS_URL="redis://:' + "p" * 32 + '@10.9.1.5:6379/0"' in env
+    node = yaml.safe_load((tmp_path / "chat1" / "targets" / "node.yml").read_text())
+    assert [t for group in node for t in group["targets"]] == ["10.9.1.5:9100"]

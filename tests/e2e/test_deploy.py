@@ -305,6 +305,7 @@ async def test_upgrade_under_traffic_loses_nothing(
 ):
     # A new release: the sources with one change the test can see from outside.
     source = tmp_path / "source"
+    source.mkdir()
     for name in ("pyproject.toml", "README.md", "app", "frontend"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, source / name)
@@ -323,13 +324,16 @@ async def test_upgrade_under_traffic_loses_nothing(
         upgrade = await asyncio.to_thread(
             deployment.run, "upgrade.yml", "-e", json.dumps({"webchat_source_dir": str(source)})
         )
-        await senders[0].wait(lambda: len(senders[0].acked) >= 5 + 10, 30, "traffic after")
+        after = len(senders[0].acked)
+        await senders[0].wait(lambda: len(senders[0].acked) >= after + 10, 30, "traffic after")
         stop.set()
         sent = await asyncio.wait_for(asyncio.gather(*producing), seconds(90))
         assert upgrade.returncode == 0, upgrade.output[-6000:]
         await _check_nothing_lost(session, deployment, "up", clients, senders, sent)
-        # Every client was drained (1012) from its host at some point and came back.
-        assert all(1012 in c.close_codes for c in clients), [c.close_codes for c in clients]
+        # Every client lost its connection at least once (drained with 1012, or cut when an
+        # old Nginx worker exited after a reload) and resumed; the drains were under traffic.
+        assert all(len(c.welcomes) >= 2 for c in clients), [c.close_codes for c in clients]
+        assert any(1012 in c.close_codes for c in clients), [c.close_codes for c in clients]
     finally:
         for client in clients:
             await client.stop()
@@ -352,11 +356,15 @@ async def test_killing_a_web_hosts_service_moves_its_clients(
         stop = asyncio.Event()
         producing = [asyncio.ensure_future(_produce(s, stop)) for s in senders]
         await senders[0].wait(lambda: len(senders[0].acked) >= 5, 20, "traffic before")
-        # SIGKILL: no drain, the sockets just die; systemd restarts it (Restart=on-failure).
-        deployment.cluster.ssh("web2", f"systemctl kill --signal=SIGKILL webchat@{PORT}")
+        # SIGKILL to the instance (one worker: the main process serves): no drain, the sockets
+        # just die; systemd restarts it (Restart=on-failure).
+        deployment.cluster.ssh(
+            "web2", f"kill -KILL $(systemctl show --property=MainPID --value webchat@{PORT})"
+        )
         for client in on_web2:
             await client.wait(lambda c=client: len(c.welcomes) >= 2, 30, "a reconnection")
-        await senders[1].wait(lambda: len(senders[1].acked) >= 10, 30, "traffic after")
+        after = len(senders[1].acked)
+        await senders[1].wait(lambda: len(senders[1].acked) >= after + 10, 30, "traffic after")
         stop.set()
         sent = await asyncio.wait_for(asyncio.gather(*producing), seconds(90))
         await _check_nothing_lost(session, deployment, "kill", clients, senders, sent)

@@ -8,6 +8,7 @@ text is one line naming the option and what is wrong, so the CLI can print it an
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,9 @@ class Config:
     max_frame: int = 16384
     heartbeat: float = 25.0
     log_level: str = "info"
+    # Derived, not an option: OpenTelemetry's own variables switch tracing on (see
+    # tracing_requested); the SDK reads the rest of them itself.
+    tracing: bool = False
 
     @property
     def memory_broker(self) -> bool:
@@ -161,6 +165,9 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "log_level": (_log_level, "debug, info, warning or error"),
 }
 
+# Every option's name; each has a flag and an environment variable (the name upper-cased).
+OPTION_NAMES = tuple(_OPTIONS)
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -189,6 +196,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OTEL_TRACES_SAMPLER values the SDK knows (opentelemetry.sdk.trace.sampling).
+_SAMPLERS = {
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+}
+
+
+def tracing_requested(env: Mapping[str, str]) -> bool:
+    """Whether OpenTelemetry's standard variables switch tracing on; ConfigError if they are
+    set to something this service cannot do.
+
+    On: OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set, or OTEL_TRACES_EXPORTER is
+    `otlp`. Off: neither, or OTEL_TRACES_EXPORTER=none, or OTEL_SDK_DISABLED=true. The export
+    is OTLP over HTTP/protobuf, the one exporter installed with the `tracing` extra.
+    """
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if exporter is not None and exporter.strip():
+        names = {name.strip().lower() for name in exporter.split(",") if name.strip()}
+        if names - {"otlp", "none"}:
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER: only otlp (or none) is supported, got {exporter!r}"
+            )
+        if "otlp" not in names:
+            return False
+    elif not endpoint:
+        return False
+    if endpoint:
+        parts = urlsplit(endpoint.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            source = (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+                if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                else "OTEL_EXPORTER_OTLP_ENDPOINT"
+            )
+            raise ConfigError(f"{source}: expected an http:// or https:// URL, got {endpoint!r}")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol and protocol != "http/protobuf":
+            raise ConfigError(f"{name}: only http/protobuf is supported, got {protocol!r}")
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in _SAMPLERS:
+        raise ConfigError(
+            f"OTEL_TRACES_SAMPLER: expected one of {', '.join(sorted(_SAMPLERS))}, got {sampler!r}"
+        )
+    ratio = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if ratio and sampler.endswith("traceidratio"):
+        try:
+            valid = 0.0 <= float(ratio) <= 1.0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {ratio!r}"
+            )
+    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                "tracing is switched on by the OTEL_ variables, but OpenTelemetry is not "
+                "installed: pip install 'webchat[tracing]'"
+            )
+    return True
+
+
 def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Build the Config from flags, then environment variables, then defaults."""
     args = vars(build_parser().parse_args(list(argv)))
@@ -205,7 +284,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
             values[name] = convert(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    config = Config(**values)
+    config = Config(**values, tracing=tracing_requested(env))
     if config.workers > 1 and config.memory_broker:
         raise ConfigError(
             f"{sources['workers']}: more than one worker needs --redis-url "
@@ -214,4 +293,4 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     return config
 
 
-assert {f.name for f in fields(Config)} == set(_OPTIONS), "every Config field is an option"
+assert {f.name for f in fields(Config)} - {"tracing"} == set(_OPTIONS), "fields are options"

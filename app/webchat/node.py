@@ -1,38 +1,58 @@
-"""One running instance: wires hub, broker and metrics, serves sockets, drains on shutdown."""
+"""One running instance: wires hub, broker, metrics and tracing, serves sockets, drains."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from webchat.broker import create_broker
-from webchat.broker.base import Broker, BrokerUnavailable, Draft
+from webchat.broker.base import (
+    ROOMS_LIMIT,
+    Broker,
+    BrokerUnavailable,
+    Draft,
+    NameTaken,
+    RoomInfo,
+)
 from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
 from webchat.metrics import Metrics
+from webchat.monitor import LoopLag, run_monitor
 from webchat.protocol import (
     GAP,
     ConnectParams,
     ProtocolError,
     encode_error,
     encode_message,
+    encode_rooms,
     encode_welcome,
+    error_body,
     parse_client_frame,
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
 
+if TYPE_CHECKING:
+    from webchat.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 # How long a close handshake may take before the socket is dropped, when draining.
 DRAIN_CLOSE_GRACE = 2.0
+# GET /api/rooms is polled by every open page: one broker read per instance this often at most.
+ROOMS_CACHE_SECONDS = 2.0
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status)
 
 
 class Node:
@@ -42,11 +62,24 @@ class Node:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
-        self.broker = broker or create_broker(config, self.id)
-        self.hub = Hub(self.broker, config.presence_grace, config.presence_limit)
+        # Imported only when switched on: with tracing off no OpenTelemetry code is loaded.
+        self.tracing: Tracing | None = None
+        if config.tracing:
+            from webchat.tracing import Tracing
+
+            system = "memory" if config.memory_broker else "redis"
+            self.tracing = Tracing(self.id, system)
+        self.broker = broker or create_broker(config, self.id, self.metrics, self.tracing)
+        self.hub = Hub(
+            self.broker, config.presence_grace, config.presence_limit, self.metrics, self.tracing
+        )
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self.loop_lag = LoopLag(0.0)
+        self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
+        self._rooms_task: asyncio.Task[list[RoomInfo]] | None = None
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -58,23 +91,52 @@ class Node:
         return self.broker.ready and not self.draining
 
     async def start(self) -> None:
+        self.metrics.count_logged_errors()
         await self.broker.start(self.hub)
-        self._heartbeat = asyncio.get_running_loop().create_task(
-            run_heartbeat(lambda: self.hub.connections, self.config.heartbeat)
+        loop = asyncio.get_running_loop()
+        self._heartbeat = loop.create_task(
+            run_heartbeat(
+                lambda: self.hub.connections,
+                self.config.heartbeat,
+                self.metrics.send_buffer_bytes.set,
+            )
         )
+        self.loop_lag = LoopLag(loop.time())
+        self._sample()
+        self._monitor = loop.create_task(run_monitor(self.loop_lag, self._on_probe, self._sample))
+
+    def _on_probe(self, lag: float) -> None:
+        self.metrics.loop_lag_hist.observe(lag)
+
+    def _sample(self) -> None:
+        """Once a second (monitor.py): gauges that are states, not events."""
+        metrics = self.metrics
+        metrics.loop_lag.set(self.loop_lag.recent)
+        metrics.broker_ready.set(1 if self.broker.ready else 0)
+        metrics.rooms_active.set(self.hub.active_rooms)
+        metrics.flush()
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        if self._rooms_task is not None:
+            self._rooms_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._rooms_task
+        for task in (self._heartbeat, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.hub.close()
         await self.broker.close()
+        if self.tracing is not None:
+            await self.tracing.close()
+        self.metrics.stop_counting()
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.WebSocketResponse:
-        """Run one WebSocket session: welcome, replay, then the client's frames until it ends."""
+    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
+        """Run one WebSocket session: join, upgrade, welcome, replay, then the client's frames
+        until it ends. A name held by another key is refused (409) before the upgrade."""
         cfg = self.config
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
@@ -82,25 +144,37 @@ class Node:
             autoping=False,  # pings and pongs are handled below and by heartbeat.py
             timeout=DRAIN_CLOSE_GRACE,
         )
-        await ws.prepare(request)
         transport = request.transport
-        if transport is None:  # the client went away during the handshake
-            return ws
+        if transport is None:  # the client went away already
+            return web.Response(status=400)
         conn = Connection(
             ws,
             transport,
             params.room,
             params.name,
             cfg.send_buffer,
-            on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
             heartbeat=cfg.heartbeat,
+            on_ended=self.metrics.disconnected,
+            holder=params.holder,
         )
+        # Joining first (deliveries are held until the welcome) decides the name before the
+        # upgrade, so a refusal is an HTTP answer the client can read.
+        try:
+            await self.hub.attach(conn)
+        except NameTaken:
+            self.metrics.upgrade("name_taken")
+            return self.name_taken(params)
+        except BrokerUnavailable:
+            self.metrics.upgrade("unavailable")
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
         try:
             try:
-                await self.hub.attach(conn)
+                await ws.prepare(request)
                 await self._welcome(ws, conn, params)
             except BrokerUnavailable:
+                conn.mark_ended("error")
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
             except ConnectionResetError:  # the client left during its welcome or replay
@@ -110,6 +184,7 @@ class Node:
             self.hub.detach(conn)
             conn.closed()
             self.metrics.connected_users.dec()
+            conn.mark_ended("client")  # unless the server ended it first
             if self.draining and self.hub.connection_count == 0:
                 self._all_closed.set()
         return ws
@@ -124,7 +199,15 @@ class Node:
         welcome = encode_welcome(params.room, params.name, members, count, self._limits)
         await ws.send_frame(welcome, WSMsgType.TEXT)
         watermark = None
-        if params.since is not None:
+        if params.since is None and params.history:
+            # The newest n, then live ones newer than the last of them (held ones are dropped
+            # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
+            recent = await self.broker.history(params.room, None, params.history)
+            for message in recent.messages:
+                await ws.send_frame(encode_message(message), WSMsgType.TEXT)
+            if recent.messages:
+                watermark = recent.messages[-1].id
+        elif params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
             # newer than it are news even when `since` claims more (history lost, clock behind).
             newest = await self.broker.history(params.room, None, 1)
@@ -144,17 +227,20 @@ class Node:
         cfg = self.config
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
+        tracing = self.tracing
         async for msg in ws:
-            conn.last_seen = loop.time()
+            received = conn.last_seen = loop.time()
             if msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                    conn.mark_ended("error")  # a protocol error, a frame too big (1009)
                 continue  # a pong: last_seen is all it is for; errors end the loop
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    self.metrics.closes.labels("rate_limit_abuse").inc()
+                    conn.mark_ended("rate_limit_abuse")
                     conn.closing = True
                     await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
                     break
@@ -167,10 +253,12 @@ class Node:
             except ProtocolError as exc:
                 self._error(conn, exc.code, exc.message)
                 continue
+            draft = Draft(conn.name, request.text, request.nonce)
             try:
-                published = await self.broker.publish(
-                    conn.room, Draft(conn.name, request.text, request.nonce)
-                )
+                if tracing is None:
+                    published = await self.broker.publish(conn.room, draft)
+                else:
+                    published = await tracing.publish(self.broker, conn.room, draft)
             except BrokerUnavailable:
                 self._error(conn, "unavailable", "the message broker is unreachable; retry later")
                 continue
@@ -179,9 +267,53 @@ class Node:
                 conn.send(ws_text_frame(encode_message(published.message)))
             else:
                 self.metrics.messages.inc()
+                self.metrics.message_latency.observe(loop.time() - received)
+
+    @staticmethod
+    def name_taken(params: ConnectParams) -> web.Response:
+        return _json_error(
+            409,
+            "name_taken",
+            f"the name {params.name!r} is in use in {params.room} by someone else; pick another",
+        )
+
+    async def check(self, params: ConnectParams) -> web.Response:
+        """What an upgrade with these parameters would get, without joining: for a client
+        whose WebSocket failed to open and that cannot read the refusal (browsers cannot)."""
+        try:
+            holder = await self.hub.holder(params.room, params.name)
+        except BrokerUnavailable:
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        if holder is not None and holder != params.holder:
+            return self.name_taken(params)
+        return _json_error(426, "upgrade_required", "this would be accepted as a WebSocket upgrade")
+
+    async def rooms(self) -> tuple[list[RoomInfo], bytes]:
+        """GET /api/rooms, from a cache a few seconds old at most (every page polls it): the
+        listing and its JSON body, encoded once. Concurrent requests share one broker read.
+
+        Raises BrokerUnavailable.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._rooms
+        if cached is None or loop.time() >= cached[0]:
+            task = self._rooms_task
+            if task is None or task.done():
+                task = self._rooms_task = loop.create_task(self.broker.rooms(ROOMS_LIMIT))
+                task.add_done_callback(self._rooms_read)
+            await asyncio.shield(task)
+            cached = self._rooms
+            assert cached is not None
+        return cached[1], cached[2]
+
+    def _rooms_read(self, task: asyncio.Task[list[RoomInfo]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            expiry = asyncio.get_running_loop().time() + ROOMS_CACHE_SECONDS
+            listing = task.result()
+            self._rooms = (expiry, listing, encode_rooms(listing))
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
-        self.metrics.errors.labels(code).inc()
+        self.metrics.error(code)
         conn.send(ws_text_frame(encode_error(code, message)))
 
     # --- shutdown -----------------------------------------------------------------------
@@ -196,9 +328,9 @@ class Node:
         loop = asyncio.get_running_loop()
         step = self.config.drain_spread / len(conns)
         for index, conn in enumerate(conns):
-            loop.call_later(
-                index * step, conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE
+            close = functools.partial(
+                conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE, why="drain"
             )
-        self.metrics.closes.labels("drain").inc(len(conns))
+            loop.call_later(index * step, close)
         if self.hub.connection_count:
             await self._all_closed.wait()

@@ -5,6 +5,7 @@ Server frames are encoded to bytes once here; the hub writes the same bytes to e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -13,14 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from webchat.broker.base import Message
+from webchat.broker.base import Message, RoomInfo
 
 ROOM_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 LIMIT_RE: Final = re.compile(r"[0-9]{1,9}")
+KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 MAX_NAME: Final = 32
 MAX_NONCE: Final = 64
+MAX_HISTORY: Final = 500
 DEFAULT_ROOM: Final = "lobby"
+NO_KEY: Final = ""  # the holder of a name whose first connection gave no key
 
 # Unicode White_Space (PropList.txt). str.strip() would also strip U+001C..U+001F, which are
 # not White_Space, so the set is spelled out.
@@ -46,11 +50,16 @@ def bad_request(message: str) -> ProtocolError:
 # --- ids ---------------------------------------------------------------------------------
 
 
-def parse_id(value: str) -> tuple[int, int]:
-    """Order key of a stream id `<ms>-<seq>`; raises ProtocolError if malformed."""
+def parse_id(value: str, what: str = "since") -> tuple[int, int]:
+    """Order key of a stream id `<ms>-<seq>`; raises ProtocolError if malformed.
+
+    `what` names the parameter in the error message.
+    """
     match = ID_RE.fullmatch(value)
     if not match:
-        raise bad_request(f"since must look like <ms>-<seq> (e.g. 1732650000000-0), got {value!r}")
+        raise bad_request(
+            f"{what} must look like <ms>-<seq> (e.g. 1732650000000-0), got {value[:80]!r}"
+        )
     return int(match[1]), int(match[2])
 
 
@@ -59,9 +68,15 @@ def parse_id(value: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ConnectParams:
+    """A valid `/ws` query. `holder` stands for who may use `name` in `room`: in anonymous
+    mode a hash of the client's key (never the key itself, so it cannot leak into a log or
+    a repr); an identity layer may put a token's subject there instead."""
+
     room: str
     name: str
     since: str | None
+    history: int = 0
+    holder: str = NO_KEY
 
 
 def validate_room(room: str) -> str:
@@ -80,7 +95,29 @@ def validate_name(raw: str) -> str:
         raise bad_request(f"name must be at most {MAX_NAME} characters, got {len(name)}")
     if any(unicodedata.category(c) == "Cc" for c in name):
         raise bad_request("name must not contain control characters")
+    # PROTOCOL.md 1.1: zero-width and other invisible format characters would let "alice"
+    # and "al\u200bice" look alike while being two names held by two keys.
+    if any(unicodedata.category(c) == "Cf" for c in name):
+        raise bad_request("name must not contain invisible format characters (e.g. U+200B)")
     return name
+
+
+def key_holder(key: str | None) -> str:
+    """Who holds a name connected with `key`: a SHA-256 of the key, or NO_KEY.
+
+    The key itself is a secret of the client; only this hash is kept and compared.
+    """
+    if key is None:
+        return NO_KEY
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_history(raw: str) -> int:
+    if not LIMIT_RE.fullmatch(raw) or int(raw) > MAX_HISTORY:
+        raise bad_request(
+            f"history must be a whole number from 0 to {MAX_HISTORY}, got {raw[:40]!r}"
+        )
+    return int(raw)
 
 
 def parse_connect_params(query: Mapping[str, str]) -> ConnectParams:
@@ -91,7 +128,16 @@ def parse_connect_params(query: Mapping[str, str]) -> ConnectParams:
     since = query.get("since")
     if since is not None:
         parse_id(since)
-    return ConnectParams(room, name, since)
+    raw_history = query.get("history")
+    # Validated even when `since` makes it irrelevant: a malformed parameter is a bad request.
+    history = parse_history(raw_history) if raw_history is not None else 0
+    key = query.get("key")
+    if key is not None and not KEY_RE.fullmatch(key):
+        # The key is a secret: the message says what is wrong without repeating it.
+        raise bad_request(
+            f"key must be 16-128 characters of A-Z, a-z, 0-9, '_' or '-' ({len(key)} given)"
+        )
+    return ConnectParams(room, name, since, 0 if since is not None else history, key_holder(key))
 
 
 def parse_limit(raw: str | None, default: int = 100, maximum: int = 500) -> int:
@@ -154,6 +200,10 @@ def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest:
     text = text.strip(WHITE_SPACE)
     if not text:
         raise ProtocolError("bad_message", "text must not be empty")
+    if all(unicodedata.category(c) == "Cf" for c in text):
+        raise ProtocolError(
+            "bad_message", "text must not be made only of invisible format characters"
+        )
     if len(text) > max_text:
         raise ProtocolError(
             "bad_message", f"text must be at most {max_text} characters, got {len(text)}"
@@ -205,6 +255,12 @@ def encode_welcome(
             "limits": dict(limits),
         }
     )
+
+
+def encode_rooms(rooms: Sequence[RoomInfo]) -> bytes:
+    """The body of GET /api/rooms."""
+    listed = [{"room": r.room, "member_count": r.member_count, "last_ts": r.last_ts} for r in rooms]
+    return _dumps({"rooms": listed})
 
 
 def encode_presence(room: str, event: str, name: str) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,7 +11,6 @@ from aiohttp import web
 
 from webchat.broker.base import BrokerUnavailable
 from webchat.config import Config
-from webchat.metrics import CONTENT_TYPE
 from webchat.node import Node
 from webchat.protocol import (
     ProtocolError,
@@ -75,16 +74,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         params = parse_connect_params(request.query)
     except ProtocolError as exc:
-        node.metrics.http_refusals.labels("400").inc()
+        node.metrics.upgrade(exc.code)
         return _error(400, exc.code, exc.message)
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, request.headers.get("Host"), node.config.allowed_origins):
-        node.metrics.http_refusals.labels("403").inc()
+        node.metrics.upgrade("forbidden_origin")
         return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
     if not node.ready:
-        node.metrics.http_refusals.labels("503").inc()
+        node.metrics.upgrade("unavailable")
         why = "draining" if node.draining else "message broker unreachable"
         return _error(503, "unavailable", f"service unavailable ({why}); retry with backoff")
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        # Not an upgrade: answer what the upgrade would get. A browser cannot read why its
+        # WebSocket was refused; it asks again this way (e.g. to learn of name_taken).
+        return await node.check(params)
     return await node.serve(request, params)
 
 
@@ -95,16 +98,32 @@ async def messages(request: web.Request) -> web.Response:
         since = request.query.get("since")
         if since is not None:
             parse_id(since)
+        before = request.query.get("before")
+        if before is not None:
+            parse_id(before, "before")
+            if since is not None:
+                raise ProtocolError("bad_request", "give since or before, not both")
         limit = parse_limit(request.query.get("limit"))
     except ProtocolError as exc:
         return _error(400, exc.code, exc.message)
     try:
-        history = await node.broker.history(room, since, limit)
+        if before is not None:
+            history = await node.broker.history_before(room, before, limit)
+        else:
+            history = await node.broker.history(room, since, limit)
     except BrokerUnavailable:
         return _error(503, "unavailable", "the message broker is unreachable; retry later")
     return web.json_response(
         {"messages": [message_dict(m) for m in history.messages], "gap": history.gap}
     )
+
+
+async def rooms(request: web.Request) -> web.Response:
+    try:
+        _, body = await request.app[NODE].rooms()
+    except BrokerUnavailable:
+        return _error(503, "unavailable", "the message broker is unreachable; retry later")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -121,8 +140,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[NODE].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    """Prometheus text format, or OpenMetrics (with exemplars) when the scraper accepts it."""
+    body, content_type = request.app[NODE].metrics.render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -139,6 +159,18 @@ def make_app(config: Config) -> web.Application:
 
     app.on_response_prepare.append(revalidate_static)
 
+    if config.tracing:
+        # The node (and its tracer) exists only once the app starts: look it up per request.
+        @web.middleware
+        async def traced(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            tracing = request.app[NODE].tracing
+            assert tracing is not None
+            return await tracing.trace_http(request, handler)
+
+        app.middlewares.append(traced)
+
     async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         node = Node(config)
         await node.start()
@@ -148,6 +180,7 @@ def make_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(node_ctx)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/api/rooms", rooms)
     app.router.add_get("/api/rooms/{room}/messages", messages)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -17,14 +17,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import fields
 from pathlib import Path
 
 from tests.support.timing import seconds
-from webchat.config import Config
+from webchat.config import OPTION_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTION_VARIABLES = {f.name.upper() for f in fields(Config)}
+OPTION_VARIABLES = {name.upper() for name in OPTION_NAMES}
 
 
 def free_port() -> int:

@@ -6,9 +6,14 @@ from dataclasses import FrozenInstanceError, fields
 
 import pytest
 
-from webchat.config import Config, ConfigError, build_parser, load_config
+from webchat.config import OPTION_NAMES, Config, ConfigError, build_parser, load_config
 
-ALL_OPTIONS = [f.name for f in fields(Config)]
+ALL_OPTIONS = list(OPTION_NAMES)
+
+
+def test_every_field_is_an_option_but_the_tracing_switch():
+    # `tracing` is derived from OpenTelemetry's own variables (test_observability.py).
+    assert {f.name for f in fields(Config)} == {*OPTION_NAMES, "tracing"}
 
 
 def flag(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +23,21 @@ from webchat.protocol import (
 )
 
 NODE = web.AppKey("node", Node)
-FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
+
+
+def _frontend_dir() -> Path:
+    """Where the browser client's files are: in the installed package, else the source tree.
+
+    A wheel carries them as the data package `webchat.frontend` (pyproject.toml); an editable
+    install (`pip install -e`, `make run`) reads the repository's frontend/ directly.
+    """
+    packaged = resources.files("webchat") / "frontend"
+    if isinstance(packaged, Path) and (packaged / "index.html").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "frontend"
+
+
+FRONTEND = _frontend_dir()
 
 
 def _host_port(netloc: str, scheme: str | None = None) -> str:

@@ -7,8 +7,9 @@ the network. The keys are kept here, by `kid`, and looked up without a thread or
 When keys rotate, tokens with a new `kid` arrive: the set is fetched again, at most once per
 `cooldown` seconds (a flood of tokens with made-up `kid`s costs the key server one request per
 cooldown per instance, not one per token). Concurrent lookups share one fetch. The set is
-also fetched again once it is `lifespan` seconds old, so removed keys stop being accepted.
-When a fetch fails the keys known so far stay in use; with none known the caller answers 503.
+also fetched again once it is `lifespan` seconds old (in the background: known keys are used
+meanwhile), so removed keys stop being accepted. When a fetch fails the keys known so far
+stay in use; with none known the caller answers 503.
 """
 
 from __future__ import annotations
@@ -76,12 +77,16 @@ class JwksKeys:
         from webchat.auth import AuthError  # auth imports this module
 
         now = asyncio.get_running_loop().time()
+        found = self._find(kid)
+        fetch = self._fetch if self._fetch is not None and not self._fetch.done() else None
         stale = now - self._fetched > self._lifespan
-        if (stale or kid not in self._keys) and now - self._tried >= self._cooldown:
-            await asyncio.shield(self._start_fetch())
-        found = self._keys.get(kid) if kid is not None else None
-        if found is None and kid is None and len(self._keys) == 1:
-            found = next(iter(self._keys.values()))  # a set of one key needs no kid
+        if fetch is None and (stale or found is None) and now - self._tried >= self._cooldown:
+            fetch = self._start_fetch()
+        if found is None and fetch is not None:
+            # Wait for the fetch (shared with every other lookup); a known key is used at
+            # once, even while its set is being fetched again after its lifespan.
+            await asyncio.shield(fetch)
+            found = self._find(kid)
         if found is None:
             if not self._keys:
                 raise KeysUnavailable("the signing keys (JWKS) cannot be fetched; retry later")
@@ -97,6 +102,12 @@ class JwksKeys:
                 f"the token says {alg} but its key {kid!r} is for {found.algorithm_name}",
             )
         return found
+
+    def _find(self, kid: str | None) -> PyJWK | None:
+        if kid is None:
+            # A token without a key id names no key; a set of one key needs none.
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
 
     def _start_fetch(self) -> asyncio.Task[None]:
         """The fetch in flight, or a new one: concurrent lookups share it."""

@@ -66,8 +66,13 @@ def issue(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own refusals: one line, status 2
+        raise ValueError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="webchat token",
         description="Print a token signed with the service's shared secret (HS256).",
     )
@@ -91,9 +96,10 @@ def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
         print(f"webchat token: error: {message}", file=sys.stderr)
         return 2
 
-    parser = _parser()
-    parser.error = lambda message: sys.exit(fail(message))  # type: ignore[method-assign]  # one line, status 2
-    args = parser.parse_args(list(argv))
+    try:
+        args = _parser().parse_args(list(argv))
+    except ValueError as exc:
+        return fail(str(exc))
     secret_file = args.auth_secret_file or env.get("AUTH_SECRET_FILE", "").strip()
     if not secret_file:
         others = [v for v in ("AUTH_PUBLIC_KEY_FILE", "AUTH_JWKS_URL") if env.get(v, "").strip()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from html import escape
 from pathlib import Path
@@ -27,6 +28,8 @@ from webchat.protocol import (
 
 if TYPE_CHECKING:
     from webchat.auth import Identity
+
+log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -77,6 +80,7 @@ async def authorize(request: web.Request, room: str | None) -> Identity | web.Re
         identity = await node.auth.verify(token)
     except AuthError as exc:
         node.metrics.auth_failure(exc.reason)
+        log.debug("token refused on %s (%s): %s", request.path, exc.reason, exc.message)
         # RFC 6750: a Bearer challenge, with invalid_token unless no token was given at all.
         challenge = 'Bearer realm="webchat"'
         if exc.reason != "missing":

@@ -95,6 +95,10 @@ async def authorize(request: web.Request, room: str | None) -> Identity | web.Re
     return identity
 
 
+# The upgrade outcome (metrics.CONNECTION_STATUSES) of each answer `authorize` refuses with.
+_REFUSALS = {401: "unauthorized", 403: "forbidden_room", 503: "unavailable"}
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     try:
@@ -110,7 +114,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if node.auth is not None:
         allowed = await authorize(request, params.room)
         if isinstance(allowed, web.Response):
-            node.metrics.upgrade("unauthorized" if allowed.status == 401 else "forbidden_room")
+            node.metrics.upgrade(_REFUSALS[allowed.status])
             return allowed
         identity = allowed
         params = with_identity(params, identity.name, identity.sub)

@@ -398,3 +398,4 @@ async def test_an_unreachable_jwks_url_is_503_not_401(servers, keys):
         status, body, _ = await poll(answered, 10, "an answer")
         assert (status, body["error"]["code"]) == (503, "unavailable"), body
         assert "JWKS" in body["error"]["message"]
+        assert await metric(session, server, 'webchat_connections_total{status="unavailable"}') == 1

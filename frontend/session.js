@@ -26,6 +26,11 @@ const TOKEN_EXPIRED = 4001; // PROTOCOL.md 1.1: the connection's token expired
 // token source `unauthorized` is one too: the page cannot sign in.
 const FATAL = new Set(["name_taken", "bad_request", "forbidden_origin", "forbidden_room"]);
 
+/** A member's id: its name, and in authenticated mode its user (protocol.member_key). */
+function memberId(name, user) {
+  return typeof user === "string" && user ? `${name}\u001f${user}` : name;
+}
+
 export class RoomSession {
   constructor(room, hooks) {
     this.room = room;
@@ -43,8 +48,9 @@ export class RoomSession {
     this.me = "";
     this.user = ""; // this connection's `sub` (authenticated mode), from the welcome
     this.limits = { max_text: 2000, rate_per_s: 10, burst: 20 };
-    // Present members: id -> display name. The id is the user's `sub` in authenticated mode
-    // (two users may share a display name), the name itself in anonymous mode.
+    // Present members: id -> display name. In authenticated mode a member is a user under a
+    // display name, as the server counts them (two users may share a name); in anonymous
+    // mode it is the name itself.
     this.members = new Map();
     this.memberCount = 0;
     this.stale = false;
@@ -107,7 +113,7 @@ export class RoomSession {
 
   /** This connection's member id (see `members`). */
   get myId() {
-    return this.user || this.me;
+    return memberId(this.me, this.user);
   }
 
   // --- the outbox ------------------------------------------------------------------------
@@ -373,7 +379,7 @@ export class RoomSession {
     if (frame.limits && typeof frame.limits === "object") this.limits = { ...this.limits, ...frame.limits };
     const names = Array.isArray(frame.members) ? frame.members : [];
     const users = Array.isArray(frame.users) && frame.users.length === names.length ? frame.users : null;
-    this.members = new Map(names.map((name, i) => [users ? String(users[i]) : name, String(name)]));
+    this.members = new Map(names.map((name, i) => [memberId(String(name), users?.[i]), String(name)]));
     this.members.set(this.myId, this.me);
     this.memberCount = Math.max(this.members.size, Number(frame.member_count) || 0);
     this.stale = false;
@@ -387,7 +393,7 @@ export class RoomSession {
 
   onPresence(frame) {
     if (typeof frame.name !== "string") return;
-    const id = typeof frame.user === "string" ? frame.user : frame.name;
+    const id = memberId(frame.name, frame.user);
     if (frame.event === "join" && !this.members.has(id)) {
       this.members.set(id, frame.name);
       this.memberCount += 1;

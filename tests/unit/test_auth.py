@@ -9,8 +9,16 @@ import time
 import jwt
 import pytest
 
-from webchat.auth import AuthError, Identity, RoomGrant, bearer_token, identity_from_claims
+from webchat.auth import (
+    AuthError,
+    Identity,
+    RoomGrant,
+    Verifier,
+    bearer_token,
+    identity_from_claims,
+)
 from webchat.broker.base import Draft, Message
+from webchat.config import Config
 from webchat.protocol import (
     ConnectParams,
     ProtocolError,
@@ -230,3 +238,22 @@ def test_webchat_token_prints_a_token(tmp_path, capsys):
     token = capsys.readouterr().out.strip()
     claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="chat")
     assert claims["rooms"] == ["lobby", "team-*"] and claims["exp"] - claims["iat"] == 300
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "nodots",
+        "not.a-jwt",
+        "W10.e30.c2ln",  # the header is a JSON array
+        "eyJhbGciOiJIUzI1NiJ9.!!!.c2ln",  # a header, then no payload
+        "eyJhbGciOiJIUzI1NiJ9.e30.c2ln=",  # a padded signature of a length padding cannot have
+        "x" * 9000,
+    ],
+)
+async def test_malformed_tokens(token, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    with pytest.raises(AuthError) as info:
+        await Verifier(Config(auth_secret_file=str(secret))).verify(token)
+    assert info.value.reason == "malformed", info.value.message

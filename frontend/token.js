@@ -36,8 +36,12 @@ export class TokenSource {
     this.url = url;
     this.token = "";
     this.claims = {};
+    // When the token expires by this browser's clock: its lifetime (exp - iat) from when it
+    // arrived, so a browser clock that is off does not make every token look expired.
+    this.expiresAt = 0;
     this.pending = null; // the fetch in flight: every caller shares it
     this.timer = 0;
+    this.lifetime = 0;
     this.listeners = new Set(); // called with each new token
   }
 
@@ -51,11 +55,6 @@ export class TokenSource {
     return typeof this.claims.sub === "string" ? this.claims.sub : "";
   }
 
-  /** Milliseconds since the epoch at which the current token expires (0: none). */
-  get expiresAt() {
-    return Number(this.claims.exp) * 1000 || 0;
-  }
-
   /** A token to connect with: the current one while it is valid, else a fresh one. */
   async get() {
     if (this.token && this.expiresAt > Date.now() + 1000) return this.token;
@@ -66,6 +65,7 @@ export class TokenSource {
   invalidate() {
     this.token = "";
     this.claims = {};
+    this.expiresAt = 0;
   }
 
   onToken(listener) {
@@ -106,6 +106,10 @@ export class TokenSource {
     }
     this.token = body.token;
     this.claims = readClaims(body.token);
+    const exp = Number(this.claims.exp) * 1000 || 0;
+    const iat = Number(this.claims.iat) * 1000 || 0;
+    this.lifetime = exp && iat && exp > iat ? exp - iat : Math.max(0, exp - Date.now());
+    this.expiresAt = exp ? Date.now() + this.lifetime : 0;
     this.schedule();
     for (const listener of this.listeners) listener(this.token);
     return this.token;
@@ -117,8 +121,7 @@ export class TokenSource {
     const expires = this.expiresAt;
     if (!expires) return;
     if (delay === null) {
-      const issued = Number(this.claims.iat) * 1000 || Date.now();
-      const margin = Math.min(MAX_MARGIN_MS, (expires - issued) * MARGIN_SHARE);
+      const margin = Math.min(MAX_MARGIN_MS, this.lifetime * MARGIN_SHARE);
       delay = Math.max(1000, expires - margin - Date.now());
     }
     this.timer = setTimeout(() => {

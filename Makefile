@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real.
-APT_PACKAGES := python3-venv redis-server nginx prometheus chromium
-NEEDED_BINARIES := redis-server nginx prometheus promtool chromium
+APT_PACKAGES := python3-venv redis-server nginx prometheus chromium openssl
+NEEDED_BINARIES := redis-server nginx prometheus promtool chromium openssl
 
 .PHONY: run test lint typecheck pytest system-deps bench clean
 

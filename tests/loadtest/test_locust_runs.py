@@ -1,0 +1,96 @@
+"""`locust -f loadtest` against real webchat processes: clean runs, a lossy server, remote guard.
+
+Each run is a real Locust subprocess with real sockets; what it reports is checked against the
+server's own counters (webchat_messages_total), not only against itself.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import pytest
+
+from tests.conftest import MakeServer
+from tests.support.servers import WebchatProcess
+
+ROOM_SIZE = 4
+# One broker is enough here: the Redis broker is loaded by the reconnect storm.
+MEMORY = pytest.mark.parametrize("broker", ["memory"], indirect=True)
+FAST_STOP = ("--drain-delay", "0", "--drain-spread", "0")
+
+
+def messages_accepted(server: WebchatProcess) -> int:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r"^webchat_messages_total (\S+)$", text, re.MULTILINE)
+    assert match, "no webchat_messages_total on /metrics"
+    return int(float(match[1]))
+
+
+@MEMORY
+def test_clean_headless_run(make_server: MakeServer, locust) -> None:
+    """Connect and delivery rows, zero failures, exit 0, and every message reached everyone."""
+    server = make_server(*FAST_STOP)
+    run = locust(
+        "SmallRooms",
+        "-u",
+        str(3 * ROOM_SIZE),
+        "-r",
+        "50",
+        "--host",
+        server.url,
+        "--room-size",
+        str(ROOM_SIZE),
+        "--msg-rate",
+        "3",
+        "--loss-timeout",
+        "2",
+        run_time=5,
+    ).wait()
+    assert run.returncode == 0, run.explain()
+    assert run.failures == [], run.explain()
+    assert int(run.stats["Aggregated"]["Failure Count"]) == 0, run.explain()
+    assert run.requests("connect") == 3 * ROOM_SIZE, run.explain()
+    sent = run.requests("ack")  # one per message the server accepted and echoed
+    assert sent > 3 * ROOM_SIZE, run.explain()  # everyone talked, more than once
+    assert sent == messages_accepted(server)  # the server counted the same messages
+    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
+    assert "Shutting down (exit code 0)" in run.output
+
+
+@MEMORY
+def test_a_lost_message_fails_the_run(make_server: MakeServer, locust) -> None:
+    """A server that drops one delivery (a test-only fault): the run reports exactly that."""
+    server = make_server(*FAST_STOP, module="tests.support.lossy_webchat", env={"LOSSY_NTH": "15"})
+    run = locust(
+        "SmallRooms",
+        "-u",
+        str(ROOM_SIZE),
+        "-r",
+        "50",
+        "--host",
+        server.url,
+        "--room-size",
+        str(ROOM_SIZE),
+        "--msg-rate",
+        "3",
+        "--loss-timeout",
+        "1",
+        run_time=5,
+    ).wait()
+    assert "lossy_webchat: dropped message" in server.log()
+    assert run.returncode == 1, run.explain()
+    failures = [(f["Name"], f["Error"], f["Occurrences"]) for f in run.failures]
+    assert failures == [("missing", "accepted message never delivered", "1")], run.explain()
+    sent = run.requests("ack")
+    assert run.requests("deliver") == sent * ROOM_SIZE - 1, run.explain()
+
+
+def test_a_remote_host_from_the_environment_is_refused(locust) -> None:
+    """A host that came from LOCUST_HOST, not the command line, is not loaded by accident."""
+    run = locust(run_time=1, env={"LOCUST_HOST": "http://192.0.2.1:8080"}).wait()
+    assert run.returncode == 1, run.explain()
+    assert "'192.0.2.1' is not loopback" in run.output, run.explain()
+    assert "--allow-remote" in run.output
+    assert run.stats == {}  # stopped before any test started

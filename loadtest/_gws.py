@@ -7,10 +7,12 @@ gevent's patched `select` hides it), the greenlet waits on the epoll descriptor 
 hub, and each wake-up reads every ready socket and cuts its frames with `_wsproto.FrameReader`.
 Other greenlets (users, Locust's own) run between wake-ups.
 
-Sockets are the original non-blocking ones too, with TLS from the original `ssl` module; the
-opening handshake runs in the caller's greenlet and waits cooperatively (`wait_read`,
-`wait_write`). Writes never block: what the kernel does not take is kept and flushed when epoll
-says the socket is writable, so two greenlets writing one socket cannot interleave frames.
+Sockets are the original non-blocking ones too; TLS wraps them with gevent's `ssl` (the
+original module's classes break once gevent has patched it), used non-blocking after the
+handshake. The opening handshake runs in the caller's greenlet and waits cooperatively
+(`wait_read`, `wait_write`). Writes never block: what the kernel does not take is kept and
+flushed when epoll says the socket is writable, so two greenlets writing one socket cannot
+interleave frames.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ log = logging.getLogger("webchat.loadtest")
 
 RawSocket: Any = get_original("socket", "socket")
 Epoll: Any = get_original("select", "epoll")
-RawSSLContext: Any = get_original("ssl", "SSLContext")
 EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x1, 0x4, 0x8, 0x10
 READ_SIZE = 65536  # below glibc's mmap threshold: each recv's buffer is a cheap malloc
 MAX_OUT = 4 << 20  # a server that reads nothing for this long is a failure, not a buffer
@@ -51,7 +52,7 @@ WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWrit
 
 def tls_context(insecure: bool, ca_file: str | None) -> Any:
     """A client TLS context: the system's CAs (or `ca_file`), or none checked with `insecure`."""
-    ctx = RawSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # gevent's, under Locust
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -182,14 +183,12 @@ class Conn(FrameReader):
                     sock, server_hostname=target.host, do_handshake_on_connect=False
                 )
                 self.tls = True
-                while True:
-                    try:
-                        sock.do_handshake()
-                        break
-                    except ssl.SSLWantReadError:
-                        _wait(wait_read, sock, left())
-                    except ssl.SSLWantWriteError:
-                        _wait(wait_write, sock, left())
+                sock.settimeout(left())  # gevent's socket: waits cooperatively
+                try:
+                    sock.do_handshake()
+                except TimeoutError:
+                    raise TimeoutError(f"no TLS handshake within {timeout:g}s") from None
+                sock.settimeout(0.0)  # from here on non-blocking, like the plain sockets
             request, key = upgrade_request(target.host_header, path)
             view = memoryview(request)
             while view:

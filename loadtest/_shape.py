@@ -92,7 +92,9 @@ class StepLoad(LoadTestShape):
         self.step_time = float(opts.step_time)
         self.warmup = float(opts.step_warmup)
         self.p99_max = float(opts.p99_max)
-        self.grace = float(opts.loss_timeout) + 2.0
+        # Losses are judged --loss-timeout after the echo; workers report every second.
+        remote = isinstance(environment.runner, MasterRunner)
+        self.grace = float(opts.loss_timeout) + (2.0 if remote else 0.5)
         self.spawn_rate = float(opts.spawn_rate or 10)
         self.out = opts.step_out or None
         self.label = opts.label or ""
@@ -125,9 +127,15 @@ class StepLoad(LoadTestShape):
     # --- the state machine, run by Locust about once a second -------------------------------
 
     def tick(self) -> tuple[int, float] | None:
+        # Several phases may end within one tick (Locust ticks once a second).
+        while self.index < len(self.plan) and self._advance(self.plan[self.index]):
+            pass
         if self.index >= len(self.plan):
             return None
-        step = self.plan[self.index]
+        return self.plan[self.index].users, self.spawn_rate
+
+    def _advance(self, step: Step) -> bool:
+        """Move to the next phase if this one is over; True if it moved."""
         now = time.monotonic()
         runner = self.runner
         if self.phase == "start":  # may run twice: Locust resets the shape as it starts
@@ -135,34 +143,40 @@ class StepLoad(LoadTestShape):
                 self.set_rate(runner, step.rate)
             self.failures0 = self._failures()
             self.phase = "spawn"
-        elif self.phase == "spawn":
+            # With more users to start, let Locust start spawning them first.
+            return runner.user_count >= step.users
+        if self.phase == "spawn":
             sockets = self.fleet(runner)["sockets"]
             if sockets != self.stable[0]:
                 self.stable = (sockets, now)
             settled = runner.user_count >= step.users and runner.state != "spawning"
-            if settled and now - self.stable[1] >= STABLE_FOR:
-                if not self.header_written:
-                    self.header_written = True
-                    self._write({"type": "run", **self._run_info()})
-                self.phase, self.phase_at = "warm", now
+            if not settled or now - self.stable[1] < STABLE_FOR:
+                return False
+            if not self.header_written:
+                self.header_written = True
+                self._write({"type": "run", **self._run_info()})
+            self.phase, self.phase_at = "warm", now
         elif self.phase == "warm":
-            if now - self.phase_at >= self.warmup:
-                self.snap = self._snapshot()
-                self.phase, self.phase_at = "measure", now
+            if now - self.phase_at < self.warmup:
+                return False
+            self.snap = self._snapshot()
+            self.phase, self.phase_at = "measure", now
         elif self.phase == "measure":
-            if now - self.phase_at >= self.step_time:
-                self.measured = self._measure(step, self.snap, self._snapshot())
-                self.phase, self.phase_at = "grace", now
-        elif self.phase == "grace" and now - self.phase_at >= self.grace:
+            if now - self.phase_at < self.step_time:
+                return False
+            self.measured = self._measure(step, self.snap, self._snapshot())
+            self.phase, self.phase_at = "grace", now
+        elif self.phase == "grace":
+            if now - self.phase_at < self.grace:
+                return False
             result = self._judge(self.measured)
             if not result["good"] or self.index + 1 >= len(self.plan):
                 self._finish()
                 self.index = len(self.plan)
-                return None
+                return False
             self.index += 1
             self.phase = "start"
-            step = self.plan[self.index]
-        return step.users, self.spawn_rate
+        return True
 
     # --- measuring ------------------------------------------------------------------------------
 

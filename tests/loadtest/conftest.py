@@ -108,8 +108,13 @@ def locust(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`locust(*args, run_time=S)` starts a headless run in tmp_path; killed after the test."""
     started: list[Locust] = []
 
-    def start(*args: str, run_time: float, env: dict[str, str] | None = None) -> Locust:
-        run = Locust(tmp_path, [*args, "--run-time", f"{run_time:g}s"], run_time, env)
+    def start(
+        *args: str, run_time: float, env: dict[str, str] | None = None, limit: bool = True
+    ) -> Locust:
+        """`limit`: pass --run-time; without it `run_time` only bounds the wait (a step shape
+        ends the run itself)."""
+        time_args = ["--run-time", f"{run_time:g}s"] if limit else []
+        run = Locust(tmp_path, [*args, *time_args], run_time, env)
         started.append(run)
         return run
 

@@ -155,6 +155,8 @@ class StepLoad(LoadTestShape):
             if not self.header_written:
                 self.header_written = True
                 self._write({"type": "run", **self._run_info()})
+            if step.rate is not None:  # again: the first step's engines start after "start"
+                self.set_rate(runner, step.rate)
             self.phase, self.phase_at = "warm", now
         elif self.phase == "warm":
             if now - self.phase_at < self.warmup:

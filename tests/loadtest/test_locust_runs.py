@@ -6,13 +6,20 @@ server's own counters (webchat_messages_total), not only against itself.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+import urllib.parse
 import urllib.request
 
 import pytest
 
 from tests.conftest import MakeServer
-from tests.support.servers import WebchatProcess
+from tests.loadtest.conftest import LOADTEST
+from tests.support.servers import WebchatProcess, free_port, http_status, wait_until
+from tests.support.timing import seconds
 
 ROOM_SIZE = 4
 # One broker is enough here: the Redis broker is loaded by the reconnect storm.
@@ -94,3 +101,59 @@ def test_a_remote_host_from_the_environment_is_refused(locust) -> None:
     assert "'192.0.2.1' is not loopback" in run.output, run.explain()
     assert "--allow-remote" in run.output
     assert run.stats == {}  # stopped before any test started
+
+
+@MEMORY
+def test_web_ui_starts_and_stops_a_clean_run(make_server: MakeServer, tmp_path) -> None:
+    """`locust -f loadtest` with its web UI: start from the form, webchat options included."""
+    server = make_server(*FAST_STOP)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    ui = f"http://127.0.0.1:{port}"
+    with (tmp_path / "ui.log").open("wb") as log:
+        command = [sys.executable, "-m", "locust", "-f", str(LOADTEST), "--host", server.url]
+        proc = subprocess.Popen(
+            [*command, "--web-host", "127.0.0.1", "--web-port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: http_status(ui + "/") == 200, seconds(20), "Locust's web UI")
+        form = {"user_count": "4", "spawn_rate": "10", "host": server.url}
+        form |= {"room_size": "4", "msg_rate": "4"}  # the webchat options, as custom parameters
+        answer = json.loads(post(ui + "/swarm", form))
+        assert answer["success"], answer
+
+        def delivered() -> bool:
+            stats = {row["name"]: row for row in get_json(ui + "/stats/requests")["stats"]}
+            return stats.get("deliver", {}).get("num_requests", 0) >= 4 * 4 * 2
+
+        wait_until(delivered, seconds(20), "deliveries in the web UI's statistics")
+        post(ui + "/stop", {})
+        wait_until(
+            lambda: get_json(ui + "/stats/requests")["state"] == "stopped",
+            seconds(20),
+            "the run to stop",
+        )
+        stats = get_json(ui + "/stats/requests")
+        rows = {row["name"]: row for row in stats["stats"]}
+        assert stats["errors"] == [] and rows["Aggregated"]["num_failures"] == 0, stats
+        assert rows["connect"]["num_requests"] == 4
+        assert rows["deliver"]["num_requests"] == 4 * rows["ack"]["num_requests"]
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=seconds(20))
+    assert code == 0, (tmp_path / "ui.log").read_text()[-3000:]
+
+
+def post(url: str, form: dict[str, str]) -> str:
+    data = urllib.parse.urlencode(form).encode()
+    with urllib.request.urlopen(url, data=data, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())

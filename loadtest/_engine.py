@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import resource
 import secrets
 import time
 from collections import Counter
@@ -92,6 +93,13 @@ class Settings:
         self.__dict__.update(values)
 
 
+def raise_file_limit() -> None:
+    """Every socket is a descriptor: take the hard limit (Locust itself stops at 10,000)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class Room:
     """A room of this process: its ledger, its clients, and whether it talks yet."""
 
@@ -135,6 +143,7 @@ class Engine:
         self.names = 0
         self.claimed: set[str] = set()
         self.started = time.monotonic()
+        raise_file_limit()
         self.group = Group()
         self.group.spawn(self._every, CHECK_EVERY, self.check)
         self.group.spawn(self._every, FLUSH_EVERY, self.flush)

@@ -36,6 +36,7 @@ from _stepcalc import Step, capacity, diff, lost, make_plan, percentile, verdict
 
 log = logging.getLogger("webchat.loadtest")
 STABLE_FOR = 2.0  # seconds the socket count must hold still before a step warms up
+GENERATOR_BUSY = 85.0  # % of a core per Locust process: beyond, it is a bottleneck itself
 
 
 def plan_from(opts: Any) -> list[Step]:
@@ -247,6 +248,9 @@ class StepLoad(LoadTestShape):
             "server_cpu_pct": server_cpu,
             "server_cpu_pct_each": cpu["server_cpu_pct_each"],
             "generator_cpu_pct": gen,
+            # Above this the figures measure the load generator as much as the server.
+            "generator_saturated": gen is not None
+            and gen / max(1, fleet["processes"]) >= GENERATOR_BUSY,
             "core_busy_pct": cpu["core_busy_pct"],
             "loadavg": cpu["loadavg"],
         }
@@ -287,6 +291,13 @@ class StepLoad(LoadTestShape):
             result["generator_cpu_pct"],
             why,
         )
+        if result["generator_saturated"]:
+            log.warning(
+                "step %d: the load generator used %s%% CPU: add Locust processes (--processes) "
+                "or machines, or its latency is part of these figures",
+                result["step"],
+                result["generator_cpu_pct"],
+            )
         self._write(result)
         return result
 

@@ -7,6 +7,9 @@
 #   loadtest/capacity.sh memory           webchat on the in-memory broker
 #   loadtest/capacity.sh fanout           fanout.py N=1000 at R=50 and 100 against the first two
 #                                         set-ups, for the comparison table (docs/capacity/fanout.jsonl)
+#   loadtest/capacity.sh generator        the load generator's own limit: 1,000 BusyRoom listeners
+#                                         (one Locust process) at rising rates, in-memory server
+#                                         (docs/capacity/generator/generator.jsonl)
 #   loadtest/capacity.sh deployment --host https://chat.example.com [--insecure] \
 #       [--metrics-urls https://host1:8080/metrics,...] [more locust options]
 #                                         a deployment (behind Nginx); nothing is started here
@@ -16,6 +19,7 @@
 #
 # Environment (defaults in brackets):
 #   SCENARIO [BusyRoom]  STEPS [2,4,8,12,16,20,24] Locust users per step (x SOCKETS_PER_USER)
+#   STEP_RATES: step the messages/s per talker instead, at USERS [20] Locust users
 #   TALKERS [10]  MSG_RATE [10] messages/s per talker  SOCKETS_PER_USER [50]
 #   STEP_TIME [20]  STEP_WARMUP [5]  P99_MAX [50] ms  SPAWN_RATE [5]  PROCESSES [1] (--processes)
 #   SERVER_CORE [0]  GEN_CORE [1]  PORT [8091]  REDIS_PORT [6391]  LABEL [NAME]
@@ -23,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NAME=${1:?usage: loadtest/capacity.sh one-worker|two-workers|memory|fanout|deployment [locust options]}
+NAME=${1:?usage: loadtest/capacity.sh one-worker|two-workers|memory|fanout|generator|deployment [locust options]}
 shift
 OUT=${OUT:-docs/capacity}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -84,14 +88,16 @@ server_pids() {  # the processes that serve: the workers if there are any, else 
 }
 
 step_load() {  # label, then extra locust arguments
-    local label=$1 file="$OUT/$NAME.jsonl"
+    local label=$1 file=${FILE:-$OUT/$NAME.jsonl}
     shift
+    mkdir -p "$(dirname "$file")"
     rm -f "$file"
     echo "== $NAME: $label | $(uptime | sed 's/.*load/load/')" >&2
     # The StepLoad shape ends the run; its failures (the bad step's) make Locust exit 1.
+    local plan=(--steps "${STEPS:-2,4,8,12,16,20,24}")
+    if [ -n "${STEP_RATES:-}" ]; then plan=(-u "${USERS:-20}" --step-rates "$STEP_RATES"); fi
     taskset -c "$GEN_CORE" "$LOCUST" -f loadtest --headless "${SCENARIO:-BusyRoom}" \
-        --processes "${PROCESSES:-1}" -r "${SPAWN_RATE:-5}" \
-        --steps "${STEPS:-2,4,8,12,16,20,24}" --talkers "${TALKERS:-10}" \
+        --processes "${PROCESSES:-1}" -r "${SPAWN_RATE:-5}" "${plan[@]}" --talkers "${TALKERS:-10}" \
         --msg-rate "${MSG_RATE:-10}" --sockets-per-user "${SOCKETS_PER_USER:-50}" \
         --step-time "${STEP_TIME:-20}" --step-warmup "${STEP_WARMUP:-5}" \
         --p99-max "${P99_MAX:-50}" --step-out "$file" --label "${LABEL:-$label}" \
@@ -124,10 +130,15 @@ case $NAME in
                 stop_server
             done
         done ;;
+    generator)
+        start_server memory 1
+        STEP_RATES=${STEP_RATES:-5,10,15,20,30,40} P99_MAX=${P99_MAX:-1000} SPAWN_RATE=20 \
+            FILE="$OUT/generator/generator.jsonl" step_load "one Locust process" \
+            --server-pids "$(server_pids)" "$@" ;;
     deployment)
         step_load "deployment behind Nginx" "$@" ;;
     *)
-        echo "unknown run $NAME (one-worker, two-workers, memory, fanout, deployment)" >&2
+        echo "unknown run $NAME (one-worker, two-workers, memory, fanout, generator, deployment)" >&2
         exit 2 ;;
 esac
 stop_server

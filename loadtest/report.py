@@ -104,7 +104,8 @@ def step_table(run: dict[str, Any]) -> list[str]:
                     fmt(s.get("lost")),
                     names or "0",
                     fmt(s.get("server_cpu_pct"), 1),
-                    fmt(s.get("generator_cpu_pct"), 1),
+                    fmt(s.get("generator_cpu_pct"), 1)
+                    + (" ⚠" if s.get("generator_saturated") else ""),
                     fmt((s.get("loadavg") or [None])[0], 2),
                     verdict,
                 ]
@@ -171,7 +172,38 @@ def fanout_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def markdown(runs: Sequence[dict[str, Any]], fanout: Sequence[dict[str, Any]], plots: str) -> str:
+def generator_table(run: dict[str, Any]) -> list[str]:
+    """The load generator's own limit: deliveries per second of its CPU, step by step."""
+    info = run["run"]
+    out = [
+        f"Load generator (`generator/{run['name']}.jsonl`, {info.get('when', '?')}): one Locust "
+        f"process, {', '.join(info.get('user_classes', []))}, against an in-memory server on the "
+        "other core.",
+        "",
+        "| step | sockets | offered deliveries/s | delivered/s | generator CPU % | deliveries "
+        "per generator CPU-s | p50 ms | p99 ms | server CPU % | load | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in run["steps"]:
+        gen = s.get("generator_cpu_pct")
+        per_cpu = s["deliveries_per_s"] / gen * 100 if gen else None
+        out.append(
+            f"| {s['step']} | {fmt(s.get('sockets'))} | {fmt(s.get('offered_deliveries_per_s'))} | "
+            f"{fmt(s.get('deliveries_per_s'))} | {fmt(gen, 1)} | {fmt(per_cpu)} | "
+            f"{fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} | {fmt(s.get('server_cpu_pct'), 1)} "
+            f"| {fmt((s.get('loadavg') or [None])[0], 2)} | "
+            + ("good" if s.get("good") else f"bad: {s.get('why')}")
+            + " |"
+        )
+    return out
+
+
+def markdown(
+    runs: Sequence[dict[str, Any]],
+    fanout: Sequence[dict[str, Any]],
+    plots: str,
+    generator: Sequence[dict[str, Any]] = (),
+) -> str:
     out = [BEGIN, ""]
     if runs:
         out += [
@@ -197,8 +229,12 @@ def markdown(runs: Sequence[dict[str, Any]], fanout: Sequence[dict[str, Any]], p
         out.append("")
         for run in runs:
             out += run_section(run)
+    if any(s.get("generator_saturated") for run in runs for s in run["steps"]):
+        out += ["⚠: the load generator's process used ≥ 85 % of its core in that step.", ""]
     if fanout:
         out += ["### fanout.py, same machine, same session", "", *fanout_table(fanout), ""]
+    for run in generator:
+        out += ["### The load generator", "", *generator_table(run), ""]
     out.append(END)
     return "\n".join(out) + "\n"
 
@@ -380,7 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             plots / "capacity-rate.png",
         )
     rel = Path(plots).resolve().relative_to(args.out.resolve().parent)
-    generated = markdown(runs, read_fanout(args.data), rel.as_posix())
+    generated = markdown(
+        runs, read_fanout(args.data), rel.as_posix(), read_runs(args.data / "generator")
+    )
     document = args.out.read_text() if args.out.exists() else "# Capacity\n"
     args.out.write_text(splice(document, generated))
     print(

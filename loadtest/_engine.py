@@ -130,6 +130,7 @@ class Engine:
         self.mux = Mux()
         self.rooms: dict[str, Room] = {}
         self.clients: set[Client] = set()
+        self.resuming: set[Client] = set()  # lost a connection, resume not yet reported
         self.storm_clients: list[Client] = []
         self.rate = settings.msg_rate
         self.sending = True
@@ -243,7 +244,7 @@ class Engine:
         for room in list(self.rooms.values()):
             room.ledger.judge(now, ack_to, loss_to, final=final, counts=self.judgement)
         if not final:
-            for client in list(self.clients):
+            for client in list(self.resuming):
                 client.check_resume()
 
     def flush(self) -> None:
@@ -431,6 +432,7 @@ class Client:
         if self.resumer is None or self.resumer.dead:
             self.lost_at = time.monotonic()
             self.resume_reported = False
+            engine.resuming.add(self)
             self.resumer = engine.group.spawn(self._resume)
 
     def _resume(self) -> None:
@@ -461,6 +463,7 @@ class Client:
             self.engine.stats_request("resume", self.lost_at)
             self.lost_at = None
             self.member.resume_wait = None
+            self.engine.resuming.discard(self)
         elif (
             not self.resume_reported
             and time.monotonic() - self.lost_at > self.engine.s.resume_timeout
@@ -486,6 +489,7 @@ class Client:
         self.room.ledger.leave(self.member)
         self.room.connected.discard(self)
         self.engine.clients.discard(self)
+        self.engine.resuming.discard(self)
         self.connected = False
         if self.conn is not None:
             self.conn.close()

@@ -83,7 +83,8 @@ def settings_from(opts: Any) -> Settings:
 def targets_from(environment: Any) -> list[Target]:
     opts = environment.parsed_options
     urls = text_list(opts, "targets") or [environment.host or ""]
-    ctx = tls_context(bool(opts.insecure), opts.ca_file or None)
+    tls = any(url.startswith(("https:", "wss:")) for url in urls)
+    ctx = tls_context(bool(opts.insecure), opts.ca_file or None) if tls else None
     return [Target(url, ctx) for url in urls]
 
 

@@ -23,7 +23,8 @@
 #   TALKERS [10]  MSG_RATE [10] messages/s per talker  SOCKETS_PER_USER [50]
 #   STEP_TIME [20]  STEP_WARMUP [5]  P99_MAX [50] ms  SPAWN_RATE [5]  PROCESSES [1] (--processes)
 #   SERVER_CORE [0]  GEN_CORE [1]  PORT [8091]  REDIS_PORT [6391]  LABEL [NAME]
-#   OUT [docs/capacity]  PYTHON [.venv/bin/python]  LOCUST [.venv/bin/locust]
+#   OUT [docs/capacity]  LOG [/tmp/webchat-capacity-NAME.log] (the server's)
+#   PYTHON [.venv/bin/python]  LOCUST [.venv/bin/locust]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,8 @@ SERVER_CORE=${SERVER_CORE:-0}
 GEN_CORE=${GEN_CORE:-1}
 export REDIS_PORT=${REDIS_PORT:-6391} REDIS_CORE=${REDIS_CORE-$GEN_CORE}
 export REDIS_DIR=${REDIS_DIR:-/tmp/webchat-capacity-redis}
+LOG=${LOG:-/tmp/webchat-capacity-$NAME.log}
+LOCAL="http://127.0.0.1:${PORT}"
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -51,7 +54,7 @@ start_server() {  # broker workers
         args+=(--redis-url "redis://127.0.0.1:${REDIS_PORT}/0" --workers "$2")
     fi
     # The talkers' own rate limit is not what is measured: raised so it never interferes.
-    taskset -c "$SERVER_CORE" "$WEBCHAT" "${args[@]}" >>"$OUT/server-$NAME.log" 2>&1 &
+    taskset -c "$SERVER_CORE" "$WEBCHAT" "${args[@]}" >>"$LOG" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 150); do
         if curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null 2>&1; then
@@ -60,7 +63,7 @@ start_server() {  # broker workers
             for _ in $(seq 20); do curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null || true; done
             return 0
         fi
-        kill -0 "$SERVER_PID" || { echo "webchat exited; see $OUT/server-$NAME.log" >&2; exit 1; }
+        kill -0 "$SERVER_PID" || { echo "webchat exited; see $LOG" >&2; exit 1; }
         sleep 0.1
     done
     echo "webchat did not answer /readyz" >&2
@@ -94,10 +97,14 @@ step_load() {  # label, then extra locust arguments
     rm -f "$file"
     echo "== $NAME: $label | $(uptime | sed 's/.*load/load/')" >&2
     # The StepLoad shape ends the run; its failures (the bad step's) make Locust exit 1.
-    local plan=(--steps "${STEPS:-2,4,8,12,16,20,24}")
+    local plan=(--steps "${STEPS:-2,4,8,12,16,20,24}") procs=()
     if [ -n "${STEP_RATES:-}" ]; then plan=(-u "${USERS:-20}" --step-rates "$STEP_RATES"); fi
+    if [ "${PROCESSES:-1}" -gt 1 ]; then  # a master and N workers, on a port of their own
+        procs=(--processes "$PROCESSES" --master-bind-port "$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+    fi
     taskset -c "$GEN_CORE" "$LOCUST" -f loadtest --headless "${SCENARIO:-BusyRoom}" \
-        --processes "${PROCESSES:-1}" -r "${SPAWN_RATE:-5}" "${plan[@]}" --talkers "${TALKERS:-10}" \
+        "${procs[@]}" -r "${SPAWN_RATE:-5}" "${plan[@]}" --talkers "${TALKERS:-10}" \
         --msg-rate "${MSG_RATE:-10}" --sockets-per-user "${SOCKETS_PER_USER:-50}" \
         --step-time "${STEP_TIME:-20}" --step-warmup "${STEP_WARMUP:-5}" \
         --p99-max "${P99_MAX:-50}" --step-out "$file" --label "${LABEL:-$label}" \
@@ -114,13 +121,15 @@ fanout() {  # label rate: one fanout.py run against the server running now
 case $NAME in
     one-worker)
         start_server redis 1
-        step_load "1 worker, Redis" --server-pids "$(server_pids)" "$@" ;;
+        step_load "1 worker, Redis" --host "$LOCAL" --server-pids "$(server_pids)" "$@" ;;
     two-workers)
         start_server redis 2
-        step_load "2 workers on one core, Redis" --server-pids "$(server_pids)" "$@" ;;
+        step_load "2 workers on one core, Redis" --host "$LOCAL" --server-pids "$(server_pids)" \
+            "$@" ;;
     memory)
         start_server memory 1
-        step_load "1 worker, in-memory broker" --server-pids "$(server_pids)" "$@" ;;
+        step_load "1 worker, in-memory broker" --host "$LOCAL" --server-pids "$(server_pids)" \
+            "$@" ;;
     fanout)
         rm -f "$OUT/fanout.jsonl"
         for workers in 1 2; do
@@ -134,7 +143,7 @@ case $NAME in
         start_server memory 1
         STEP_RATES=${STEP_RATES:-5,10,15,20,30,40} P99_MAX=${P99_MAX:-1000} SPAWN_RATE=20 \
             FILE="$OUT/generator/generator.jsonl" step_load "one Locust process" \
-            --server-pids "$(server_pids)" "$@" ;;
+            --host "$LOCAL" --server-pids "$(server_pids)" "$@" ;;
     deployment)
         step_load "deployment behind Nginx" "$@" ;;
     *)

@@ -37,7 +37,7 @@ def test_wss_through_nginx_with_a_self_signed_certificate(tls_front: NginxServer
     sent = run.requests("ack")
     assert sent > 0 and run.requests("deliver") == sent * ROOM_SIZE, run.explain()
 
-    refused = locust(*common, run_time=1).wait()
+    refused = locust(*common, run_time=3).wait()
     assert refused.returncode == 1, refused.explain()
     assert refused.failed("connect") == ROOM_SIZE, refused.explain()
     assert all("CERTIFICATE_VERIFY_FAILED" in f["Error"] for f in refused.failures), (

@@ -301,7 +301,8 @@ class Member:
 
     def receive(self, seq: int, key: int, now_ns: int, counts: Judgement) -> int:
         """Classify one message frame of this room (see the module constants)."""
-        if seq < self.start or seq >= self.ledger.next_seq:
+        ledger = self.ledger
+        if seq < self.start or seq - ledger.base >= len(ledger.state):
             if key > self.last_key:
                 self.last_key = key
             return UNEXPECTED
@@ -322,7 +323,6 @@ class Member:
             seen.extend(bytes(i + 1 - len(seen)))
         seen[i] = 1
         self.received += 1
-        ledger = self.ledger
         own = ledger.owner[seq - ledger.base] is self
         if own:
             ledger.accept(self, seq, key, now_ns, counts)

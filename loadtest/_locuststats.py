@@ -18,6 +18,8 @@ from typing import Any
 
 from locust.stats import RequestStats, StatsEntry, StatsError, bucket_response_time
 
+__all__ = ["Histogram", "bucket_response_time", "fail_many", "log_many"]
+
 REQUEST_TYPE = "WS"
 
 

@@ -451,7 +451,9 @@ class Client:
                 log.debug("resume of %s failed: %r", self.name, exc)
                 attempt += 1
                 continue
-            return  # the welcome handler resent what was pending; check_resume times the rest
+            if self.connected:
+                return  # the welcome handler resent what was pending; check_resume times the rest
+            attempt = 0  # lost again between its welcome and here (on_lost saw us alive): again
 
     def check_resume(self) -> None:
         """Report `resume` once the replay brought every message missed (or once it is late)."""

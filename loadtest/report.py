@@ -318,13 +318,14 @@ def plot(runs: Sequence[dict[str, Any]], x_key: str, x_label: str, path: Path) -
     if p99_max:
         lat.axhline(p99_max, color="grey", lw=1, ls="-.")
         lat.text(
-            0.01,
+            0.99,
             p99_max,
-            f" bad above: p99 {p99_max:g} ms",
+            f"bad above: p99 {p99_max:g} ms ",
             fontsize=8,
             color="grey",
             transform=lat.get_yaxis_transform(),
             va="bottom",
+            ha="right",
         )
     if knees:
         text = "capacity (last good step, ★)\n" + "\n".join(t for _, t in knees)
@@ -341,6 +342,10 @@ def plot(runs: Sequence[dict[str, Any]], x_key: str, x_label: str, path: Path) -
     scenarios = sorted({c for r in runs for c in r["run"].get("user_classes", [])})
     lat.set_title(f"webchat capacity: Locust step load ({', '.join(scenarios)})", fontsize=12)
     lat.set_yscale("log")
+    low, high = lat.get_ylim()
+    lat.set_ylim(low, high * 4)  # room for the legend above the lines
+    lat.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    lat.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     lat.set_ylabel("delivery latency, ms (log)")
     thr.set_ylabel("deliveries/s")
     thr.yaxis.set_major_formatter(thousands)
@@ -366,6 +371,7 @@ def plot(runs: Sequence[dict[str, Any]], x_key: str, x_label: str, path: Path) -
         ],
         fontsize=8,
         loc="upper left",
+        ncols=2,
     )
     thr.legend(
         handles=[

@@ -97,6 +97,10 @@ def _exit(message: str) -> None:
 
 @events.init.add_listener
 def _on_init(environment: Any, runner: Any, **_kwargs: Any) -> None:
+    # gevent's loop caches the time of its last turn, and it has not turned since it was made,
+    # before Locust imported everything: --run-time, scheduled next from that cached time, would
+    # end the run early by however long start-up took (seconds on a busy machine).
+    gevent.get_hub().loop.update_now()
     opts = environment.parsed_options
     if opts is None:  # used as a library
         return

@@ -109,8 +109,10 @@ step_load() {  # label, then extra locust arguments
     local plan=(--steps "${STEPS:-2,4,8,12,16,20,24}") procs=()
     if [ -n "${STEP_RATES:-}" ]; then plan=(-u "${USERS:-20}" --step-rates "$STEP_RATES"); fi
     if [ "${PROCESSES:-1}" -gt 1 ]; then  # a master and N workers, on a port of their own
-        procs=(--processes "$PROCESSES" --master-bind-port "$("$PYTHON" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+        local port
+        port=$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        procs=(--processes "$PROCESSES" --master-bind-port "$port" --master-port "$port")
     fi
     taskset -c "$GEN_CORE" "$LOCUST" -f loadtest --headless "${SCENARIO:-BusyRoom}" \
         "${procs[@]}" -r "${SPAWN_RATE:-5}" "${plan[@]}" --talkers "${TALKERS:-10}" \

@@ -47,13 +47,12 @@ def test_clean_headless_run(make_server: MakeServer, locust) -> None:
         "50",
         "--host",
         server.url,
-        "--room-size",
-        str(ROOM_SIZE),
         "--msg-rate",
         "3",
         "--loss-timeout",
         "2",
         run_time=5,
+        env={"LOCUST_ROOM_SIZE": str(ROOM_SIZE)},  # options come from the environment too
     ).wait()
     assert run.returncode == 0, run.explain()
     assert run.failures == [], run.explain()
@@ -64,6 +63,41 @@ def test_clean_headless_run(make_server: MakeServer, locust) -> None:
     assert sent == messages_accepted(server)  # the server counted the same messages
     assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
     assert "Shutting down (exit code 0)" in run.output
+
+
+@MEMORY
+def test_two_worker_processes_keep_each_room_in_one(make_server: MakeServer, locust) -> None:
+    """--processes 2: each room's senders and receivers live in one worker, the master sums."""
+    server = make_server(*FAST_STOP)
+    port = str(free_port())  # the master's, for its workers: not Locust's default 5557
+    run = locust(
+        "SmallRooms",
+        "--processes",
+        "2",
+        "--master-bind-port",
+        port,
+        "--master-port",
+        port,
+        "-u",
+        str(2 * ROOM_SIZE),
+        "-r",
+        "50",
+        "--host",
+        server.url,
+        "--room-size",
+        str(ROOM_SIZE),
+        "--msg-rate",
+        "3",
+        "--loss-timeout",
+        "1",
+        run_time=5,
+    ).wait()
+    assert run.returncode == 0, run.explain()
+    assert run.failures == [], run.explain()
+    assert run.output.count("Shutting down (exit code 0)") == 3  # master and both workers
+    sent = run.requests("ack")
+    assert sent > 2 * ROOM_SIZE and sent == messages_accepted(server), run.explain()
+    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
 
 
 @MEMORY

@@ -49,6 +49,7 @@ from _ledger import (
     RoomLedger,
 )
 from _locuststats import Histogram, fail_many, log_many
+from _tokens import Tokens, with_token
 from _wsproto import ID_KEY, ID_SEQ_BITS, MARK, MESSAGE_PREFIX, marker_text, text_frame, ws_path
 
 log = logging.getLogger("webchat.loadtest")
@@ -121,8 +122,15 @@ class Room:
 class Engine:
     """See the module docstring. `current` holds the running one."""
 
-    def __init__(self, environment: Any, settings: Settings, targets: Sequence[Target]) -> None:
+    def __init__(
+        self,
+        environment: Any,
+        settings: Settings,
+        targets: Sequence[Target],
+        tokens: Tokens | None = None,
+    ) -> None:
         self.environment = environment
+        self.tokens = tokens  # None: anonymous mode
         self.stats = environment.stats
         self.s = settings
         self.targets = list(targets)
@@ -355,12 +363,16 @@ class Client:
         targets = self.engine.targets
         return targets[(self.number + attempt) % len(targets)]
 
+    def _path(self, since: str | None) -> str:
+        """This client's `/ws?...` path, with its own signed token on an authenticated target."""
+        return with_token(ws_path(self.room.name, self.name, since), self.engine.tokens, self.name)
+
     def join(self) -> bool:
         """Connect (first time): records `connect`; False (and a failure) if it did not work."""
         engine = self.engine
         started = time.monotonic()
         try:
-            self._open(self.target(), ws_path(self.room.name, self.name))
+            self._open(self.target(), self._path(None))
         except Exception as exc:  # every reason is a failure of `connect`, named by the error
             engine.stats_request("connect", started, exc=exc)
             return False
@@ -446,7 +458,7 @@ class Client:
                 return
             since, self.gap_expected = self.member.since()
             try:
-                self._open(self.target(attempt), ws_path(self.room.name, self.name, since))
+                self._open(self.target(attempt), self._path(since))
             except Exception as exc:
                 log.debug("resume of %s failed: %r", self.name, exc)
                 attempt += 1

@@ -37,6 +37,7 @@ from _options import (
     text_list,
 )
 from _shape import StepLoad, plan_from
+from _tokens import Tokens
 
 log = logging.getLogger("webchat.loadtest")
 
@@ -106,6 +107,7 @@ def _on_init(environment: Any, runner: Any, **_kwargs: Any) -> None:
         return
     try:
         settings_from(opts)
+        Tokens.from_options(opts)  # a secret file that cannot be used, early
         plan = plan_from(opts)
         if not isinstance(runner, WorkerRunner):
             urls = text_list(opts, "targets") or ([opts.host] if opts.host else [])
@@ -144,7 +146,8 @@ def _on_test_start(environment: Any, **_kwargs: Any) -> None:
     if old is not None:
         old.close()
     settings = settings_from(environment.parsed_options)
-    _state["engine"] = Engine(environment, settings, targets_from(environment))
+    tokens = Tokens.from_options(environment.parsed_options)
+    _state["engine"] = Engine(environment, settings, targets_from(environment), tokens)
 
 
 @events.test_stopping.add_listener

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import _tokens
+
 # (name, type, default, help). Rates are messages per second per talking client.
 OPTIONS: list[tuple[str, type, Any, str]] = [
     (
@@ -89,6 +91,7 @@ OPTIONS: list[tuple[str, type, Any, str]] = [
 def add_arguments(parser: Any) -> None:
     """Add OPTIONS to Locust's (configargparse) parser."""
     group = parser.add_argument_group("webchat", "webchat load tests (see loadtest/locustfile.py)")
+    _tokens.add_arguments(group)  # authenticated deployments: users sign their own tokens
     for name, kind, default, text in OPTIONS:
         env = "LOCUST_" + name.upper().replace("-", "_")
         if kind is bool:

@@ -66,6 +66,33 @@ def test_clean_headless_run(make_server: MakeServer, locust) -> None:
 
 
 @MEMORY
+def test_users_sign_their_own_tokens_for_an_authenticated_server(
+    make_server: MakeServer, locust, keys
+) -> None:
+    """With the deployment's secret, every user connects with its own token: a clean run.
+
+    Without the option the same run is refused (401 on every connect), so the tokens did it.
+    """
+    server = make_server(*FAST_STOP, "--auth-secret-file", str(keys.secret_file))
+    common = ("SmallRooms", "-u", str(ROOM_SIZE), "-r", "50", "--host", server.url)
+    common += ("--msg-rate", "2", "--loss-timeout", "2")
+    env = {"LOCUST_ROOM_SIZE": str(ROOM_SIZE)}
+    signed = locust(*common, "--auth-secret-file", str(keys.secret_file), run_time=4, env=env)
+    run = signed.wait()
+    assert run.returncode == 0, run.explain()
+    assert run.failures == [], run.explain()
+    assert run.requests("connect") == ROOM_SIZE, run.explain()
+    sent = run.requests("ack")
+    assert sent == messages_accepted(server) > 0, run.explain()
+    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
+
+    anonymous = locust(*common, run_time=3, env=env).wait()
+    assert anonymous.returncode != 0, anonymous.explain()
+    refused = [f for f in anonymous.failures if "HTTP 401" in f["Error"]]
+    assert sum(int(f["Occurrences"]) for f in refused) == ROOM_SIZE, anonymous.explain()
+
+
+@MEMORY
 def test_two_worker_processes_keep_each_room_in_one(make_server: MakeServer, locust) -> None:
     """--processes 2: each room's senders and receivers live in one worker, the master sums."""
     server = make_server(*FAST_STOP)

@@ -10,9 +10,13 @@ APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-n
 NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 # nginx.conf's TLS server, as shipped, names Debian's placeholder certificate (ssl-cert's
 # snakeoil): `nginx -t` on the file needs it. Test nginx instances get their own (openssl).
-APT_PACKAGES += ssl-cert openssl
-NEEDED_BINARIES += make-ssl-cert openssl
+APT_PACKAGES += ssl-cert
+NEEDED_BINARIES += make-ssl-cert
 SNAKEOIL := /etc/ssl/certs/ssl-cert-snakeoil.pem
+# The deployment test (tests/e2e/test_deploy.py) boots Debian hosts with debootstrap and
+# systemd-nspawn, serves them packages through apt-cacher-ng and reaches them with ssh.
+APT_PACKAGES += debootstrap systemd-container apt-cacher-ng openssh-client openssl
+NEEDED_BINARIES += debootstrap systemd-nspawn apt-cacher-ng ssh openssl
 
 .PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image \
 	dashboards dashboard-picture screenshots

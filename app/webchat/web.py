@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from html import escape
+from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -16,16 +19,38 @@ from webchat.limits import Budget
 from webchat.node import Node
 from webchat.protocol import (
     ProtocolError,
+    encode_rooms,
     error_body,
     parse_connect_params,
     parse_id,
     parse_limit,
     validate_room,
+    with_identity,
 )
+
+if TYPE_CHECKING:
+    from webchat.auth import Identity
+
+log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
 API_SLOTS = web.AppKey("api_slots", api.Slots)
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
+
+
+def _frontend_dir() -> Path:
+    """Where the browser client's files are: in the installed package, else the source tree.
+
+    A wheel carries them as the data package `webchat.frontend` (pyproject.toml); an editable
+    install (`pip install -e`, `make run`) reads the repository's frontend/ directly.
+    """
+    packaged = resources.files("webchat") / "frontend"
+    if isinstance(packaged, Path) and (packaged / "index.html").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "frontend"
+
+
+FRONTEND = _frontend_dir()
 
 # The page's policy (also in index.html's <meta>, which cannot forbid framing): everything
 # from this origin, no inline code, and no page may frame this one (clickjacking).
@@ -108,6 +133,41 @@ def _error(status: int, code: str, message: str, retry_after: int | None = None)
     return response
 
 
+async def authorize(request: web.Request, room: str | None) -> Identity | web.Response:
+    """Authenticated mode's gate for /ws and /api/: the request's verified identity, or the
+    answer refusing it (401 `unauthorized` naming the failed check, 403 `forbidden_room` if
+    the token does not allow `room`, 503 when the signing keys cannot be fetched).
+
+    Call it only when `node.auth` is set. Nothing of the token is logged or answered back.
+    """
+    from webchat.auth import AuthError, KeysUnavailable, bearer_token
+
+    node = request.app[NODE]
+    assert node.auth is not None
+    try:
+        token = bearer_token(request.headers.get("Authorization"), request.query.get("token"))
+        identity = await node.auth.verify(token)
+    except AuthError as exc:
+        node.metrics.auth_failure(exc.reason)
+        log.debug("token refused on %s (%s): %s", request.path, exc.reason, exc.message)
+        # RFC 6750: a Bearer challenge, with invalid_token unless no token was given at all.
+        challenge = 'Bearer realm="webchat"'
+        if exc.reason != "missing":
+            challenge += ', error="invalid_token"'
+        response = _error(401, "unauthorized", exc.message)
+        response.headers["WWW-Authenticate"] = challenge
+        return response
+    except KeysUnavailable as exc:
+        return _error(503, "unavailable", f"{exc}; retry with backoff")
+    if room is not None and not identity.allows(room):
+        return _error(403, "forbidden_room", f"your token does not allow the room {room}")
+    return identity
+
+
+# The upgrade outcome (metrics.CONNECTION_STATUSES) of each answer `authorize` refuses with.
+_REFUSALS = {401: "unauthorized", 403: "forbidden_room", 503: "unavailable"}
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     refusal = node.admission()
@@ -116,7 +176,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         message, retry_after = refusal
         return _error(503, "unavailable", f"service {message}", retry_after)
     try:
-        params = parse_connect_params(request.query)
+        params = parse_connect_params(request.query, anonymous=node.auth is None)
     except ProtocolError as exc:
         node.metrics.upgrade(exc.code)
         return _error(400, exc.code, exc.message)
@@ -126,6 +186,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(origin, host, cfg.allowed_origins, cfg.allowed_hosts):
         node.metrics.upgrade("forbidden_origin")
         return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
+    identity = None
+    if node.auth is not None:
+        allowed = await authorize(request, params.room)
+        if isinstance(allowed, web.Response):
+            node.metrics.upgrade(_REFUSALS[allowed.status])
+            return allowed
+        identity = allowed
+        params = with_identity(params, identity.name, identity.sub)
     if not node.ready:
         node.metrics.upgrade("unavailable")
         why = "draining" if node.draining else "message broker unreachable"
@@ -134,7 +202,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # Not an upgrade: answer what the upgrade would get. A browser cannot read why its
         # WebSocket was refused; it asks again this way (e.g. to learn of name_taken).
         return await node.check(params)
-    return await node.serve(request, params)
+    return await node.serve(request, params, identity)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -152,6 +220,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
         limit = parse_limit(request.query.get("limit"))
     except ProtocolError as exc:
         return _error(400, exc.code, exc.message)
+    if node.auth is not None:
+        allowed = await authorize(request, room)
+        if isinstance(allowed, web.Response):
+            return allowed
     slots = request.app[API_SLOTS]
     if not slots.take():
         return _busy(slots)
@@ -184,15 +256,26 @@ def _busy(slots: api.Slots) -> web.Response:
 
 
 async def rooms(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    identity = None
+    if node.auth is not None:
+        allowed = await authorize(request, None)
+        if isinstance(allowed, web.Response):
+            return allowed
+        identity = allowed
     slots = request.app[API_SLOTS]
     if not slots.take():
         return _busy(slots)
     try:
         try:
-            _, body = await request.app[NODE].rooms()
+            listing, body = await node.rooms()
         except BrokerUnavailable:
             return _error(503, "unavailable", "the message broker is unreachable; retry later")
-        return await api.send(request, [body], request.app[NODE].config.api_timeout)
+        if identity is not None and identity.rooms is not None:
+            # Only the rooms this token allows: filtered from the shared listing, encoded per
+            # request (a token without a rooms claim gets the shared body as it is).
+            body = encode_rooms([r for r in listing if identity.allows(r.room)])
+        return await api.send(request, [body], node.config.api_timeout)
     finally:
         slots.give_back()
 
@@ -220,13 +303,32 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"})
+async def index(request: web.Request) -> web.StreamResponse:
+    page = request.app[INDEX]
+    if not page:
+        return web.FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.Response(body=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def index_page(config: Config) -> bytes:
+    """The client's page with its token source (`data-token-url`, authenticated mode), or
+    nothing (b"") to serve the file as it is."""
+    if not config.auth_token_url:
+        return b""
+    html = (FRONTEND / "index.html").read_text()
+    marker = '<html lang="en">'
+    assert marker in html, "frontend/index.html: the <html> tag changed"
+    attribute = f' data-token-url="{escape(config.auth_token_url, quote=True)}"'
+    return html.replace(marker, marker[:-1] + attribute + ">", 1).encode()
+
+
+INDEX = web.AppKey("index", bytes)
 
 
 def make_app(config: Config, limits: Budget | None = None) -> web.Application:
     """The application; `limits` are the connection caps (default: from the fd limit)."""
     app = web.Application()
+    app[INDEX] = index_page(config)
 
     @web.middleware
     async def hosts(

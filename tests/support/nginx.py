@@ -320,9 +320,14 @@ def _accepts(port: int) -> bool:
 class NginxServer:
     """nginx in front of `upstream_ports`, on a free loopback port, for one test."""
 
-    def __init__(self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None):
-        self.port = free_port()
-        self.tls_port = free_port()
+    def __init__(
+        self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None, tls: bool = False
+    ):
+        """With `tls`, `port`, `url` and `ws_url` are the TLS listener's (a self-signed
+        certificate for 127.0.0.1, made by `render`), as at a deployment's front."""
+        plain_port, self.tls_port = free_port(), free_port()
+        self.tls = tls
+        self.port = self.tls_port if tls else plain_port
         self.upstream_ports = list(upstream_ports)
         self.dir = Path(tempfile.mkdtemp(prefix="webchat-nginx-"))
         self.conf_path = self.dir / "nginx.conf"
@@ -331,7 +336,7 @@ class NginxServer:
         self.binary = require_binary("nginx")
         config = render(
             load(),
-            port=self.port,
+            port=plain_port,
             upstream_ports=self.upstream_ports,
             prefix=self.dir,
             per_ip_limit=per_ip_limit,
@@ -342,11 +347,11 @@ class NginxServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
 
     @property
     def tls_url(self) -> str:

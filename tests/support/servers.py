@@ -73,9 +73,13 @@ class WebchatProcess:
         port: int | None = None,
         env: dict[str, str] | None = None,
         nofile: int | None = None,
+        module: str = "webchat",
     ):
         self.port = port or free_port()
         self.nofile = nofile  # a file-descriptor limit (soft and hard) for the process
+        # `python -m <module>`: a test-only launcher (tests/support/lossy_webchat.py) that
+        # patches the service in its own process before running the real CLI.
+        self.module = module
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
         # A stray RATE or REDIS_URL in the test's environment must not change the server.
         inherited = {k: v for k, v in os.environ.items() if k not in OPTION_VARIABLES}
@@ -94,7 +98,7 @@ class WebchatProcess:
     def start(self, wait_ready: bool = True) -> WebchatProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webchat", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,

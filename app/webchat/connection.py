@@ -18,7 +18,7 @@ from typing import Final
 from aiohttp import web
 
 from webchat.broker.base import Message
-from webchat.protocol import parse_id, ws_text_frame
+from webchat.protocol import parse_id, ws_close_frame, ws_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,22 @@ class Connection:
         task = loop.create_task(self._close(code, reason))
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
+
+    def close_now(self, code: int, reason: str, *, why: str) -> None:
+        """Write a close frame after what is queued and close the socket without waiting
+        for the client's reply: for an abuser, whose further frames are then not even read.
+        A client that does not read what is queued is dropped after the grace."""
+        if self.closing:
+            return
+        self.closing = True
+        self.mark_ended(why)
+        self._held = None
+        transport = self._transport
+        if transport.is_closing():
+            return
+        transport.write(ws_close_frame(code, reason))  # tiny: past the buffer's bound is fine
+        self._abort_timer = asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, self._reset)
+        transport.close()  # stops reading now; what is queued is still sent
 
     async def _close(self, code: int, reason: str) -> None:
         try:

@@ -383,9 +383,8 @@ class Node:
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    conn.mark_ended("rate_limit_abuse")
-                    conn.closing = True
-                    await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
+                    # Not waiting for its close reply: a flood would be parsed meanwhile.
+                    conn.close_now(CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse")
                     break
                 continue
             if msg.type is WSMsgType.PING:

@@ -378,13 +378,18 @@ class Node:
                 if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
                     conn.mark_ended("error")  # a protocol error, a frame too big (1009)
                 continue  # closing; errors end the loop
-            # Every frame costs a token, pings and pongs too (PROTOCOL.md): a ping flood ends
-            # in rate_limited and 1008 like a message flood.
+            if msg.type is WSMsgType.PONG and conn.ping_pending:
+                conn.ping_pending = False  # the answer to the heartbeat's ping: free
+                continue
+            # Every other frame costs a token, pings and pongs too (PROTOCOL.md): a ping flood
+            # ends in rate_limited and 1008 like a message flood.
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:
                     # Not waiting for its close reply: a flood would be parsed meanwhile.
-                    conn.close_now(CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse")
+                    await conn.close_abuser(
+                        CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse"
+                    )
                     break
                 continue
             if msg.type is WSMsgType.PING:

@@ -10,6 +10,7 @@ during a pong is an ordinary disconnect.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 
@@ -85,3 +86,32 @@ async def test_a_reset_while_pings_are_answered_is_a_normal_disconnect(start: St
     ended = await metric(server, 'webchat_disconnections_total{reason="client"}')
     assert ended == 20
     assert_quiet_log(server)
+
+
+async def test_answering_the_servers_pings_costs_no_token(start: Start):
+    """A client at its rate is not limited for the server's keep-alive: the pong answering a
+    heartbeat ping is free (an unsolicited one costs a token, as above)."""
+    server = start("--heartbeat", "1", "--rate", "0.01", "--burst", "2")
+    ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws?room=r&name=keepalive")
+    try:
+        pings = 0
+        for _ in range(40):  # a ping comes every second (at a random phase)
+            for frame in await ws.read_frames(until_close=False, timeout=1):
+                assert frame.opcode != OP_CLOSE, frame
+                if frame.opcode == OP_PING:
+                    pings += 1
+                    await ws.send_frame(OP_PONG, frame.payload)
+            if pings >= 3:
+                break
+        assert pings >= 3
+        # The whole burst is still there: both messages are accepted.
+        for n in range(2):
+            await ws.send_frame(OP_TEXT, json.dumps({"type": "message", "text": f"m{n}"}).encode())
+        texts: list[dict] = []
+        while len(texts) < 2:
+            frames = await ws.read_frames(until_close=False, timeout=5)
+            assert frames, "no answer to the two messages"
+            texts += [f.json() for f in frames if f.opcode == OP_TEXT]
+        assert [t.get("text") for t in texts] == ["m0", "m1"], texts
+    finally:
+        ws.close()

@@ -67,8 +67,12 @@ class Subscriber:
         name: str,
         ops: RedisOps,
         on_reconnect: Callable[[], None],
+        control: Redis | None = None,
+        keep_ms: int | None = None,
     ) -> None:
-        self._client = client
+        self._client = client  # a subscribe's reads (requests)
+        self._control = control or client  # backfill
+        self._keep_ms = keep_ms  # a fresh subscription pushes back its history's TTL by this
         self._on_change = on_change
         self._ops = ops
         self._on_reconnect = on_reconnect
@@ -105,7 +109,9 @@ class Subscriber:
             pipe = self._client.pipeline(transaction=False)
             pipe.xrevrange(stream_key(room), count=1)
             pipe.xrevrange(presence_stream_key(room), count=1)
-            newest: list[Any] = await pipe.execute()
+            if self._keep_ms is not None:  # a member arrives: the room is alive (keepalive.py)
+                pipe.pexpire(stream_key(room), self._keep_ms)
+            newest: list[Any] = (await pipe.execute())[:2]
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot read the streams of {room}: {describe(exc)}") from exc
         sub = RoomSub(*(n[0][0].decode() if n else "0-0" for n in newest))
@@ -119,6 +125,8 @@ class Subscriber:
                 await self._send(conn, "SUBSCRIBE", channel(room))
                 await waiter
         except BaseException as exc:
+            if waiter in sub.waiters:  # nobody reads it now: unsubscribe must not fail it
+                sub.waiters.remove(waiter)
             if self.rooms.get(room) is sub:
                 if isinstance(exc, asyncio.CancelledError):
                     del self.rooms[room]  # its messages are dropped; no await while cancelled
@@ -143,7 +151,7 @@ class Subscriber:
             return
         try:
             await self._ops.call("unsubscribe", self._send(conn, "UNSUBSCRIBE", channel(room)))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
             # Its messages are dropped (the room is gone) until the connection is replaced.
             log.debug("UNSUBSCRIBE %s failed: %s", room, exc)
 
@@ -399,7 +407,7 @@ class Subscriber:
                 chunk = todo[start : start + BACKFILL_ROOMS]
                 try:
                     reads = await self._ops.call(
-                        "backfill", read_after(self._client, [(r, s) for r, s, _ in chunk])
+                        "backfill", read_after(self._control, [(r, s) for r, s, _ in chunk])
                     )
                 except (RedisError, OSError) as exc:
                     # Retried on the next connection, which re-confirms every room.

@@ -422,7 +422,10 @@ class Subscriber:
                         continue  # unsubscribed meanwhile
                     result = sub.backfilled(generation, messages, presence)
                     if result.reset:
-                        log.warning("the streams of %s went back behind what was delivered", room)
+                        log.warning(
+                            "the streams of %s went back behind what was delivered (lost, expired)",
+                            room,
+                        )
                     if result.again:
                         self._backfill_wanted.set()
                     if result.gap:  # first, so the clients resume from before the gap

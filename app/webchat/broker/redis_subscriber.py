@@ -5,7 +5,8 @@ consecutive messages of one room that arrived together, without awaiting anythin
 room it remembers the last id delivered and drops anything at or below it.
 
 When the connection dies (Redis restarted, `CLIENT KILL`, output buffer limit) or goes silent
-(the self-ping published on the command connection does not come back), the subscriber
+(the self-ping published on the command connection does not come back within PONG_TIMEOUT,
+and nothing else came either: a reader merely behind is not dead), the subscriber
 reconnects with capped exponential backoff and full jitter, re-subscribes every room and, for
 each, backfills from the room's streams (messages, and presence events) everything after the
 last ids delivered before passing on live events again, so the node misses nothing that Redis
@@ -86,7 +87,9 @@ class Subscriber:
         self._epoch = 0  # connections that went live
         self._ping_channel = node_channel(node_id).encode()
         self._pong_seq = 0
-        self._ping_pending: tuple[int, float] | None = None
+        # The self-ping awaited: its seq, when it was published, replies read by then.
+        self._ping_pending: tuple[int, float, int] | None = None
+        self._replies = 0  # replies read from the connection, to tell "behind" from "dead"
         self._batch_room: str | None = None
         self._batch: list[Message] = []
         self._backfill_wanted = asyncio.Event()
@@ -275,12 +278,20 @@ class Subscriber:
         if receivers == 0:
             self.fail("Redis counts no subscriber on this node's channel")
         elif self._ping_pending is None:
-            self._ping_pending = (seq, now)
+            self._ping_pending = (seq, now, self._replies)
 
     def check_pong(self, now: float) -> None:
+        """Fail the connection if the self-ping is late and nothing at all came meanwhile.
+
+        A reader that is merely behind (a starved event loop, a burst of messages queued
+        before the pong) is alive: replacing its connection would only add a backfill.
+        """
         pending = self._ping_pending
         if self.live and pending is not None and now - pending[1] > PONG_TIMEOUT:
-            self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+            if self._replies == pending[2]:
+                self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+            else:
+                self._ping_pending = (pending[0], now, self._replies)
 
     def _pong(self, data: bytes) -> None:
         seq = int(data)
@@ -302,6 +313,7 @@ class Subscriber:
                 handled += 1
 
     def _handle(self, reply: Any) -> None:
+        self._replies += 1
         if not isinstance(reply, list) or len(reply) != 3:
             return
         kind, name, data = reply

@@ -43,7 +43,9 @@ async def sender(
         await ws.receive_json()  # welcome
         for i in range(count):
             nonce = f"{n}-{i}"
-            await ws.send_json({"type": "message", "text": text, "nonce": nonce})
+            # Not escaped: 2000 emoji are 8000 bytes of UTF-8 (24,000 as \\u escapes).
+            frame = {"type": "message", "text": text, "nonce": nonce}
+            await ws.send_str(json.dumps(frame, ensure_ascii=False))
             while True:
                 frame = await ws.receive_json()
                 if frame.get("type") == "error":

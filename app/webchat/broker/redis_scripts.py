@@ -48,13 +48,15 @@ if over > 0 then
   local prefix = string.sub(stream, 1, -2) .. 'n:'
   local doomed = redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(over, {KEEP_TRIMMED}))
   for _, entry in ipairs(doomed) do
-    local event = message(entry[1], entry[2])
-    if event.o and tonumber(string.match(entry[1], '^%d+')) >= recent then
-      -- the key dedupe_key() names: the name's length in code points, not bytes
-      local _, length = string.gsub(event.n, '[^\\128-\\191]', '')
-      local key = prefix .. length .. ':' .. event.n .. event.o
-      if redis.call('GET', key) == entry[1] then
-        redis.call('SET', key, cjson.encode(event), 'KEEPTTL')
+    if tonumber(string.match(entry[1], '^%d+')) >= recent then
+      local event = message(entry[1], entry[2])
+      if event.o then
+        -- the key dedupe_key() names: the name's length in code points, not bytes
+        local _, length = string.gsub(event.n, '[^\\128-\\191]', '')
+        local key = prefix .. length .. ':' .. event.n .. event.o
+        if redis.call('GET', key) == entry[1] then
+          redis.call('SET', key, cjson.encode(event), 'KEEPTTL')
+        end
       end
     end
   end

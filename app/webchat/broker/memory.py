@@ -180,7 +180,7 @@ class MemoryBroker:
         now_ns = time.time_ns()
         now = now_ns / 1e9
         self._sweep(now)
-        key = (room, draft.name, draft.nonce) if draft.nonce is not None else None
+        key = (room, draft.sender, draft.nonce) if draft.nonce is not None else None
         if key is not None:
             seen = self._seen.get(key)
             if seen is not None:
@@ -195,6 +195,7 @@ class MemoryBroker:
             draft.nonce,
             draft.trace,
             accepted_us=now_ns // 1000,
+            user=draft.user,
         )
         history = self._rooms.get(room)
         if history is None:

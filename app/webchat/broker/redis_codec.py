@@ -3,24 +3,25 @@
 Every key of a room carries the room in a hash tag (`wc:{lobby}:h`), so a room's keys live in
 one slot and each Lua script touches one slot, as Redis Cluster requires.
 
-| key / channel                     | type   | holds                                 | expires  |
-|-----------------------------------|--------|---------------------------------------|----------|
-| `wc:{room}:h`                     | stream | history; entry id = message id        | room (1) |
-| `wc:{room}:c`                     | pubsub | live messages and presence events     | -        |
-| `wc:{room}:n:<len>:<name><nonce>` | string | a deduped send: its message id (2)    | 5 min    |
-| `wc:{room}:p`                     | hash   | name -> how many nodes hold it        | pres (3) |
-| `wc:{room}:e`                     | zset   | `<node>:<name>` by expiry (ms)        | pres (3) |
-| `wc:{room}:ps`                    | stream | the last ~1000 presence events        | pres (3) |
-| `wc:{room}:k`                     | hash   | name -> its holder (key's SHA-256)    | pres (3) |
-| `wc:node:<node>`                  | pubsub | this node's self-ping                 | -        |
-| `wc:node:<node>:w`                | string | this node's write probe               | 10 s     |
-| `wc:{#index}:members`             | zset   | room -> names present (/api/rooms)    | pruned   |
-| `wc:{#index}:seen`                | zset   | room -> when a live node confirmed it | pruned   |
-| `wc:{#index}:active`              | zset   | room -> ts of its last message        | 24 h (4) |
+| key / channel                       | type   | holds                                 | expires  |
+|-------------------------------------|--------|---------------------------------------|----------|
+| `wc:{room}:h`                       | stream | history; entry id = message id        | room (1) |
+| `wc:{room}:c`                       | pubsub | live messages and presence events     | -        |
+| `wc:{room}:n:<len>:<sender><nonce>` | string | a deduped send: its message id (2)    | 5 min    |
+| `wc:{room}:p`                       | hash   | name -> how many nodes hold it        | pres (3) |
+| `wc:{room}:e`                       | zset   | `<node>:<name>` by expiry (ms)        | pres (3) |
+| `wc:{room}:ps`                      | stream | the last ~1000 presence events        | pres (3) |
+| `wc:{room}:k`                       | hash   | name -> its holder (key's SHA-256)    | pres (3) |
+| `wc:node:<node>`                    | pubsub | this node's self-ping                 | -        |
+| `wc:node:<node>:w`                  | string | this node's write probe               | 10 s     |
+| `wc:{#index}:members`               | zset   | room -> names present (/api/rooms)    | pruned   |
+| `wc:{#index}:seen`                  | zset   | room -> when a live node confirmed it | pruned   |
+| `wc:{#index}:active`                | zset   | room -> ts of its last message        | 24 h (4) |
 
 (1) `--room-ttl` after its last message; every node with members in the room pushes it back.
-(2) or, once the stream trimmed it within the dedupe window, the whole message (see
-redis_scripts.PUBLISH). The window is 5 minutes, or the room TTL if that is shorter.
+(2) sender: the name, or `\x1f<sub>` in authenticated mode (Draft.sender). Or, once the
+stream trimmed it within the dedupe window, the whole message (see redis_scripts.PUBLISH).
+The window is 5 minutes, or the room TTL if that is shorter.
 (3) 3 presence timeouts after the last refresh of a node holding a name there; empty hashes
 and sets go at once, the presence stream of an emptied room a few seconds after its last leave.
 (4) entries older than 24 hours, or the room TTL if shorter.
@@ -28,9 +29,10 @@ and sets go at once, the presence stream of an emptied room a few seconds after 
 The index keys share one hash tag that no room name can have (`#`), so the index is one
 slot and never collides with a room's keys.
 
-Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
-context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
-written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"a":..}` for a message
+Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce), `x` (trace
+context as JSON) and `u` (the sender's `sub`, authenticated mode); `ts` is the entry id's
+millisecond part. Channel payloads are JSON objects written by cjson in Lua:
+`{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"u":..,"a":..}` for a message
 (`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
@@ -156,6 +158,7 @@ def decode_event(room: str, payload: bytes) -> Message | Announced:
             data.get("o"),
             _trace(data.get("x")),
             accepted_us=_micros(data.get("a")),
+            user=data.get("u"),
         )
     if kind == "p":
         return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))
@@ -180,6 +183,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
     message_id = entry_id.decode()
     nonce = fields.get(b"o")
     trace = fields.get(b"x")
+    user = fields.get(b"u")
     return Message(
         message_id,
         room,
@@ -188,6 +192,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
         id_key(message_id)[0],
         nonce.decode() if nonce is not None else None,
         _trace(trace),
+        user=user.decode() if user is not None else None,
     )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Final
 
 # KEYS[1] the room's stream; KEYS[2] the dedupe key, only when the draft has a nonce.
-# ARGV: channel, history size, dedupe ms, room TTL ms, name, text, trace JSON or '', [nonce].
+# ARGV: channel, history size, dedupe ms, room TTL ms, name, text, trace JSON or '', user (''
+# in anonymous mode), [nonce].
 # Returns {0, id} for an accepted message, {1, payload} for a duplicate: the original message.
 # The stream id is the message id, and PUBLISH follows XADD inside one script, so publish
 # order equals history order on every node. Every write sets its key's TTL: the stream lives
@@ -21,7 +22,7 @@ from typing import Final
 # history over within the window) first has its message copied into that key, so the answer
 # stays exact; only then does a dedupe key hold a whole message. Should both be gone anyway (a
 # lowered --history-size trims more than KEEP_TRIMMED entries at once), the answer is built
-# from the id, the name, the nonce and the resent text.
+# from the id, the name, the user, the nonce and the resent text.
 KEEP_TRIMMED: Final = 1000
 
 PUBLISH: Final = f"""
@@ -38,7 +39,9 @@ if dedupe then
     if string.sub(seen, 1, 1) == '{{' then return {{1, seen}} end
     local entry = redis.call('XRANGE', stream, seen, seen)[1]
     if entry then return {{1, cjson.encode(message(entry[1], entry[2]))}} end
-    return {{1, cjson.encode({{k = 'm', i = seen, n = ARGV[5], t = ARGV[6], o = ARGV[8]}})}}
+    local event = {{k = 'm', i = seen, n = ARGV[5], t = ARGV[6], o = ARGV[9]}}
+    if ARGV[8] ~= '' then event.u = ARGV[8] end
+    return {{1, cjson.encode(event)}}
   end
 end
 local now = redis.call('TIME')
@@ -51,9 +54,11 @@ if over > 0 then
     if tonumber(string.match(entry[1], '^%d+')) >= recent then
       local event = message(entry[1], entry[2])
       if event.o then
-        -- the key dedupe_key() names: the name's length in code points, not bytes
-        local _, length = string.gsub(event.n, '[^\\128-\\191]', '')
-        local key = prefix .. length .. ':' .. event.n .. event.o
+        -- the key dedupe_key() names for Draft.sender (the name, or \\x1f and the user's
+        -- sub): its length in code points, not bytes
+        local sender = event.u and ('\\031' .. event.u) or event.n
+        local _, length = string.gsub(sender, '[^\\128-\\191]', '')
+        local key = prefix .. length .. ':' .. sender .. event.o
         if redis.call('GET', key) == entry[1] then
           redis.call('SET', key, cjson.encode(event), 'KEEPTTL')
         end
@@ -61,13 +66,18 @@ if over > 0 then
     end
   end
 end
-local name, text, trace = ARGV[5], ARGV[6], ARGV[7]
+local name, text, trace, user = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local fields = {{'n', name, 't', text}}
 local event = {{k = 'm', n = name, t = text}}
 if dedupe then
   fields[#fields + 1] = 'o'
-  fields[#fields + 1] = ARGV[8]
-  event.o = ARGV[8]
+  fields[#fields + 1] = ARGV[9]
+  event.o = ARGV[9]
+end
+if user ~= '' then
+  fields[#fields + 1] = 'u'
+  fields[#fields + 1] = user
+  event.u = user
 end
 if trace ~= '' then
   fields[#fields + 1] = 'x'

@@ -15,8 +15,8 @@ holds --history-size messages (so, once full, every call trims one), pipelined 1
 The versions take turns each round, so a machine that is busier at one moment charges both.
 Prints one JSON line per version: Redis's own time per call (INFO commandstats, EVALSHA µs) for
 each round, the median and the minimum (on a busy machine the least disturbed round is the
-best estimate of the script's own cost). Both ARGV layouts are known: the one with the room
-TTL (the nonce is ARGV[8]) and the one before it (the nonce is ARGV[7]).
+best estimate of the script's own cost). Every ARGV layout so far is known: with or without
+the room TTL, with or without the user of authenticated mode (args_for).
 
 Only a loopback Redis is used, on the given port; the rooms are deleted afterwards.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -45,12 +46,18 @@ def load_publish(path: str) -> str:
 def args_for(
     script: str, n: int, size: int, text: str, dedupe_ms: int
 ) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV for the script's layout: channel, size, the dedupe window (ms with the
+    room TTL, s before it), [room TTL ms], name, text, trace, [user], nonce; the nonce is the
+    highest ARGV the script reads."""
     room = f"cost{n}"
     stream, dedupe = f"wc:{{{room}}}:h", f"wc:{{{room}}}:n:1:x"
-    channel = f"wc:{{{room}}}:c"
-    if "ARGV[8]" in script:  # channel, size, dedupe ms, room TTL ms, name, text, trace, nonce
-        return [stream, dedupe], [channel, size, dedupe_ms, 604_800_000, "x", text, "", ""]
-    return [stream, dedupe], [channel, size, max(1, dedupe_ms // 1000), "x", text, "", ""]
+    with_ttl = "PEXPIRE', stream, ARGV[4]" in script
+    nonce_at = max(int(i) for i in re.findall(r"ARGV\[(\d+)\]", script))
+    argv: list[str | int] = [f"wc:{{{room}}}:c", size]
+    argv += [dedupe_ms, 604_800_000] if with_ttl else [max(1, dedupe_ms // 1000)]
+    argv += ["x", text]
+    argv += [""] * (nonce_at - len(argv))  # trace, and the user where the layout has one
+    return [stream, dedupe], argv
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.contract.helpers import connect, get_json, history, nothing_else, say
 from tests.support.timing import poll
+from tests.support.tokens import claims
 
 TTL = 3
 TTL_ARGS = ("--room-ttl", str(TTL), "--presence-timeout", "1", "--presence-grace", "0.2")
@@ -97,3 +98,31 @@ async def test_a_duplicate_of_a_trimmed_message_gets_the_original(make_server, s
     assert await alice.expect("message") == original
     await nothing_else(alice)
     assert (await history(session, server, "busy"))["messages"][:2] == later[1:]
+
+
+async def test_a_duplicate_of_a_trimmed_message_of_a_user_gets_the_original(
+    make_server, session, keys
+):
+    """Authenticated mode keys a nonce on the user's `sub` (Draft.sender), not the display
+    name: the script must copy the trimmed message into that key, with its `user`."""
+    server = make_server(
+        *TTL_ARGS,
+        "--history-size",
+        "3",
+        "--room-ttl",
+        "600",
+        "--auth-secret-file",
+        str(keys.secret_file),
+    )
+    token = keys.hs(claims("u-zoë", name="Zoë ✓"))
+    alice = await connect(session, server, None, "busy", token=token)
+    original = await say(alice, "first", nonce="n0")
+    assert original["user"] == "u-zoë"
+    later = [await say(alice, f"m{n}", nonce=f"m{n}") for n in range(3)]
+    assert (await history(session, server, "busy", token=token))["messages"] == later
+
+    # Another tab of the same user (a token of its own): the same sender.
+    tab = await connect(session, server, None, "busy", token=keys.hs(claims("u-zoë", name="Zoë ✓")))
+    await tab.send("a different text, same nonce", nonce="n0")
+    assert await tab.expect("message") == original
+    await nothing_else(tab, alice)

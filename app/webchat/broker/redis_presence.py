@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -92,6 +92,10 @@ class RedisPresence:
         self._reap_from = 0.0  # loop time before which the reaper waits
         self._unsettled: set[tuple[str, str]] = set()  # (room, name) Redis may disagree on
         self._settle_now = asyncio.Event()
+        # Per refresh or reap batch in flight, the rooms whose join or leave reported a count
+        # meanwhile: the batch may have run before it in Redis, so its older count of those
+        # rooms is dropped (it would keep an emptied room listed as busy in the room index).
+        self._in_flight: list[set[str]] = []
 
     # --- the Presence protocol --------------------------------------------------------
 
@@ -241,9 +245,12 @@ class RedisPresence:
                     args=[self._node, self._timeout_ms, *names],
                     client=pipe,
                 )
-            results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
-            for (room, _), (count, missing) in zip(chunk, results, strict=True):
-                self._on_count(room, int(count))
+            with self._batch() as reported:
+                results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
+            for (room, _), (count, _) in zip(chunk, results, strict=True):
+                if room not in reported:  # all at once: the re-joins below let others run
+                    self._on_count(room, int(count))
+            for (room, _), (_, missing) in zip(chunk, results, strict=True):
                 for raw in missing:
                     name = raw.decode()
                     log.info("re-joining %r in %s: its hold had expired", name, room)
@@ -259,9 +266,10 @@ class RedisPresence:
             pipe = self._control.pipeline(transaction=False)
             for room in chunk:
                 await self._reap(keys=presence_keys(room), args=[channel(room)], client=pipe)
-            results: list[Any] = await self._ops.call("presence_reap", pipe.execute())
+            with self._batch() as reported:
+                results: list[Any] = await self._ops.call("presence_reap", pipe.execute())
             for room, count in zip(chunk, results, strict=True):
-                if int(count) >= 0:
+                if int(count) >= 0 and room not in reported:
                     self._on_count(room, int(count))
 
     # --- internals ----------------------------------------------------------------------
@@ -313,8 +321,24 @@ class RedisPresence:
                         "presence_leave",
                         self._leave(keys=keys, args=[channel(room), self._node, name]),
                     )
-                self._on_count(room, int(count))
+                self._report(room, int(count))
         finally:
             entry.users -= 1
             if entry.users == 0:
                 del self._locks[room]
+
+    def _report(self, room: str, count: int) -> None:
+        """A join's or leave's count of `room`: newer than any batch's still in flight."""
+        self._on_count(room, count)
+        for reported in self._in_flight:
+            reported.add(room)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[set[str]]:
+        """While a batched refresh or reap is in flight: the rooms reported meanwhile."""
+        reported: set[str] = set()
+        self._in_flight.append(reported)
+        try:
+            yield reported
+        finally:  # by identity: two batches' sets may be equal
+            self._in_flight = [r for r in self._in_flight if r is not reported]

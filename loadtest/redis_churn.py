@@ -9,8 +9,9 @@ message every third time, leave; every --abandon-every-th time it sends the upgr
 and resets the connection at once instead (its join is cancelled half-way). Meanwhile
 /readyz is polled every 50 ms. Prints one JSON line: joins, refused upgrades by status,
 error frames by code, /readyz answers by status, and the ghosts: names still present in Redis
-2 s after the last leave (the presence grace is shorter) and, with --ghost-wait S, how long
-until none was left. Works against any version of the service.
+and rooms the room index still counts names in, 2 s after the last leave (the presence grace
+is shorter) and, with --ghost-wait S, how long until neither was left. Works against any
+version of the service.
 
 Only loopback targets are accepted and every count and duration is bounded.
 """
@@ -90,6 +91,11 @@ def present(client: redis.Redis) -> int:
     return sum(client.hlen(k) for k in client.scan_iter("wc:{*}:p", count=5000))
 
 
+def listed(client: redis.Redis) -> int:
+    """Rooms the room index (GET /api/rooms) still counts names in."""
+    return int(client.zcount("wc:{#index}:members", 1, "+inf"))
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     url = loopback(args.url)
     client = redis.Redis(port=args.redis_port)
@@ -123,11 +129,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "outcomes": dict(outcomes),
         "readyz": dict(ready),
         "names_present_2s_after": present(client),
+        "rooms_listed_2s_after": listed(client),
     }
     if args.ghost_wait:
         gone = None
         while time.monotonic() - ended < args.ghost_wait:
-            if present(client) == 0:
+            if present(client) == 0 and listed(client) == 0:
                 gone = round(time.monotonic() - ended, 1)
                 break
             await asyncio.sleep(0.5)

@@ -269,6 +269,8 @@ class Node:
                 conn.mark_ended("error")
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
+            except ConnectionResetError:  # the client reset its connection during the join
+                return ws  # a normal disconnect (ws.prepare: "Connection lost"), not an ERROR
             await self._receive(ws, conn)
         finally:
             self.hub.detach(conn)

@@ -76,6 +76,16 @@ BAD = {
         {"nginx_tls_certificate_src": "/etc/hostname"},
         "Set both nginx_tls_certificate_src and nginx_tls_key_src",
     ),
+    "lb_alias": (
+        "lb",
+        {"nginx_server_aliases": ["https://www.chat.example.com"]},
+        "nginx_server_aliases must be a list of host names or addresses",
+    ),
+    "lb_rate": (
+        "lb",
+        {"nginx_api_rate": "10r/s"},
+        "nginx_api_rate must be a whole number of at least 1, got 10r/s.",
+    ),
     "mon_retention": (
         "monitoring",
         {"prometheus_retention": "15 days"},

@@ -139,24 +139,44 @@ def test_nginx_balances_every_port_of_every_web_host(rendered: Path):
     # Without a shared zone, least_conn balances per worker only.
     assert upstream.child("zone").values[0] == "webchat_upstream"
     assert upstream.child("least_conn")
-    ws = config.location("=", "/ws")
+    tls = _tls_server(config)
+    ws = config.location("=", "/ws", server=tls)
     headers = {d.values[0]: d.values[1] for d in ws.children("proxy_set_header")}
     assert headers["Host"] == "$http_host", "browsers get 403 without the Host header"
     assert headers["Upgrade"] == "$http_upgrade"
-    assert config.location("=", "/metrics").child("return").values == ["404"]
+    assert config.location("=", "/metrics", server=tls).child("return").values == ["404"]
+
+
+def _tls_server(config: nginxconf.Config) -> nginxconf.Directive:
+    """The server of the service's names on HTTPS (not the default server dropping others)."""
+    (server,) = [
+        s
+        for s in config.one("http").children("server")
+        if s.block is not None
+        and s.child("server_name").values != ["_"]
+        and s.children("listen")[0].values[:2] == ["443", "ssl"]
+    ]
+    return server
 
 
 def test_nginx_redirects_http_and_serves_stub_status_on_loopback(rendered: Path):
     config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
     servers = [d for d in config.one("http").children("server") if d.block is not None]
-    plain = next(s for s in servers if s.children("listen")[0].values[0] == "80")
+    # Other names are dropped by a default server (tests/deploy/test_ansible_nginx.py); the
+    # service's names and the lb's own address are redirected to HTTPS.
+    plain = next(
+        s
+        for s in servers
+        if s.children("listen")[0].values == ["80"] and s.child("server_name").values != ["_"]
+    )
+    assert plain.child("server_name").values == ["chat.example.com", "10.9.0.10"]
     redirect = plain.child("location").child("return").values
     assert redirect == ["301", "https://$host$request_uri"], redirect
-    tls = next(s for s in servers if s.children("listen")[0].values[:2] == ["443", "ssl"])
+    tls = _tls_server(config)
     assert tls.child("ssl_certificate").values == ["/etc/nginx/tls/webchat.crt"]
     status = next(s for s in servers if s.children("listen")[0].values[0].startswith("127.0.0.1:"))
     assert any(d.name == "stub_status" for d in status.walk())
-    assert len(servers) == 3
+    assert len(servers) == 4
 
 
 def test_prometheus_targets_pass_promtool_and_list_every_instance(rendered: Path, tmp_path: Path):

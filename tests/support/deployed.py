@@ -13,6 +13,7 @@ and the proxy. Needs root, as the deployment test does; the first run debootstra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import shutil
@@ -22,10 +23,19 @@ import tempfile
 from pathlib import Path
 
 from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
-from tests.support.nspawn import Cluster
+from tests.support.nspawn import Cluster, _descendants
 
 GROUPS = {"lb": ["lb1"], "web": ["web1", "web2"], "redis": ["redis1"], "monitoring": ["mon1"]}
 PORT = 8081  # webchat_ports of the example group_vars
+
+
+def renice(cluster: Cluster, nice: int) -> None:
+    """Set the autogroup nice level of every process in the cluster's containers."""
+    for host in cluster.hosts.values():
+        assert host.proc is not None
+        for pid in _descendants(host.proc.pid):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         "--auth-secret-file",
         default="",
         help="deploy in authenticated mode with the HS256 secret in this file",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="once deployed, give every process of the containers this scheduler autogroup nice "
+        "level (as capacity.sh's NICE gives the load generator; each systemd service is a session "
+        "of its own, so a plain nice would not reach them)",
     )
     parser.add_argument(
         "-e",
@@ -75,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             print(run.output[-6000:], file=sys.stderr)
             return 1
+        if args.nice:
+            renice(cluster, args.nice)
         lb = cluster.hosts["lb1"].address
         metrics = ",".join(
             f"http://{cluster.hosts[h].address}:{PORT}/metrics" for h in GROUPS["web"]

@@ -22,12 +22,21 @@ from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
 from tests.support import nginx as nginxconf
 from tests.support.servers import ROOT, free_port, require_binary, wait_until
 from tests.support.timing import seconds
+from webchat.config import load_config
 
 HOSTS = {
     "lb": {"lb1": "10.9.0.10"},
     "web": {"web1": "10.9.0.11", "web2": "10.9.0.12"},
     "redis": {"redis1": "10.9.0.13"},
     "monitoring": {"mon1": "10.9.0.14"},
+}
+
+AUTH = {
+    "webchat_auth_secret": "k" * 40,
+    "webchat_auth_audience": "chat",
+    "webchat_auth_issuer": "https://app.example.com",
+    "webchat_auth_leeway": 10,
+    "webchat_auth_token_url": "/auth/token",
 }
 
 
@@ -44,6 +53,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     # web2 runs two instances: every port of every host is balanced and scraped.
     groups["web"]["hosts"]["web2"]["webchat_ports"] = [8081, 8082]
+    # web1 runs in authenticated mode (web2 stays anonymous).
+    groups["web"]["hosts"]["web1"].update(AUTH)
     inventory = {
         "all": {
             "vars": {
@@ -322,3 +333,31 @@ def test_redis_conf_starts_a_redis_that_refuses_writes_when_full(rendered: Path,
     finally:
         proc.terminate()
         proc.wait(seconds(10))
+
+
+def _env(path: Path) -> dict[str, str]:
+    """The variables of an environment file as systemd reads them (values in double quotes)."""
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in lines)}
+
+
+def test_authenticated_mode_reaches_the_service(rendered: Path, tmp_path: Path):
+    """web1's environment is an authenticated configuration the service accepts; web2's has
+    no AUTH_* at all (anonymous)."""
+    env = _env(rendered / "web1" / "8081.env")
+    auth = {k: v for k, v in env.items() if k.startswith("AUTH_")}
+    assert auth == {
+        "AUTH_SECRET_FILE": "/etc/webchat/auth-secret",
+        "AUTH_LEEWAY": "10",
+        "AUTH_AUDIENCE": "chat",
+        "AUTH_ISSUER": "https://app.example.com",
+        "AUTH_TOKEN_URL": "/auth/token",
+    }
+    assert not [k for k in _env(rendered / "web2" / "8081.env") if k.startswith("AUTH_")]
+    # What the service makes of it, with the secret file where this machine has it.
+    secret = tmp_path / "auth-secret"
+    secret.write_text(AUTH["webchat_auth_secret"] + "\n")
+    config = load_config([], {**env, "AUTH_SECRET_FILE": str(secret)})
+    assert config.authenticated
+    assert (config.auth_audience, config.auth_issuer) == ("chat", "https://app.example.com")
+    assert (config.auth_leeway, config.auth_token_url) == (10.0, "/auth/token")

@@ -12,7 +12,9 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 | `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
 | `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
 | `wc:{room}:k`                   | hash   | name -> its holder (SHA-256 of the key, or "")       |
+| `wc:{room}:w`                   | string | a write for WAIT to confirm (replicas-ack), 10 s     |
 | `wc:node:<node>`                | pubsub | this node's self-ping, proving its subscriber alive  |
+| `wc:node:<node>:<k>`            | pubsub | on a cluster: the self-ping of one shard's link      |
 | `wc:{#index}:members`           | zset   | room -> names present (GET /api/rooms)               |
 | `wc:{#index}:seen`              | zset   | room -> when a live node last confirmed that count   |
 | `wc:{#index}:active`            | zset   | room -> ts of its last message, for 24 hours         |
@@ -26,6 +28,11 @@ written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"a":..}` f
 (`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
+
+With `--redis-replicas-ack N` a message's payload also has `"w":N`: subscribers hold it until
+`{"k":"c","i":id}` (a commit: every message up to `id` is on N replicas) or their own WAIT
+confirms it, so no client sees a message a failover could still take back. On a Redis Cluster
+every channel is a shard channel (SPUBLISH/SSUBSCRIBE), in its room's slot.
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ def index_keys() -> list[str]:
     return [f"{PREFIX}:{{#index}}:{part}" for part in ("members", "seen", "active")]
 
 
+def barrier_key(room: str) -> str:
+    return f"{PREFIX}:{{{room}}}:w"
+
+
 def presence_stream_key(room: str) -> str:
     return f"{PREFIX}:{{{room}}}:ps"
 
@@ -121,6 +132,26 @@ def encode_trace(trace: dict[str, str] | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """A message published with `--redis-replicas-ack`: delivered once `replicas` replicas
+    have it (a commit covers it, or a WAIT of the subscriber's own confirms it)."""
+
+    message: Message
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Every message of the room up to `id` is on the replicas its publisher asked for."""
+
+    id: str
+
+
+def encode_commit(message_id: str) -> str:
+    return json.dumps({"k": "c", "i": message_id}, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
 class Announced:
     """A presence event and its id in the room's presence stream."""
 
@@ -128,13 +159,13 @@ class Announced:
     event: PresenceEvent
 
 
-def decode_event(room: str, payload: bytes) -> Message | Announced:
+def decode_event(room: str, payload: bytes) -> Message | Pending | Announced | Committed:
     """A channel payload as the broker's value; raises ValueError/KeyError if malformed."""
     data = json.loads(payload)
     kind = data["k"]
     if kind == "m":
         message_id = str(data["i"])
-        return Message(
+        message = Message(
             message_id,
             room,
             data["n"],
@@ -144,6 +175,10 @@ def decode_event(room: str, payload: bytes) -> Message | Announced:
             _trace(data.get("x")),
             accepted_us=_micros(data.get("a")),
         )
+        replicas = data.get("w")
+        return Pending(message, int(replicas)) if replicas else message
+    if kind == "c":
+        return Committed(str(data["i"]))
     if kind == "p":
         return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))
     raise ValueError(f"unknown event kind {kind!r}")
@@ -157,6 +192,8 @@ def presence_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) 
 
 def decode_message(room: str, payload: bytes) -> Message:
     event = decode_event(room, payload)
+    if isinstance(event, Pending):
+        return event.message
     if not isinstance(event, Message):
         raise ValueError("expected a message payload")
     return event

@@ -15,11 +15,11 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from webchat.broker.base import ROOM_ACTIVITY_SECONDS, BrokerUnavailable, RoomInfo, room_order
 from webchat.broker.redis_codec import describe, id_key, index_keys, stream_key
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_scripts import INDEX, ROOMS
 
@@ -33,7 +33,7 @@ _WINDOW_MS: Final = ROOM_ACTIVITY_SECONDS * 1000
 class RoomIndex:
     """Pending index updates of this node, and the listing. The broker runs `flush_loop`."""
 
-    def __init__(self, client: Redis, staleness: float, ops: RedisOps) -> None:
+    def __init__(self, client: RedisClient, staleness: float, ops: RedisOps) -> None:
         self._client = client
         self._ops = ops
         self._staleness_ms = int(staleness * 1000)

@@ -22,11 +22,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from webchat.broker.base import BrokerUnavailable, NameTaken
 from webchat.broker.redis_codec import channel, describe, presence_keys
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_scripts import HOLDER, JOIN, LEAVE, MEMBERS, REAP, REFRESH
 
@@ -51,7 +51,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         node_id: str,
         timeout: float,
         reachable: Callable[[], bool],

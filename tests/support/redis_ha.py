@@ -45,6 +45,16 @@ def _answers(call: Any) -> Any:
         return None
 
 
+def wait_in_sync(replica: RedisServer, timeout: float = 20) -> None:
+    """Return once `replica` has its master's data and follows it (its link is up)."""
+
+    def synced() -> bool:
+        info = _answers(lambda: _info(replica, "replication"))
+        return bool(info) and info.get("master_link_status") == "up"
+
+    wait_until(synced, seconds(timeout), f"replica on {replica.port} to be in sync")
+
+
 class SentinelGroup:
     """A master and two replicas (`password` on all of them) watched by three Sentinels."""
 
@@ -144,11 +154,7 @@ class SentinelGroup:
         return next(s for s in self.servers if s.port == port)
 
     def wait_in_sync(self, replica: RedisServer, timeout: float = 20) -> None:
-        def synced() -> bool:
-            info = _answers(lambda: _info(replica, "replication"))
-            return bool(info) and info.get("master_link_status") == "up"
-
-        wait_until(synced, seconds(timeout), f"replica on {replica.port} to be in sync")
+        wait_in_sync(replica, timeout)
 
     def wait_failover(self, old_port: int, timeout: float = 30) -> RedisServer:
         """Wait until a replica is promoted and answers as master; return it."""

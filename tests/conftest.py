@@ -12,7 +12,7 @@ from tests.support.redis_ha import RedisClusterGroup, SentinelGroup
 from tests.support.servers import WebchatProcess
 
 # Brokers the contract suite runs against: one parametrized suite, so all behave alike.
-BROKERS = ["memory", "redis"]
+BROKERS = ["memory", "redis", "cluster"]
 # Brokers of the tests that need several processes on Redis (a dead instance, say).
 REDIS_BROKERS = ["redis"]
 

@@ -278,6 +278,13 @@ class RedisClusterGroup:
         self.killed.append(node)
         return first
 
+    def revive(self, node: RedisServer) -> None:
+        """Start a killed node again: it rejoins the cluster as a replica of whichever node
+        took over its slots, and this returns once it is in sync."""
+        node.start()
+        self.killed.remove(node)
+        wait_until(self._settled, seconds(30), f"node {node.port} to rejoin and sync")
+
     def wait_failover(self, slot: int, old: RedisServer, timeout: float = 30) -> RedisServer:
         """Wait until another node serves `slot` (which `old` served) and every live node says
         the cluster is ok; return the new master."""

@@ -158,7 +158,8 @@ class Subscriber:
     # --- subscriptions ------------------------------------------------------------------
 
     async def subscribe(self, room: str) -> None:
-        """Subscribe to `room`'s channel; returns once Redis confirmed (timed as one call)."""
+        """Subscribe to `room`'s channel; returns once Redis confirmed it and what the room's
+        streams held beyond the cursors was read (timed as one call)."""
         await self._ops.call("subscribe", self._subscribe(room))
 
     async def _subscribe(self, room: str) -> None:
@@ -516,9 +517,6 @@ class Subscriber:
         sub.state = State.BACKFILL
         sub.generation += 1
         self._backfill_wanted.set()
-        for waiter in sub.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     # --- backfill -----------------------------------------------------------------------
 
@@ -572,6 +570,14 @@ class Subscriber:
                     self._deliver(room, result.messages)
                     for event in result.presence:
                         self._announce(event)
+                    if sub.state is State.LIVE:
+                        # `subscribe` returns only now: an event published after it returns
+                        # (the caller's own join, say) is delivered as it arrives, not held
+                        # in the buffer behind this backfill, where a client connecting
+                        # meanwhile would get it after a welcome that already lists it.
+                        for waiter in sub.waiters:
+                            if not waiter.done():
+                                waiter.set_result(None)
 
     # --- held messages (--redis-replicas-ack) -------------------------------------------
 

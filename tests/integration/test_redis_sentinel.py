@@ -44,6 +44,15 @@ async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
         await connect(session, b, "wb"),
     ]
     senders = [Sender(recs[0]), Sender(recs[2])]
+    try:
+        await _failover(senders, recs, a, b, sentinel_redis, session)
+    except BaseException:
+        print("DEBUG A", a.log()[-6000:])
+        print("DEBUG B", b.log()[-6000:])
+        raise
+
+
+async def _failover(senders, recs, a, b, sentinel_redis, session):
     for sender in senders:
         await sender.until(accepted=10)
 

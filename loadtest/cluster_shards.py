@@ -39,6 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "app")]
 from redis.crc import key_slot  # noqa: E402  # after the path set-up above
 from tests.support.redis import RedisServer  # noqa: E402
 from tests.support.redis_ha import RedisClusterGroup  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
 
 from webchat.broker.base import Draft, Message, PresenceEvent  # noqa: E402
 from webchat.broker.redis import RedisBroker  # noqa: E402
@@ -80,7 +81,10 @@ def start_redis(topology: str) -> tuple[str, list[RedisServer], object]:
     if topology == "cluster3":
         cluster = RedisClusterGroup(replicas=0).start()
         return cluster.url(), cluster.masters(), cluster
-    node = RedisServer(extra_args=["--cluster-enabled", "yes"]).start()
+    # The bus port must be given: port + 10000 (the default) may be out of range.
+    node = RedisServer(
+        extra_args=["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+    ).start()
     node.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
     deadline = time.monotonic() + 30
     while "cluster_state:ok" not in str(node.command("CLUSTER", "INFO")):

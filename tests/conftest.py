@@ -14,7 +14,7 @@ from tests.support.servers import WebchatProcess
 # Brokers the contract suite runs against: one parametrized suite, so all behave alike.
 BROKERS = ["memory", "redis", "cluster"]
 # Brokers of the tests that need several processes on Redis (a dead instance, say).
-REDIS_BROKERS = ["redis"]
+REDIS_BROKERS = ["redis", "cluster"]
 
 
 def broker_url(broker: str, request: pytest.FixtureRequest) -> str | None:
@@ -57,19 +57,13 @@ def redis_server(redis_appendonly: bool) -> Iterator[RedisServer]:
     server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def sentinel_group() -> Iterator[SentinelGroup]:
-    """A master, two replicas and three Sentinels, shared by the tests that only use them."""
-    group = SentinelGroup().start()
+@pytest.fixture
+def sentinel_redis() -> Iterator[SentinelGroup]:
+    """A master and two replicas (with a password) watched by three Sentinels, for one test:
+    the tests on it kill its master."""
+    group = SentinelGroup(password="s3cret").start()
     yield group
     group.cleanup()
-
-
-@pytest.fixture
-def sentinel_redis(sentinel_group: SentinelGroup) -> SentinelGroup:
-    """The shared Sentinel group, emptied for this test."""
-    sentinel_group.current_master().command("FLUSHALL")
-    return sentinel_group
 
 
 @pytest.fixture(scope="session")

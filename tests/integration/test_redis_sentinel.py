@@ -9,7 +9,6 @@ once a replica has it, so the replica Sentinel promotes has every acknowledged m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,14 +23,6 @@ def broker() -> str:
     return "sentinel"
 
 
-@pytest.fixture
-def sentinel_redis() -> Iterator[SentinelGroup]:
-    """A group of its own: the test kills its master."""
-    group = SentinelGroup(password="s3cret").start()
-    yield group
-    group.cleanup()
-
-
 async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
     make_server: MakeServer, sentinel_redis: SentinelGroup, session
 ):
@@ -44,15 +35,6 @@ async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
         await connect(session, b, "wb"),
     ]
     senders = [Sender(recs[0]), Sender(recs[2])]
-    try:
-        await _failover(senders, recs, a, b, sentinel_redis, session)
-    except BaseException:
-        print("DEBUG A", a.log()[-6000:])
-        print("DEBUG B", b.log()[-6000:])
-        raise
-
-
-async def _failover(senders, recs, a, b, sentinel_redis, session):
     for sender in senders:
         await sender.until(accepted=10)
 

@@ -114,6 +114,8 @@ async def test_master_failover_loses_no_acknowledged_message(
         await sender.until(accepted=10)
     for sender in senders:
         await sender.stop()
+    for server in (a, b):  # history reads wait for a replica's confirmation: 503 until then
+        await wait_status(session, server.url + f"/api/rooms/{room}/messages?limit=1", 200, 10)
     print(f"\ncluster failover: delivery resumed {resumed:.2f} s after the master was killed")
 
     history = await assert_everyone_has_history(session, b, recs, room)

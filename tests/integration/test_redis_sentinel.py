@@ -56,6 +56,13 @@ async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
         await sender.until(accepted=10)
     for sender in senders:
         await sender.stop()
+    # Sentinel goes on reconfiguring for a while (the remaining replica follows the new master,
+    # clients are disconnected once more); history reads wait for a replica's confirmation,
+    # so they answer 503 until it is in sync.
+    [remaining] = [s for s in sentinel_redis.servers if s not in (old, new)]
+    await asyncio.to_thread(sentinel_redis.wait_in_sync, remaining)
+    for server in (a, b):
+        await wait_status(session, server.url + "/api/rooms/r/messages?limit=1", 200, timeout=10)
     print(f"\nSentinel failover: delivery resumed {resumed:.2f} s after the master was killed")
 
     history = await assert_everyone_has_history(session, b, recs)

@@ -13,7 +13,10 @@ def sharded(script: str) -> str:
     """The script for a Redis Cluster: SPUBLISH (Redis 7 sharded pub/sub) for PUBLISH, so a
     room's events go to its own shard only, not over the cluster bus to every node. Every
     channel a script publishes on carries its room's hash tag, as its keys do."""
-    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    result = script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    # A PUBLISH written another way would broadcast over the cluster bus, unseen by SSUBSCRIBE.
+    assert "PUBLISH'" not in result.replace("'SPUBLISH'", ""), "write redis.call('PUBLISH', ...)"
+    return result
 
 
 def awaiting_replicas(script: str, replicas: int) -> str:

@@ -17,7 +17,10 @@ const MAX_RENDERED = 1000; // messages kept while at the bottom; older ones can 
 const NEAR_EDGE_PX = 200;
 
 export class Conversation {
-  /** `hooks`: changed(what), reading() (the user looks at it), me() (own name), connected(). */
+  /**
+   * `hooks`: changed(what), reading() (the user looks at it), mine(frame) (an own message),
+   * connected(), fetch(path) (a GET of the API, with the token in authenticated mode).
+   */
   constructor(room, hooks) {
     this.room = room;
     this.hooks = hooks;
@@ -168,7 +171,7 @@ export class Conversation {
   // --- messages ------------------------------------------------------------------------
 
   own(frame) {
-    return frame.name === this.hooks.me();
+    return this.hooks.mine(frame);
   }
 
   /** A message frame from the server, live or replayed: shown once, in arrival order. */
@@ -225,21 +228,23 @@ export class Conversation {
     const before = this.oldestId;
     const url = `/api/rooms/${encodeURIComponent(this.room)}/messages?before=${before}&limit=${HISTORY}`;
     let page = null;
+    let truncated = false; // cut short by the service's size bound: older ones remain
     try {
-      const response = await fetch(url, { cache: "no-store" });
+      const response = await this.hooks.fetch(url);
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
       page = Array.isArray(body.messages) ? body.messages : [];
+      truncated = body.truncated === true;
     } catch {
       this.olderFailed = true;
     }
     this.loadingOlder = false;
-    if (page !== null && before === this.oldestId) this.prepend(page);
+    if (page !== null && before === this.oldestId) this.prepend(page, truncated);
     this.renderHistoryStart();
     this.layout();
   }
 
-  prepend(page) {
+  prepend(page, truncated = false) {
     const scroller = this.element;
     const height = scroller.scrollHeight;
     const top = scroller.scrollTop;
@@ -252,7 +257,7 @@ export class Conversation {
     this.region.setAttribute("aria-busy", "true"); // not read out as if it were news
     this.log.prepend(...items);
     if (items.length) this.oldestId = items[0].dataset.id;
-    if (page.length < HISTORY) this.exhausted = true;
+    if (page.length < HISTORY && !truncated) this.exhausted = true;
     relayout(this.log, this.firstUnread);
     scroller.scrollTop = top + (scroller.scrollHeight - height);
     requestAnimationFrame(() => this.region.removeAttribute("aria-busy"));

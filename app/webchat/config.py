@@ -30,8 +30,10 @@ class Config:
     workers: int = 1
     redis_url: str = ""
     redis_replicas_ack: int = 0
+    redis_pool: int = 64
     allowed_origins: tuple[str, ...] = ()
     history_size: int = 1000
+    room_ttl: float = 7 * 24 * 3600.0
     max_text: int = 2000
     rate: float = 10.0
     burst: int = 20
@@ -44,6 +46,24 @@ class Config:
     max_frame: int = 16384
     heartbeat: float = 25.0
     log_level: str = "info"
+    # Hardening (docs/security.md): bounds on what one client can hold.
+    send_timeout: float = 5.0
+    api_concurrency: int = 16
+    api_max_bytes: int = 1024 * 1024
+    api_timeout: float = 10.0
+    header_timeout: float = 10.0
+    max_connections: int = 0  # 0: derived from the file-descriptor limit (limits.py)
+    max_loop_lag: float = 0.5
+    allowed_hosts: tuple[str, ...] = ()  # empty: any Host
+    # Authenticated mode (PROTOCOL.md 1.1 "Identity"): at most one key source; none at all
+    # is anonymous mode. Files are read by the node (auth.py), so secrets stay out of `ps`.
+    auth_secret_file: str = ""
+    auth_public_key_file: str = ""
+    auth_jwks_url: str = ""
+    auth_audience: str = ""
+    auth_issuer: str = ""
+    auth_leeway: float = 30.0
+    auth_token_url: str = ""
     # Derived, not an option: OpenTelemetry's own variables switch tracing on (see
     # tracing_requested); the SDK reads the rest of them itself.
     tracing: bool = False
@@ -51,6 +71,11 @@ class Config:
     @property
     def memory_broker(self) -> bool:
         return not self.redis_url
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether every client must bring a token (a key source is configured)."""
+        return bool(self.auth_secret_file or self.auth_public_key_file or self.auth_jwks_url)
 
 
 def _int(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -124,6 +149,66 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+# A host name (letters, digits, '-', '.'; a trailing dot is dropped), an IPv4 address, or an
+# IPv6 address in brackets, as the Host header spells them (without the port).
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+_HOST_V6 = re.compile(r"\[[0-9a-f:.]{2,45}\]")
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
+    for host in hosts:
+        if not (_HOST_NAME.fullmatch(host) or _HOST_V6.fullmatch(host)):
+            raise ValueError(
+                f"{host!r} is not a host name; expected names such as chat.example.com "
+                "(no scheme, no port), comma-separated"
+            )
+    return hosts
+
+
+def _file(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        return ""
+    if any(not c.isprintable() for c in path):
+        raise ValueError("expected a file path without control characters")
+    return path
+
+
+def _jwks_url(raw: str) -> str:
+    url = raw.strip()
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def _claim(raw: str) -> str:
+    value = raw.strip()
+    if any(not c.isprintable() for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _same_origin_path(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        return ""
+    # A path on this origin, not a URL: the browser fetches it with the user's cookies.
+    if not path.startswith("/") or path.startswith("//") or any(c.isspace() for c in path):
+        raise ValueError(f"expected a path on this origin such as /auth/token, got {raw!r}")
+    if any(c in path for c in "\"<>'`") or any(not c.isprintable() for c in path):
+        raise ValueError(f"the path {raw!r} holds characters a URL path cannot")
+    return path
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -144,8 +229,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
         _int(0, 100),
         "acknowledge a message once this many replicas have it (WAIT); 0 = once the master has",
     ),
+    "redis_pool": (_int(1, 10_000), "Redis connections per process for requests; others wait"),
     "allowed_origins": (_origins, "comma-separated origins allowed besides same-origin; * = any"),
     "history_size": (_int(1, 1_000_000), "messages of history kept per room"),
+    "room_ttl": (_float(1), "seconds an idle room (no message, no member) keeps its history"),
     "max_text": (_int(1, 100_000), "longest message text, in code points"),
     "rate": (_float(0, strict=True), "messages per second refilled into each token bucket"),
     "burst": (_int(1, 100_000), "token bucket size per connection"),
@@ -158,6 +245,30 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_frame": (_size(64), "largest client frame payload accepted; larger closes 1009"),
     "heartbeat": (_float(1), "seconds between WebSocket pings to detect dead clients"),
     "log_level": (_log_level, "debug, info, warning or error"),
+    "send_timeout": (
+        _float(0.5),
+        "seconds unsent data may wait in a client's send buffer before it is closed 1013",
+    ),
+    "api_concurrency": (_int(1, 10_000), "HTTP API requests served at once; more get 503"),
+    "api_max_bytes": (_size(64 * 1024), "largest HTTP API answer; a longer page is cut short"),
+    "api_timeout": (_float(0.5), "seconds a client may take to read an HTTP API answer"),
+    "header_timeout": (_float(0.5), "seconds a new connection may take to send its headers"),
+    "max_connections": (
+        _int(0, 10_000_000),
+        "WebSocket connections served at once; more get 503 (0: from the descriptor limit)",
+    ),
+    "max_loop_lag": (
+        _float(0),
+        "event-loop lag (seconds) above which new upgrades get 503 (0: never)",
+    ),
+    "allowed_hosts": (_hosts, "comma-separated Host names served; others get 421 (empty: any)"),
+    "auth_secret_file": (_file, "file holding the HS256 secret of signed tokens (auth mode)"),
+    "auth_public_key_file": (_file, "PEM public key verifying tokens: RS256 or ES256 by type"),
+    "auth_jwks_url": (_jwks_url, "JWKS URL of the keys verifying tokens (RS256/ES256)"),
+    "auth_audience": (_claim, "the aud claim tokens must have; empty = not checked"),
+    "auth_issuer": (_claim, "the iss claim tokens must have; empty = not checked"),
+    "auth_leeway": (_float(0), "seconds of clock skew allowed on exp, nbf and iat"),
+    "auth_token_url": (_same_origin_path, "path the browser client fetches its token from"),
 }
 
 # Every option's name; each has a flag and an environment variable (the name upper-cased).
@@ -180,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _OPTIONS.items():
         default = getattr(defaults, name)
         if isinstance(default, tuple):
-            default = ",".join(default) or "same origin only"
+            default = ",".join(default) or (
+                "any" if name == "allowed_hosts" else "same origin only"
+            )
         parser.add_argument(
             _flag(name),
             dest=name,
@@ -290,7 +403,42 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
             f"{sources['redis_replicas_ack']}: replica acknowledgements need --redis-url "
             "(a Redis master with replicas)"
         )
+    if not config.memory_broker and config.room_ttl < 3 * config.presence_timeout:
+        # On Redis a room with members is kept alive by the presence refresh, every third of the
+        # presence timeout; a shorter TTL could expire a room between two refreshes.
+        source = sources.get("room_ttl") or sources.get("presence_timeout", "--room-ttl")
+        raise ConfigError(
+            f"{source}: with Redis the room TTL ({config.room_ttl:g} s) must be at least "
+            f"3 x the presence timeout ({3 * config.presence_timeout:g} s)"
+        )
+    _check_auth(config, sources)
     return config
+
+
+_KEY_SOURCES = ("auth_secret_file", "auth_public_key_file", "auth_jwks_url")
+
+
+def _check_auth(config: Config, sources: Mapping[str, str]) -> None:
+    """At most one key source, its file usable; the other auth options only with one."""
+    given = [name for name in _KEY_SOURCES if getattr(config, name)]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{sources[given[0]]} and {sources[given[1]]}: give one key source, not several"
+        )
+    if not given:
+        for name in ("auth_audience", "auth_issuer", "auth_token_url"):
+            if getattr(config, name):
+                raise ConfigError(
+                    f"{sources[name]}: only used in authenticated mode; also give "
+                    "--auth-secret-file, --auth-public-key-file or --auth-jwks-url"
+                )
+        return
+    from webchat.auth import check_config  # PyJWT and cryptography only when needed
+
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"{sources[given[0]]}: {exc}") from None
 
 
 assert {f.name for f in fields(Config)} - {"tracing"} == set(_OPTIONS), "fields are options"

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WebSocketError, WSMsgType, web
@@ -17,6 +19,7 @@ from webchat.broker.base import (
     Broker,
     BrokerUnavailable,
     Draft,
+    Message,
     NameTaken,
     RoomInfo,
 )
@@ -24,23 +27,29 @@ from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
+from webchat.limits import Budget, budget, descriptor_limit
 from webchat.metrics import Metrics
 from webchat.monitor import LoopLag, run_monitor
 from webchat.protocol import (
     GAP,
     ConnectParams,
     ProtocolError,
+    RefreshRequest,
     encode_error,
     encode_message,
+    encode_refreshed,
     encode_rooms,
     encode_welcome,
     error_body,
+    member_name,
     parse_client_frame,
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
+from webchat.trim import Trimmer
 
 if TYPE_CHECKING:
+    from webchat.auth import Identity, Verifier
     from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,13 @@ log = logging.getLogger(__name__)
 DRAIN_CLOSE_GRACE = 2.0
 # GET /api/rooms is polled by every open page: one broker read per instance this often at most.
 ROOMS_CACHE_SECONDS = 2.0
+# A `since` replay is read from the broker this many messages at a time (history may be long).
+REPLAY_PAGE = 100
+# Replay frames are written in pieces of at most this many bytes (and of the send buffer).
+REPLAY_CHUNK = 64 * 1024
+# Retry-After (seconds) of a 503 for an overloaded instance, and for one at its connection cap.
+RETRY_OVERLOADED = 2
+RETRY_FULL = 5
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
@@ -58,8 +74,19 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
 class Node:
     """The service as one process sees it. Create it in a cleanup_ctx: `start`, then `close`."""
 
-    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+    def __init__(
+        self, config: Config, broker: Broker | None = None, limits: Budget | None = None
+    ) -> None:
         self.config = config
+        # The CLI raises the descriptor limit and checks that --max-connections fits it before
+        # it starts (limits.py); here, without `limits`, the caps follow the current limit.
+        self.limits = limits or budget(
+            config.max_connections,
+            descriptor_limit(),
+            0 if config.memory_broker else config.redis_pool,
+        )
+        self.sessions = 0  # WebSocket sessions in progress (upgrading or open)
+        self.trimmer = Trimmer()  # memory back to the system after large answers and replays
         self.id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
         # Imported only when switched on: with tracing off no OpenTelemetry code is loaded.
@@ -70,6 +97,12 @@ class Node:
             system = "memory" if config.memory_broker else "redis"
             self.tracing = Tracing(self.id, system)
         self.broker = broker or create_broker(config, self.id, self.metrics, self.tracing)
+        # Authenticated mode only: PyJWT and cryptography are not loaded in anonymous mode.
+        self.auth: Verifier | None = None
+        if config.authenticated:
+            from webchat.auth import Verifier
+
+            self.auth = Verifier(config)
         self.hub = Hub(
             self.broker, config.presence_grace, config.presence_limit, self.metrics, self.tracing
         )
@@ -90,8 +123,42 @@ class Node:
     def ready(self) -> bool:
         return self.broker.ready and not self.draining
 
+    @property
+    def loop_lagging(self) -> float | None:
+        """The event loop's lag if it is over --max-loop-lag now, else None.
+
+        The latest probe (monitor.py, 10 a second) decides: overload makes every probe late,
+        so new clients are refused for as long as it lasts; after a single pause (a long
+        fan-out, the collector) only the requests queued during it are, until the next probe.
+        """
+        limit = self.config.max_loop_lag
+        lag = self.loop_lag.latest
+        return lag if limit and lag > limit else None
+
+    @property
+    def full(self) -> bool:
+        return self.sessions >= self.limits.websockets
+
+    def admission(self) -> tuple[str, int] | None:
+        """Why a new upgrade must be refused now, and its Retry-After, or None to go on.
+
+        Checked first, before the request is even parsed: an instance whose loop lags (a
+        join storm, a long fan-out) or that holds all the sockets it may, takes no more.
+        """
+        lag = self.loop_lagging
+        if lag is not None:
+            return (
+                f"overloaded (event loop {lag * 1000:.0f} ms late); retry later",
+                RETRY_OVERLOADED,
+            )
+        if self.full:
+            return f"at its limit of {self.limits.websockets} connections; retry later", RETRY_FULL
+        return None
+
     async def start(self) -> None:
         self.metrics.count_logged_errors()
+        if self.auth is not None:
+            await self.auth.start()
         await self.broker.start(self.hub)
         loop = asyncio.get_running_loop()
         self._heartbeat = loop.create_task(
@@ -99,6 +166,7 @@ class Node:
                 lambda: self.hub.connections,
                 self.config.heartbeat,
                 self.metrics.send_buffer_bytes.set,
+                self.config.send_timeout,
             )
         )
         self.loop_lag = LoopLag(loop.time())
@@ -117,6 +185,7 @@ class Node:
         metrics.flush()
 
     async def close(self) -> None:
+        self.trimmer.cancel()
         if self._rooms_task is not None:
             self._rooms_task.cancel()
             with contextlib.suppress(BaseException):
@@ -128,15 +197,23 @@ class Node:
                     await task
         await self.hub.close()
         await self.broker.close()
+        if self.auth is not None:
+            await self.auth.close()
         if self.tracing is not None:
             await self.tracing.close()
         self.metrics.stop_counting()
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
+    async def serve(
+        self, request: web.Request, params: ConnectParams, identity: Identity | None = None
+    ) -> web.StreamResponse:
         """Run one WebSocket session: join, upgrade, welcome, replay, then the client's frames
-        until it ends. A name held by another key is refused (409) before the upgrade."""
+        until it ends. A name held by another key is refused (409) before the upgrade.
+
+        In authenticated mode `identity` is the verified token (web.py checked it and the
+        room); the connection is closed with 4001 when the token expires unrefreshed.
+        """
         cfg = self.config
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
@@ -147,16 +224,35 @@ class Node:
         transport = request.transport
         if transport is None:  # the client went away already
             return web.Response(status=400)
+        self.sessions += 1
+        try:
+            return await self._session(request, params, ws, transport, identity)
+        finally:
+            self.sessions -= 1
+
+    async def _session(
+        self,
+        request: web.Request,
+        params: ConnectParams,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        identity: Identity | None,
+    ) -> web.StreamResponse:
+        cfg = self.config
         conn = Connection(
             ws,
             transport,
             params.room,
-            params.name,
+            params.member,
             cfg.send_buffer,
             heartbeat=cfg.heartbeat,
             on_ended=self.metrics.disconnected,
             holder=params.holder,
+            on_reset=self.trimmer.soon,  # its buffers are freed: give the memory back
+            user=params.user,
         )
+        if identity is not None:
+            conn.expires = self.token_deadline(identity.exp)
         # Joining first (deliveries are held until the welcome) decides the name before the
         # upgrade, so a refusal is an HTTP answer the client can read.
         try:
@@ -172,13 +268,13 @@ class Node:
         try:
             try:
                 await ws.prepare(request)
-                await self._welcome(ws, conn, params)
+                await self._welcome(conn, params)
             except BrokerUnavailable:
                 conn.mark_ended("error")
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
-            except ConnectionResetError:  # the client left during its welcome or replay
-                return ws
+            except ConnectionResetError:  # the client reset its connection during the join
+                return ws  # a normal disconnect (ws.prepare: "Connection lost"), not an ERROR
             await self._receive(ws, conn)
         finally:
             self.hub.detach(conn)
@@ -189,45 +285,97 @@ class Node:
                 self._all_closed.set()
         return ws
 
-    async def _welcome(
-        self, ws: web.WebSocketResponse, conn: Connection, params: ConnectParams
-    ) -> None:
+    async def _welcome(self, conn: Connection, params: ConnectParams) -> None:
+        """Welcome, then the replay (`history=n` or `since`), then live messages.
+
+        Every frame goes through the connection's send buffer like a live one, paced to the
+        client's reading: a client that does not read is closed 1013 by the buffer's bounds
+        (bytes, age) instead of the replay piling up in memory.
+        """
         conn.forget_held_presence()
         members, count = await self.broker.presence.members(
-            params.room, self.config.presence_limit, params.name
+            params.room, self.config.presence_limit, params.member
         )
-        welcome = encode_welcome(params.room, params.name, members, count, self._limits)
-        await ws.send_frame(welcome, WSMsgType.TEXT)
+        welcome = encode_welcome(params.room, params.member, members, count, self._limits)
+        conn.write_now(welcome)
         watermark = None
         if params.since is None and params.history:
             # The newest n, then live ones newer than the last of them (held ones are dropped
             # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
             recent = await self.broker.history(params.room, None, params.history)
-            for message in recent.messages:
-                await ws.send_frame(encode_message(message), WSMsgType.TEXT)
+            if not await self._replay(conn, recent.messages):
+                return
             if recent.messages:
                 watermark = recent.messages[-1].id
         elif params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
             # newer than it are news even when `since` claims more (history lost, clock behind).
             newest = await self.broker.history(params.room, None, 1)
-            history = await self.broker.history(params.room, params.since, self.config.history_size)
-            frames = [encode_message(m) for m in history.messages]
-            if history.gap:
-                frames.insert(0, GAP)
-            for frame in frames:
-                await ws.send_frame(frame, WSMsgType.TEXT)
-            if history.messages:
-                watermark = history.messages[-1].id
+            going, last = await self._replay_since(conn, params.room, params.since)
+            if not going:
+                return
+            if last is not None:
+                watermark = last
             elif newest.messages:
                 watermark = newest.messages[-1].id
         conn.go_live(watermark)
+
+    async def _replay_since(
+        self, conn: Connection, room: str, since: str
+    ) -> tuple[bool, str | None]:
+        """Replay what history holds after `since`, a page at a time. Returns whether the
+        connection is still going, and the id of the last message replayed (or None)."""
+        left = self.config.history_size
+        last: str | None = None
+        first = True
+        while left > 0:
+            wanted = min(REPLAY_PAGE, left)
+            page = await self.broker.history(room, last or since, wanted)
+            if page.gap:
+                if not first:
+                    # History was trimmed past this replay while it ran: what it missed is
+                    # gone. Resume into a `gap` frame, as after an outage (hub.on_gap).
+                    conn.close(
+                        CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap"
+                    )
+                    return False, None
+                conn.write_now(GAP)
+            first = False
+            if not await self._replay(conn, page.messages):
+                return False, None
+            if page.messages:
+                last = page.messages[-1].id
+                left -= len(page.messages)
+            if len(page.messages) < wanted:
+                break
+        return True, last
+
+    async def _replay(self, conn: Connection, messages: Sequence[Message]) -> bool:
+        """Write `messages` as frames, in pieces paced to the client; False if it closed."""
+        chunk = min(REPLAY_CHUNK, self.config.send_buffer)
+        frames: list[bytes] = []
+        size = 0
+        if len(messages) >= REPLAY_PAGE:
+            self.trimmer.soon()  # a page of frames is about to come and go
+        for message in messages:
+            frame = ws_text_frame(encode_message(message))
+            if frames and size + len(frame) > chunk:
+                if not await conn.write_paced(b"".join(frames)):
+                    return False
+                frames, size = [], 0
+            frames.append(frame)
+            size += len(frame)
+        if frames:
+            return await conn.write_paced(b"".join(frames))
+        await asyncio.sleep(0)  # a page of the memory broker is read without yielding
+        return not conn.closing
 
     async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
         tracing = self.tracing
+        name = member_name(conn.name)  # the display name; conn.name is the presence member
         async for msg in ws:
             received = conn.last_seen = loop.time()
             if msg.type is WSMsgType.PING:
@@ -253,7 +401,10 @@ class Node:
             except ProtocolError as exc:
                 self._error(conn, exc.code, exc.message)
                 continue
-            draft = Draft(conn.name, request.text, request.nonce)
+            if isinstance(request, RefreshRequest):
+                await self._refresh(conn, request.token)
+                continue
+            draft = Draft(name, request.text, request.nonce, user=conn.user)
             try:
                 if tracing is None:
                     published = await self.broker.publish(conn.room, draft)
@@ -269,6 +420,42 @@ class Node:
                 self.metrics.messages.inc()
                 self.metrics.message_latency.observe(loop.time() - received)
 
+    def token_deadline(self, exp: int) -> float:
+        """The loop time at which a token expiring at `exp` (seconds since the epoch) stops
+        being accepted: `exp` plus the leeway, the same rule as a new connection's."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + (exp + self.config.auth_leeway - time.time())
+
+    async def _refresh(self, conn: Connection, token: str) -> None:
+        """A `refresh` frame: a valid token for the same user and room moves the connection's
+        expiry; any other gets `unauthorized` and the connection keeps its current token."""
+        from webchat.auth import AuthError, KeysUnavailable
+
+        if self.auth is None:
+            self._error(
+                conn, "bad_type", "refresh is for authenticated mode; this service has none"
+            )
+            return
+        keeps = "this connection keeps its current token"
+        try:
+            identity = await self.auth.verify(token)
+        except AuthError as exc:
+            self.metrics.auth_failure(exc.reason)
+            self._error(conn, "unauthorized", f"{exc.message}; {keeps}")
+            return
+        except KeysUnavailable as exc:
+            self._error(conn, "unavailable", f"{exc}; {keeps}")
+            return
+        if identity.sub != conn.user:
+            self.metrics.auth_failure("other_user")
+            self._error(conn, "unauthorized", f"the token is for another user (sub); {keeps}")
+            return
+        if not identity.allows(conn.room):
+            self._error(conn, "unauthorized", f"the token does not allow room {conn.room}; {keeps}")
+            return
+        conn.expires = self.token_deadline(identity.exp)
+        conn.send(ws_text_frame(encode_refreshed(identity.exp)))
+
     @staticmethod
     def name_taken(params: ConnectParams) -> web.Response:
         return _json_error(
@@ -281,7 +468,7 @@ class Node:
         """What an upgrade with these parameters would get, without joining: for a client
         whose WebSocket failed to open and that cannot read the refusal (browsers cannot)."""
         try:
-            holder = await self.hub.holder(params.room, params.name)
+            holder = await self.hub.holder(params.room, params.member)
         except BrokerUnavailable:
             return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
         if holder is not None and holder != params.holder:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -66,8 +67,19 @@ def http_status(url: str) -> int | None:
 class WebchatProcess:
     """A `webchat` process. `args` are extra CLI flags; the port is free unless given."""
 
-    def __init__(self, *args: str, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
+        module: str = "webchat",
+    ):
         self.port = port or free_port()
+        self.nofile = nofile  # a file-descriptor limit (soft and hard) for the process
+        # `python -m <module>`: a test-only launcher (tests/support/lossy_webchat.py) that
+        # patches the service in its own process before running the real CLI.
+        self.module = module
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
         # A stray RATE or REDIS_URL in the test's environment must not change the server.
         inherited = {k: v for k, v in os.environ.items() if k not in OPTION_VARIABLES}
@@ -86,12 +98,13 @@ class WebchatProcess:
     def start(self, wait_ready: bool = True) -> WebchatProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webchat", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit if self.nofile else None,
         )
         log.close()
         wanted = "/readyz" if wait_ready else "/healthz"
@@ -107,6 +120,11 @@ class WebchatProcess:
             self.stop()
             raise
         return self
+
+    def _limit(self) -> None:
+        """In the child, before exec: the descriptor limit (hard too, so it cannot be raised)."""
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -3,28 +3,39 @@
 Every key of a room carries the room in a hash tag (`wc:{lobby}:h`), so a room's keys live in
 one slot and each Lua script touches one slot, as Redis Cluster requires.
 
-| key / channel                   | type   | holds                                               |
-|---------------------------------|--------|-----------------------------------------------------|
-| `wc:{room}:h`                   | stream | history; the entry id is the message id             |
-| `wc:{room}:c`                   | pubsub | live messages and presence events of the room        |
-| `wc:{room}:n:<len>:<name><nonce>` | string | a deduped send: the message as published, 5 minutes |
-| `wc:{room}:p`                   | hash   | name -> how many nodes hold it                       |
-| `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
-| `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
-| `wc:{room}:k`                   | hash   | name -> its holder (SHA-256 of the key, or "")       |
-| `wc:{room}:w`                   | string | a write for WAIT to confirm (replicas-ack), 10 s     |
-| `wc:node:<node>`                | pubsub | this node's self-ping, proving its subscriber alive  |
-| `wc:node:<node>:<k>`            | pubsub | on a cluster: the self-ping of one shard's link      |
-| `wc:{#index}:members`           | zset   | room -> names present (GET /api/rooms)               |
-| `wc:{#index}:seen`              | zset   | room -> when a live node last confirmed that count   |
-| `wc:{#index}:active`            | zset   | room -> ts of its last message, for 24 hours         |
+| key / channel                       | type   | holds                                 | expires  |
+|-------------------------------------|--------|---------------------------------------|----------|
+| `wc:{room}:h`                       | stream | history; entry id = message id        | room (1) |
+| `wc:{room}:c`                       | pubsub | live messages and presence events     | -        |
+| `wc:{room}:n:<len>:<sender><nonce>` | string | a deduped send: its message id (2)    | 5 min    |
+| `wc:{room}:p`                       | hash   | name -> how many nodes hold it        | pres (3) |
+| `wc:{room}:e`                       | zset   | `<node>:<name>` by expiry (ms)        | pres (3) |
+| `wc:{room}:ps`                      | stream | the last ~1000 presence events        | pres (3) |
+| `wc:{room}:k`                       | hash   | name -> its holder (key's SHA-256)    | pres (3) |
+| `wc:{room}:w`                       | string | a write for WAIT to confirm (5)       | 10 s     |
+| `wc:node:<node>`                    | pubsub | this node's self-ping                 | -        |
+| `wc:node:<node>:w`                  | string | this node's write probe               | 10 s     |
+| `wc:node:<node>:<k>`                | pubsub | on a cluster: one shard link's ping   | -        |
+| `wc:{#index}:members`               | zset   | room -> names present (/api/rooms)    | pruned   |
+| `wc:{#index}:seen`                  | zset   | room -> when a live node confirmed it | pruned   |
+| `wc:{#index}:active`                | zset   | room -> ts of its last message        | 24 h (4) |
+
+(1) `--room-ttl` after its last message; every node with members in the room pushes it back.
+(2) sender: the name, or `\x1f<sub>` in authenticated mode (Draft.sender). Or, once the
+stream trimmed it within the dedupe window, the whole message (see redis_scripts.PUBLISH).
+The window is 5 minutes, or the room TTL if that is shorter.
+(3) 3 presence timeouts after the last refresh of a node holding a name there; empty hashes
+and sets go at once, the presence stream of an emptied room a few seconds after its last leave.
+(4) entries older than 24 hours, or the room TTL if shorter.
+(5) `--redis-replicas-ack`: written before a WAIT that confirms everything before it.
 
 The index keys share one hash tag that no room name can have (`#`), so the index is one
 slot and never collides with a room's keys.
 
-Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
-context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
-written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"a":..}` for a message
+Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce), `x` (trace
+context as JSON) and `u` (the sender's `sub`, authenticated mode); `ts` is the entry id's
+millisecond part. Channel payloads are JSON objects written by cjson in Lua:
+`{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"u":..,"a":..}` for a message
 (`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
@@ -96,6 +107,11 @@ def presence_stream_key(room: str) -> str:
 
 def node_channel(node_id: str) -> str:
     return f"{PREFIX}:node:{node_id}"
+
+
+def probe_key(node_id: str) -> str:
+    """The key this node writes to learn whether Redis accepts writes (OOM, replica, MISCONF)."""
+    return f"{PREFIX}:node:{node_id}:w"
 
 
 def room_of_channel(name: bytes) -> str | None:
@@ -174,6 +190,7 @@ def decode_event(room: str, payload: bytes) -> Message | Pending | Announced | C
             data.get("o"),
             _trace(data.get("x")),
             accepted_us=_micros(data.get("a")),
+            user=data.get("u"),
         )
         replicas = data.get("w")
         return Pending(message, int(replicas)) if replicas else message
@@ -204,6 +221,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
     message_id = entry_id.decode()
     nonce = fields.get(b"o")
     trace = fields.get(b"x")
+    user = fields.get(b"u")
     return Message(
         message_id,
         room,
@@ -212,6 +230,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
         id_key(message_id)[0],
         nonce.decode() if nonce is not None else None,
         _trace(trace),
+        user=user.decode() if user is not None else None,
     )
 
 

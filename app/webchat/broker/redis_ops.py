@@ -38,6 +38,8 @@ COMMANDS: Final = {
     "confirm": "WAIT",
     "commit": "PUBLISH",
     "topology": "CLUSTER SLOTS",
+    "write_probe": "SET",
+    "keep_alive": "PEXPIRE",
 }
 
 

@@ -65,8 +65,12 @@ class ShardedSubscriber:
         *,
         confirm: Confirm | None = None,
         replicas: int = 0,
+        control: ShardedCluster | None = None,
+        keep_ms: int | None = None,
     ) -> None:
         self._client = client
+        self._control = control
+        self._keep_ms = keep_ms
         self._node_id = node_id
         self._on_change = on_change
         self._name = name
@@ -207,6 +211,8 @@ class ShardedSubscriber:
             confirm=self._confirm,
             replicas=self._replicas,
             on_moved=self._relearn_now.set,
+            control=self._control,
+            keep_ms=self._keep_ms,
         )
         subscriber.handler = self._handler
         shard = self._shards[node.name] = _Shard(node, subscriber)

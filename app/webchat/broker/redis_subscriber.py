@@ -5,7 +5,8 @@ consecutive messages of one room that arrived together, without awaiting anythin
 room it remembers the last id delivered and drops anything at or below it.
 
 When the connection dies (Redis restarted, `CLIENT KILL`, output buffer limit) or goes silent
-(the self-ping published on the command connection does not come back), the subscriber
+(the self-ping published on the command connection does not come back within PONG_TIMEOUT,
+and nothing else came either: a reader merely behind is not dead), the subscriber
 reconnects with capped exponential backoff and full jitter, re-subscribes every room and, for
 each, backfills from the room's streams (messages, and presence events) everything after the
 last ids delivered before passing on live events again, so the node misses nothing that Redis
@@ -113,8 +114,12 @@ class Subscriber:
         confirm: Confirm | None = None,
         replicas: int = 0,
         on_moved: Callable[[], None] | None = None,
+        control: RedisClient | None = None,
+        keep_ms: int | None = None,
     ) -> None:
-        self._client = client
+        self._client = client  # a subscribe's reads (requests)
+        self._control = control or client  # backfill
+        self._keep_ms = keep_ms  # a fresh subscription pushes back its history's TTL by this
         self._connection_args = connection_args
         self._sharded = sharded
         self._sub_command, self._unsub_command = (
@@ -139,7 +144,9 @@ class Subscriber:
         self._epoch = 0  # connections that went live
         self._ping_channel = (ping_channel or node_channel(node_id)).encode()
         self._pong_seq = 0
-        self._ping_pending: tuple[int, float] | None = None
+        # The self-ping awaited: its seq, when it was published, replies read by then.
+        self._ping_pending: tuple[int, float, int] | None = None
+        self._replies = 0  # replies read from the connection, to tell "behind" from "dead"
         self._batch_room: str | None = None
         self._batch: list[Message] = []
         self._now = 0.0  # loop time of the replies being handled
@@ -172,7 +179,9 @@ class Subscriber:
             pipe = self._client.pipeline(transaction=False)
             pipe.xrevrange(stream_key(room), count=1)
             pipe.xrevrange(presence_stream_key(room), count=1)
-            newest: list[Any] = await pipe.execute()
+            if self._keep_ms is not None:  # a member arrives: the room is alive (keepalive.py)
+                pipe.pexpire(stream_key(room), self._keep_ms)
+            newest: list[Any] = (await pipe.execute())[:2]
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot read the streams of {room}: {describe(exc)}") from exc
         sub = RoomSub(*(n[0][0].decode() if n else "0-0" for n in newest))
@@ -186,6 +195,8 @@ class Subscriber:
                 await self._send(conn, self._sub_command, channel(room))
                 await waiter
         except BaseException as exc:
+            if waiter in sub.waiters:  # nobody reads it now: unsubscribe must not fail it
+                sub.waiters.remove(waiter)
             if self.rooms.get(room) is sub:
                 if isinstance(exc, asyncio.CancelledError):
                     del self.rooms[room]  # its messages are dropped; no await while cancelled
@@ -212,7 +223,7 @@ class Subscriber:
             await self._ops.call(
                 "unsubscribe", self._send(conn, self._unsub_command, channel(room))
             )
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
             # Its messages are dropped (the room is gone) until the connection is replaced.
             log.debug("UNSUBSCRIBE %s failed: %s", room, exc)
 
@@ -379,12 +390,20 @@ class Subscriber:
         if receivers == 0:
             self.fail("Redis counts no subscriber on this node's channel")
         elif self._ping_pending is None:
-            self._ping_pending = (seq, now)
+            self._ping_pending = (seq, now, self._replies)
 
     def check_pong(self, now: float) -> None:
+        """Fail the connection if the self-ping is late and nothing at all came meanwhile.
+
+        A reader that is merely behind (a starved event loop, a burst of messages queued
+        before the pong) is alive: replacing its connection would only add a backfill.
+        """
         pending = self._ping_pending
         if self.live and pending is not None and now - pending[1] > PONG_TIMEOUT:
-            self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+            if self._replies == pending[2]:
+                self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+            else:
+                self._ping_pending = (pending[0], now, self._replies)
 
     def _pong(self, data: bytes) -> None:
         seq = int(data)
@@ -416,6 +435,7 @@ class Subscriber:
             raise BrokerUnavailable(f"Redis refused a subscription: {describe(exc)}") from exc
 
     def _handle(self, reply: Any) -> None:
+        self._replies += 1
         if not isinstance(reply, list) or len(reply) != 3:
             return
         kind, name, data = reply
@@ -534,7 +554,7 @@ class Subscriber:
                 chunk = todo[start : start + BACKFILL_ROOMS]
                 try:
                     reads = await self._ops.call(
-                        "backfill", read_after(self._client, [(r, s) for r, s, _ in chunk])
+                        "backfill", read_after(self._control, [(r, s) for r, s, _ in chunk])
                     )
                     found = [
                         room for (room, _, _), (m, _) in zip(chunk, reads, strict=True) if m.events
@@ -561,7 +581,10 @@ class Subscriber:
                         generation, messages, presence, asyncio.get_running_loop().time()
                     )
                     if result.reset:
-                        log.warning("the streams of %s went back behind what was delivered", room)
+                        log.warning(
+                            "the streams of %s went back behind what was delivered (lost, expired)",
+                            room,
+                        )
                     if result.again:
                         self._backfill_wanted.set()
                     if result.gap:  # first, so the clients resume from before the gap

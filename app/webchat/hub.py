@@ -213,16 +213,24 @@ class Hub:
             log.exception("background room task failed")
 
     async def close(self) -> None:
-        """Leave every room this process still holds, then stop background tasks."""
+        """Leave every room this process still holds, then stop background tasks.
+
+        The leaves go together (a broker may batch them: one call per room, not per name).
+        """
+        leaves: list[tuple[str, str]] = []
         for room_name, room in list(self._rooms.items()):
             for name in list(room.present):
                 timer = room.grace.pop(name, None)
                 if timer is not None:
                     timer.cancel()
-                try:
-                    await self._broker.presence.leave(room_name, name)
-                except Exception:
-                    log.warning("could not announce leave of %s in %s", name, room_name)
+                leaves.append((room_name, name))
+        left = await asyncio.gather(
+            *(self._broker.presence.leave(room, name) for room, name in leaves),
+            return_exceptions=True,
+        )
+        for (room_name, name), outcome in zip(leaves, left, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("could not announce leave of %s in %s", name, room_name)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

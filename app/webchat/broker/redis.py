@@ -47,12 +47,12 @@ from webchat.broker.redis_codec import (
     end_before,
     id_key,
     message_from_entry,
-    start_after,
     stream_key,
 )
 from webchat.broker.redis_index import RoomIndex
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
+from webchat.broker.redis_reads import HistoryReads
 from webchat.broker.redis_rooms import BACKOFF_CAP
 from webchat.broker.redis_scripts import PUBLISH
 from webchat.broker.redis_subscriber import Subscriber
@@ -137,6 +137,7 @@ class RedisBroker:
         self._ops = RedisOps(self._metrics, tracing, config.redis_url)
         self._publish = self._client.register_script(PUBLISH)
         self._index = RoomIndex(self._client, config.presence_timeout, self._ops)
+        self._reads = HistoryReads(self._client, self._ops)
         self._presence = RedisPresence(
             self._client,
             node_id,
@@ -144,6 +145,7 @@ class RedisBroker:
             lambda: self._client_ok,
             self._ops,
             self._index.counted,
+            config.presence_limit,
         )
         self._subscriber = Subscriber(
             self._client,
@@ -179,6 +181,8 @@ class RedisBroker:
             ("subscriber", self._subscriber.run),
             ("backfill", self._subscriber.backfill_loop),
             ("health", self._health_loop),
+            ("history reads", self._reads.run),
+            ("presence batches", self._presence.batch_loop),
             ("presence refresh", self._presence.refresh_loop),
             ("presence reaper", lambda: self._presence.reap_loop(lambda: self._subscriber.rooms)),
             ("room index", self._index.flush_loop),
@@ -245,28 +249,11 @@ class RedisBroker:
         return Published(message, duplicate=False)
 
     async def history(self, room: str, since: str | None, limit: int) -> History:
-        """memory.select_history's rule, read from the room's stream in one round trip."""
-        key = stream_key(room)
+        """memory.select_history's rule, read with the next batch of reads (redis_reads.py)."""
         try:
-            if since is None:
-                entries: Any = await self._ops.call(
-                    "history", self._client.xrevrange(key, count=limit)
-                )
-                entries.reverse()
-                return History(self._messages(room, entries), gap=False)
-            after = parse_id(since)
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xrange(key, count=1)
-                start = start_after(after)
-                if start is not None:
-                    pipe.xrange(key, min=start, count=limit)
-                results: list[Any] = await self._ops.call("history", pipe.execute())
+            return await self._reads.read(room, since, limit)
         except (RedisError, OSError) as exc:
             raise self._unavailable("history", exc) from exc
-        first = results[0]
-        entries = results[1] if start is not None else []
-        gap = not first or after < id_key(first[0][0].decode())
-        return History(self._messages(room, entries), gap=gap)
 
     async def history_before(self, room: str, before: str, limit: int) -> History:
         """memory.select_before's rule: one XREVRANGE with an exclusive end."""

@@ -18,6 +18,7 @@ from webchat.protocol import (
     parse_connect_params,
     parse_id,
     parse_limit,
+    upgrade_problem,
     validate_room,
 )
 
@@ -69,6 +70,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         node.metrics.upgrade("unavailable")
         why = "draining" if node.draining else "message broker unreachable"
         return _error(503, "unavailable", f"service unavailable ({why}); retry with backoff")
+    # An upgrade asked for, but malformed: said so (before aiohttp's handshake, which answers
+    # 500 to a key that is not ASCII).
+    problem = upgrade_problem(request.method, request.headers)
+    if problem is not None:
+        status, message = problem
+        node.metrics.upgrade("bad_request")
+        response = _error(status, "bad_request", message)
+        if status == 426:
+            response.headers["Sec-WebSocket-Version"] = "13"
+        return response
     if not web.WebSocketResponse().can_prepare(request).ok:
         # Not an upgrade: answer what the upgrade would get. A browser cannot read why its
         # WebSocket was refused; it asks again this way (e.g. to learn of name_taken).

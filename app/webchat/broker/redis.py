@@ -73,6 +73,7 @@ HEALTH_TIMEOUT: Final = 1.0  # so readiness drops within 2 s of Redis becoming u
 # After reconnecting, reaping waits until every live node has reconnected and refreshed.
 REAP_GRACE: Final = BACKOFF_CAP + 2 * HEALTH_INTERVAL
 START_WAIT: Final = 2.0  # start() waits this long for a first connection, then goes on
+BARRIER_TIMEOUT: Final = 1.0  # a duplicate's wait for the original's delivery, at most
 
 
 def _safe_url(url: str) -> str:
@@ -234,6 +235,7 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             raise self._unavailable("publish", exc) from exc
         if duplicate:
+            await self._delivered()
             return Published(decode_message(room, value), duplicate=True)
         message_id = value.decode()
         self._index.published(room, id_key(message_id)[0])
@@ -273,6 +275,21 @@ class RedisBroker:
         return await self._index.rooms(limit)
 
     # --- internals ----------------------------------------------------------------------
+
+    async def _delivered(self) -> None:
+        """Returns once the subscriber has handed on all Redis had published before the call
+        (a token published on this node's channel came back behind it); at most
+        BARRIER_TIMEOUT, and at once without a live subscriber: a best effort, for ordering."""
+        if not self._subscriber.live:
+            return
+        token, arrived = self._subscriber.barrier()
+        try:
+            await self._ops.call("ping", self._client.publish(self._subscriber.ping_channel, token))
+            await asyncio.wait_for(arrived, BARRIER_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.debug("delivery barrier: %s", describe(exc))
+        finally:
+            self._subscriber.forget_barrier(token)
 
     @staticmethod
     def _messages(room: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Message]:

@@ -83,6 +83,8 @@ class Subscriber:
         self._ping_channel = node_channel(node_id).encode()
         self._pong_seq = 0
         self._ping_pending: tuple[int, float] | None = None
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        self._barrier_seq = 0
         self._batch_room: str | None = None
         self._batch: list[Message] = []
         self._backfill_wanted = asyncio.Event()
@@ -274,6 +276,23 @@ class Subscriber:
         if self.live and pending is not None and now - pending[1] > PONG_TIMEOUT:
             self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
 
+    def barrier(self) -> tuple[bytes, asyncio.Future[None]]:
+        """A token to publish on this node's channel, and a future set once it is read back:
+        by then everything published before it has been handed to the handler."""
+        self._barrier_seq += 1
+        token = b"b%d" % self._barrier_seq
+        arrived = self._barriers[token] = asyncio.get_running_loop().create_future()
+        return token, arrived
+
+    def forget_barrier(self, token: bytes) -> None:
+        self._barriers.pop(token, None)
+
+    def _barrier_back(self, token: bytes) -> None:
+        self._flush()  # what came before the token reaches the handler first
+        arrived = self._barriers.pop(token, None)
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
     def _pong(self, data: bytes) -> None:
         seq = int(data)
         self._pong_seq = max(self._pong_seq, seq)
@@ -299,7 +318,10 @@ class Subscriber:
         kind, name, data = reply
         if kind == b"message":
             if name == self._ping_channel:
-                self._pong(data)
+                if data.startswith(b"b"):
+                    self._barrier_back(data)
+                else:
+                    self._pong(data)
             else:
                 self._on_message(name, data)
         elif kind == b"subscribe":

@@ -6,6 +6,7 @@
     python loadtest/storms.py reconnect --url 'ws://127.0.0.1:8091/ws' \
         --resume-url 'ws://127.0.0.1:8092/ws' --clients 10000 --rooms 100 --rate 100 \
         --server-pid A,B [--redis-port 6391 --redis-pid RPID]
+    python loadtest/storms.py report /tmp/webchat-storms/storms.jsonl     # Markdown tables
 
 join       N clients open a WebSocket to one instance (`--rooms R` rooms, default 1), at most
            `--concurrency` handshakes in flight. Reports the connect rate, when the last client
@@ -636,6 +637,55 @@ async def mode_reconnect(args: argparse.Namespace, target: Target) -> dict[str, 
     }
 
 
+# --- tables for docs/performance.md --------------------------------------------------------
+
+
+def report(paths: Sequence[str]) -> None:
+    """Markdown tables from result lines: one row per run, in file order."""
+    runs = []
+    for path in paths:
+        with open(path) as lines:
+            runs += [json.loads(line) for line in lines if line.strip()]
+    joins = [r for r in runs if r.get("mode") == "join"]
+    if joins:
+        print(
+            "| run | connected | connects/s | last welcome s | server CPU µs/join | Redis µs/join"
+            " | Redis calls/join | presence frames | broadcast 1 s after: all in ms | probe count"
+            " | load |"
+        )
+        print("|---" * 11 + "|")
+        for r in joins:
+            redis = r.get("redis") or {}
+            redis = redis if redis.get("calls") else {}  # the memory broker's run
+            calls = round(redis["calls"] / max(r["welcomed"], 1), 1) if redis else "-"
+            print(
+                f"| {r['label']} | {r['connected']} | {r['connects_per_s']} | "
+                f"{r['last_welcome_s']} | {r['server_cpu_us_per_join']} | "
+                f"{r['redis_us_per_join'] if redis else '-'} | {calls} | {r['presence_frames']} |"
+                f" {r['broadcast']['all_in_ms']} | {r['probe']['member_count']}/"
+                f"{r['probe']['expected_count']} | {r['loadavg'][0]} |"
+            )
+    storms = [r for r in runs if r.get("mode") == "reconnect"]
+    if storms:
+        print(
+            "\n| run | resumed | within s | exact order | missing/dup | storm p50/p99 ms (live)"
+            " | p99 ms (all, with replays) | B's CPU % | Redis calls | retries | load |"
+        )
+        print("|---" * 11 + "|")
+        for r in storms:
+            order = r["order"]
+            live, every = r["storm_latency_live"], r["storm_latency_all"]
+            cpu = r.get("server_cpu_pct_each") or {}
+            b_cpu = list(cpu.values())[-1] if cpu else r.get("server_cpu_pct")
+            print(
+                f"| {r['label']} | {r['resumed']}/{r['clients']} | {r['resumed_within_s']} | "
+                f"{order['clients_exact']}/{r['clients']} | {order['missing']}/{order['dups']} |"
+                f" {live['p50_ms']}/{live['p99_ms']} | {every['p99_ms']} | {b_cpu} | "
+                f"{(r.get('redis') or {}).get('calls', '-')} | {sum(r['retries'].values())} | "
+                f"{r['loadavg'][0]} |"
+            )
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -688,6 +738,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        report(argv[1:])
+        return 0
     args = parse_args(argv)
     target = Target(args.url)
     coro = mode_join(args, target) if args.mode == "join" else mode_reconnect(args, target)

@@ -21,6 +21,8 @@
 #                            one with uvloop is cheaper)
 #   SERVER_CORE=0 GEN_CORE=1 PORT=8091 (and PORT+1)  REDIS_PORT=6391
 #   STORM_ARGS=""            extra flags for storms.py
+#   RT=1                     run servers, generator and Redis at SCHED_FIFO priority 1 (chrt),
+#                            so that other work on a shared machine does not take their cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,8 @@ SERVER_CORE=${SERVER_CORE:-0}
 GEN_CORE=${GEN_CORE:-1}
 PORT=${PORT:-8091}
 STORM_ARGS=${STORM_ARGS:-}
+PRIO=()
+[ "${RT:-}" = 1 ] && PRIO=(chrt -f 1)
 export REDIS_PORT=${REDIS_PORT:-6391}
 export REDIS_DIR="$OUT/redis"
 export REDIS_CORE=${REDIS_CORE-$GEN_CORE}
@@ -60,7 +64,7 @@ start_server() {
     shift 2
     local path=app
     [ "$variant" != after ] && path="$VARIANT_DIR/$variant/app"
-    PYTHONPATH="$path" taskset -c "$SERVER_CORE" "$PYTHON" -m webchat --port "$port" "$@" \
+    PYTHONPATH="$path" "${PRIO[@]}" taskset -c "$SERVER_CORE" "$PYTHON" -m webchat --port "$port" "$@" \
         >>"$OUT/server-$variant-$port.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
@@ -81,11 +85,16 @@ storm() {  # storm LABEL storms.py-args...
     shift
     echo "== $label (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     # shellcheck disable=SC2086  # STORM_ARGS is a list of flags
-    taskset -c "$GEN_CORE" "$GEN_PYTHON" loadtest/storms.py "$@" --label "$label" \
+    "${PRIO[@]}" taskset -c "$GEN_CORE" "$GEN_PYTHON" loadtest/storms.py "$@" --label "$label" \
         --out "$OUT/storms.jsonl" $STORM_ARGS >/dev/null
 }
 
 redis_url() { echo "redis://127.0.0.1:${REDIS_PORT}/0"; }
+
+start_redis() {
+    REDIS_FRESH=1 loadtest/redis_ctl.sh start >/dev/null
+    if [ ${#PRIO[@]} -gt 0 ]; then chrt -f -p 1 "$(loadtest/redis_ctl.sh pid)"; fi
+}
 
 run() {  # run SCENARIO VARIANT
     local scenario=$1 variant=$2 redis=()
@@ -96,7 +105,7 @@ run() {  # run SCENARIO VARIANT
                 --clients "$CLIENTS" --server-pid "$SERVER"
             ;;
         join-redis)
-            REDIS_FRESH=1 loadtest/redis_ctl.sh start >/dev/null
+            start_redis
             redis=(--redis-url "$(redis_url)")
             start_server "$variant" "$PORT" "${redis[@]}"
             storm "$scenario-$variant" join --url "ws://127.0.0.1:$PORT/ws" \
@@ -104,7 +113,7 @@ run() {  # run SCENARIO VARIANT
                 --redis-pid "$(loadtest/redis_ctl.sh pid)" --redis-port "$REDIS_PORT"
             ;;
         reconnect)
-            REDIS_FRESH=1 loadtest/redis_ctl.sh start >/dev/null
+            start_redis
             redis=(--redis-url "$(redis_url)")
             start_server "$variant" "$PORT" "${redis[@]}"
             local first=$SERVER

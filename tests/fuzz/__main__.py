@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
 import sys
 
 from tests.fuzz.run import FuzzFailure, Report, Target, fuzz
@@ -31,6 +32,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--concurrency", type=int, default=24)
     args = ap.parse_args()
+    # Stopped (SIGTERM): stop the servers it started too, on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     redis = RedisServer().start() if args.broker == "redis" else None
     broker = ("--redis-url", redis.url) if redis else ()

@@ -106,6 +106,7 @@ class Session:
         self.nonces: dict[str, int] = {}
         self.problem: str | None = None
         self.played = 0
+        self.half_closed = False  # nothing more may be written (garbage ended the stream)
 
     def fail(self, why: str) -> SessionFailure:
         done = [a.kind for a in self.plan.actions[: self.played]]
@@ -193,7 +194,7 @@ class Session:
                 self.problem = problem
 
     def _write(self, frames: list[bytes]) -> None:
-        if not self.writer.transport.is_closing():
+        if not self.writer.transport.is_closing() and not self.half_closed:
             self.writer.write(b"".join(frames))
 
     def _caught_up(self) -> bool:
@@ -253,6 +254,7 @@ class Session:
             with contextlib.suppress(ConnectionError):
                 await self.writer.drain()
             if action.garbage:
+                self.half_closed = True
                 with contextlib.suppress(OSError):
                     self.writer.write_eof()
                 await self._until(lambda: self.eof, "after garbage (the end)")

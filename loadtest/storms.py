@@ -182,13 +182,26 @@ class StormClient(WsClient):
 
 
 class Publisher(WsClient):
-    """Sends its room's numbered messages; ignores what comes back but errors."""
+    """Sends its room's numbered messages; notes which came back to it (accepted) and the
+    error frames that answered the others (refused)."""
 
     def __init__(self, host: str, path: str, run: int, room: int) -> None:
         super().__init__(host, path)
         self.run_id = run
         self.room = room
         self.seq = 0
+        self.accepted: set[int] = set()
+        self.refused: Counter[str] = Counter()
+
+    def on_text(self, data: bytes, start: int, end: int, now: int) -> None:
+        if data.startswith(ERROR_PREFIX, start):
+            self.refused[str(json.loads(data[start:end]).get("code"))] += 1
+            return
+        i = data.find(MARK, start, end) if data.startswith(MESSAGE_PREFIX, start) else -1
+        if i >= 0:
+            parts = data[i + 3 : i + 80].split(b":", 4)
+            if int(parts[0]) == self.run_id and int(parts[1]) == self.room:
+                self.accepted.add(int(parts[2]))
 
     def publish(self) -> bool:
         text = f"ST:{self.run_id}:{self.room}:{self.seq}:{now_us()}:"
@@ -464,18 +477,18 @@ async def mode_join(args: argparse.Namespace, target: Target) -> dict[str, Any]:
 # --- reconnect storm ------------------------------------------------------------------------
 
 
-def check_order(books: Sequence[Book], sent: Sequence[int]) -> dict[str, Any]:
-    """Every client must hold 0..sent-1 of its room, each once, in order."""
+def check_order(books: Sequence[Book], accepted: Sequence[list[int]]) -> dict[str, Any]:
+    """Every client must hold the accepted messages of its room, each once, in order."""
     exact = missing = dups = reordered = 0
     bad: list[dict[str, Any]] = []
     for book in books:
         seqs = book.seqs
-        want = sent[book.room]
-        if len(seqs) == want and all(s == i for i, s in enumerate(seqs)):
+        want = accepted[book.room]
+        if list(seqs) == want:
             exact += 1
             continue
         seen = Counter(seqs)
-        book_missing = sum(1 for s in range(want) if s not in seen)
+        book_missing = sum(1 for s in want if s not in seen)
         book_dups = sum(c - 1 for c in seen.values() if c > 1)
         book_reordered = sum(1 for a, b in itertools.pairwise(seqs) if b < a)
         missing += book_missing
@@ -487,7 +500,7 @@ def check_order(books: Sequence[Book], sent: Sequence[int]) -> dict[str, Any]:
                     "client": book.index,
                     "room": book.room,
                     "got": len(seqs),
-                    "want": want,
+                    "want": len(want),
                     "missing": book_missing,
                     "dups": book_dups,
                     "reordered": book_reordered,
@@ -592,15 +605,20 @@ async def mode_reconnect(args: argparse.Namespace, target: Target) -> dict[str, 
     sending = False
     await sender
     sent = [pub.seq for pub in publishers]
-    await wait_for(
-        lambda: all(len(b.seqs) >= sent[b.room] for b in books),
-        args.drain,
-    )
+
+    def answered() -> bool:
+        return all(len(p.accepted) + p.refused.total() >= p.seq for p in publishers)
+
+    await wait_for(answered, args.drain)
+    accepted = [sorted(pub.accepted) for pub in publishers]
+    await wait_for(lambda: all(len(b.seqs) >= len(accepted[b.room]) for b in books), args.drain)
     stop.set()
     await asyncio.gather(*keepers)
     for pub in publishers:
         pub.abort()
-    order = check_order(books, sent)
+    order = check_order(books, accepted)
+    refused = sum((pub.refused for pub in publishers), Counter())
+    unanswered = sum(sent) - sum(len(a) for a in accepted) - refused.total()
     # Latency of the messages sent during the storm (drop to last welcome on B).
     storm_live, storm_all = array("q"), array("q")
     for t_sent, latency, live in zip(run.sent_us, run.latency_us, run.live, strict=True):
@@ -626,6 +644,9 @@ async def mode_reconnect(args: argparse.Namespace, target: Target) -> dict[str, 
         "all_resumed": all_resumed,
         "resumed_within_s": round((t_resumed - t_drop) / 1e6, 3),
         "messages_sent": sum(sent),
+        "messages_accepted": sum(len(a) for a in accepted),
+        "messages_refused": dict(refused),
+        "messages_unanswered": unanswered,
         "order": order,
         "gaps": sum(b.gaps for b in books),
         "errors": dict(sum((b.errors for b in books), Counter())),
@@ -668,10 +689,11 @@ def report(paths: Sequence[str]) -> None:
     storms = [r for r in runs if r.get("mode") == "reconnect"]
     if storms:
         print(
-            "\n| run | resumed | within s | exact order | missing/dup | storm p50/p99 ms (live)"
-            " | p99 ms (all, with replays) | B's CPU % | Redis calls | retries | load |"
+            "\n| run | resumed | within s | exact order | missing/dup | accepted/sent"
+            " | storm p50/p99 ms (live) | p99 ms (all, with replays) | B's CPU % | Redis calls"
+            " | retries | load |"
         )
-        print("|---" * 11 + "|")
+        print("|---" * 12 + "|")
         for r in storms:
             order = r["order"]
             live, every = r["storm_latency_live"], r["storm_latency_all"]
@@ -680,6 +702,7 @@ def report(paths: Sequence[str]) -> None:
             print(
                 f"| {r['label']} | {r['resumed']}/{r['clients']} | {r['resumed_within_s']} | "
                 f"{order['clients_exact']}/{r['clients']} | {order['missing']}/{order['dups']} |"
+                f" {r.get('messages_accepted', '?')}/{r['messages_sent']} |"
                 f" {live['p50_ms']}/{live['p99_ms']} | {every['p99_ms']} | {b_cpu} | "
                 f"{(r.get('redis') or {}).get('calls', '-')} | {sum(r['retries'].values())} | "
                 f"{r['loadavg'][0]} |"

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A room sends presence frames at most this often (s); what comes meanwhile waits and goes in
+# one write per member. A lone join or leave goes out at once.
+PRESENCE_INTERVAL = 0.2
+
 
 class Room:
     __slots__ = (
@@ -34,6 +38,8 @@ class Room:
         "joining",
         "lock",
         "names",
+        "presence",
+        "presence_next",
         "present",
         "subscribed",
     )
@@ -49,6 +55,10 @@ class Room:
         self.joining: dict[str, asyncio.Future[Exception | None]] = {}
         self.lock = asyncio.Lock()  # serialises subscribe/unsubscribe of this room
         self.subscribed = False
+        # Presence frames waiting to go out together: (name, frame); and when (loop time) the
+        # room may send presence frames again.
+        self.presence: list[tuple[str, bytes]] | None = None
+        self.presence_next = 0.0
 
     @property
     def idle(self) -> bool:
@@ -241,6 +251,8 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None or not room.conns:
             return
+        if room.presence:  # announced before these messages: sent before them
+            self._send_presence(room_name, room)
         batch = Batch(messages, [ws_text_frame(encode_message(m)) for m in messages])
         recipients = len(room.conns)
         tracing = self._tracing
@@ -259,12 +271,37 @@ class Hub:
             conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap")
 
     def on_presence(self, event: PresenceEvent) -> None:
+        """Queue the frame. A room sends its presence frames at once, then at most every
+        PRESENCE_INTERVAL, all that came meanwhile in one write per member: in a storm of
+        joins and leaves a write per event per member would cost more than the rest."""
         if event.count > self._presence_limit:
             return
         room = self._rooms.get(event.room)
         if room is None:
             return
         frame = ws_text_frame(encode_presence(event.room, event.event, event.name))
+        if room.presence is None:
+            room.presence = []
+            loop = asyncio.get_running_loop()
+            delay = room.presence_next - loop.time()
+            if delay > 0:
+                loop.call_later(delay, self._send_presence, event.room, room)
+            else:
+                loop.call_soon(self._send_presence, event.room, room)
+        room.presence.append((event.name, frame))
+
+    def _send_presence(self, room_name: str, room: Room) -> None:
+        pending, room.presence = room.presence, None
+        if not pending or self._rooms.get(room_name) is not room:
+            return
+        room.presence_next = asyncio.get_running_loop().time() + PRESENCE_INTERVAL
+        everything = b"".join(frame for _, frame in pending)
+        about = {name for name, _ in pending}
         for conn in room.conns:
-            if conn.name != event.name:
-                conn.send(frame)
+            if conn.name not in about:
+                conn.send(everything)
+                continue
+            # Nobody gets a frame about its own name.
+            data = b"".join(frame for name, frame in pending if name != conn.name)
+            if data:
+                conn.send(data)

@@ -24,11 +24,12 @@ async def evalsha_pipelined(
     results: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for i in todo:
-            keys, args = calls[i]
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies = await pipe.execute(raise_on_error=False)
+        # As a context: its connection goes back to the pool even when cancelled.
+        async with client.pipeline(transaction=False) as pipe:
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
         for i, reply in zip(todo, replies, strict=True):
             results[i] = reply
         todo = [i for i in todo if isinstance(results[i], NoScriptError)]

@@ -85,10 +85,10 @@ class HistoryReads:
         after = [(i, r) for i, r in enumerate(reads) if r[1] is not None]
         out: list[History | BaseException] = [BrokerUnavailable("not read")] * len(reads)
         if newest:
-            pipe = self._client.pipeline(transaction=False)
-            for _, (room, _, limit) in newest:
-                pipe.xrevrange(stream_key(room), count=limit)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for _, (room, _, limit) in newest:
+                    pipe.xrevrange(stream_key(room), count=limit)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
             for (i, (room, _, _)), entries in zip(newest, replies, strict=True):
                 if isinstance(entries, BaseException):
                     out[i] = entries

@@ -10,6 +10,7 @@ recipient) and, for sampled messages, traced by a CONSUMER span around the write
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -27,11 +28,12 @@ log = logging.getLogger(__name__)
 
 # A room sends presence frames at most this often (s); what comes meanwhile waits and goes in
 # one write per member. A lone join or leave goes out at once.
-PRESENCE_INTERVAL = 0.2
+PRESENCE_INTERVAL = 0.5
 
 
 class Room:
     __slots__ = (
+        "clock",
         "conns",
         "grace",
         "holders",
@@ -45,7 +47,8 @@ class Room:
     )
 
     def __init__(self) -> None:
-        self.conns: dict[Connection, None] = {}  # insertion-ordered set
+        # Local connections, in the order they came, each with the room's clock then.
+        self.conns: dict[Connection, int] = {}
         self.names: Counter[str] = Counter()  # local connections per name
         self.present: set[str] = set()  # names this node has joined in presence (until leave)
         self.grace: dict[str, asyncio.TimerHandle] = {}  # names whose last connection left
@@ -55,10 +58,12 @@ class Room:
         self.joining: dict[str, asyncio.Future[Exception | None]] = {}
         self.lock = asyncio.Lock()  # serialises subscribe/unsubscribe of this room
         self.subscribed = False
-        # Presence frames waiting to go out together: (name, frame); and when (loop time) the
-        # room may send presence frames again.
-        self.presence: list[tuple[str, bytes]] | None = None
+        # Presence frames waiting to go out together: (clock, name, frame); and when (loop
+        # time) the room may send presence frames again. The clock counts attaches and
+        # presence events, so a frame goes only to connections that were there before it.
+        self.presence: list[tuple[int, str, bytes]] | None = None
         self.presence_next = 0.0
+        self.clock = 0
 
     @property
     def idle(self) -> bool:
@@ -125,7 +130,8 @@ class Hub:
         if held_by is not None and held_by != conn.holder:
             raise NameTaken(f"{conn.name!r} is held by another key in {conn.room}")
         room.holders[conn.name] = conn.holder
-        room.conns[conn] = None
+        room.clock += 1
+        room.conns[conn] = room.clock
         room.names[conn.name] += 1
         timer = room.grace.pop(conn.name, None)
         if timer is not None:
@@ -288,20 +294,27 @@ class Hub:
                 loop.call_later(delay, self._send_presence, event.room, room)
             else:
                 loop.call_soon(self._send_presence, event.room, room)
-        room.presence.append((event.name, frame))
+        room.clock += 1
+        room.presence.append((room.clock, event.name, frame))
 
     def _send_presence(self, room_name: str, room: Room) -> None:
         pending, room.presence = room.presence, None
         if not pending or self._rooms.get(room_name) is not room:
             return
         room.presence_next = asyncio.get_running_loop().time() + PRESENCE_INTERVAL
-        everything = b"".join(frame for _, frame in pending)
-        about = {name for name, _ in pending}
-        for conn in room.conns:
-            if conn.name not in about:
-                conn.send(everything)
+        about = {name for _, name, _ in pending}
+        joined: dict[int, bytes] = {}  # frames from the i-th on, joined
+        for conn, attached in room.conns.items():
+            # The frames of events after the connection came (its welcome has the others),
+            # none about its own name.
+            start = bisect.bisect_right(pending, attached, key=lambda item: item[0])
+            if start == len(pending):
                 continue
-            # Nobody gets a frame about its own name.
-            data = b"".join(frame for name, frame in pending if name != conn.name)
+            if conn.name not in about:
+                data = joined.get(start)
+                if data is None:
+                    data = joined[start] = b"".join(frame for _, _, frame in pending[start:])
+            else:
+                data = b"".join(f for _, name, f in pending[start:] if name != conn.name)
             if data:
                 conn.send(data)

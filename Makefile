@@ -8,6 +8,10 @@ NEEDED_BINARIES := redis-server nginx prometheus promtool chromium docker-compos
 # The exporters the deployment runs, scraped by the real-Prometheus test (tests/integration).
 APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+# The deployment test (tests/e2e/test_deploy.py) boots Debian hosts with debootstrap and
+# systemd-nspawn, serves them packages through apt-cacher-ng and reaches them with ssh.
+APT_PACKAGES += debootstrap systemd-container apt-cacher-ng openssh-client openssl
+NEEDED_BINARIES += debootstrap systemd-nspawn apt-cacher-ng ssh openssl
 
 .PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image \
 	dashboards dashboard-picture screenshots

@@ -1,12 +1,13 @@
 // webchat browser client: vanilla JS modules, no build step. Speaks ../shared/PROTOCOL.md 1.1.
 //
-// This module is the shell: the name and key, the rooms this tab has joined (one
-// RoomSession each, see session.js), switching between them, the room list, the composer,
-// status, notices and screen-reader announcements.
+// This module is the shell: the name and key (or, in authenticated mode, the token source),
+// the rooms this tab has joined (one RoomSession each, see session.js), switching between
+// them, the room list, the composer, status, notices and screen-reader announcements.
 
 import { RoomSession } from "./session.js";
 import { load, save } from "./store.js";
 import { makeKey, roomProblem, textProblem, trimWhiteSpace, validName, codePoints } from "./text.js";
+import { TokenSource, apiFetch } from "./token.js";
 import { avatar, el } from "./view.js";
 
 const NAME_KEY = "webchat.name";
@@ -59,6 +60,7 @@ const ui = {
 const app = {
   name: "",
   key: "",
+  tokens: null, // authenticated mode: the TokenSource of the page's data-token-url
   sessions: new Map(), // room -> RoomSession, in the order they were joined
   used: [], // rooms, least recently shown first
   current: null,
@@ -154,20 +156,18 @@ function renderStatus() {
 function renderMembers() {
   const s = app.current;
   if (!s) return;
-  const names = [...s.members].sort((a, b) => {
-    if (a === s.me) return -1;
-    if (b === s.me) return 1;
-    return a.localeCompare(b);
-  });
-  const items = names.map((name) => {
-    const item = el("li", name === s.me ? "member me" : "member");
+  // One entry per member: by user in authenticated mode, so two people of one name are two.
+  const members = [...s.members].map(([id, name]) => ({ name, me: id === s.myId }));
+  members.sort((a, b) => (a.me ? -1 : b.me ? 1 : a.name.localeCompare(b.name)));
+  const items = members.map(({ name, me }) => {
+    const item = el("li", me ? "member me" : "member");
     const label = el("span", "member-name", name);
     label.dir = "auto";
     item.append(avatar(name), label);
-    if (name === s.me) item.append(el("span", "you", "you"));
+    if (me) item.append(el("span", "you", "you"));
     return item;
   });
-  const hidden = s.memberCount - names.length;
+  const hidden = s.memberCount - members.length;
   if (hidden > 0) items.push(el("li", "member more", `and ${hidden} more`));
   ui.members.replaceChildren(...items);
   ui.memberCount.textContent = String(s.memberCount);
@@ -253,7 +253,7 @@ async function refreshRooms() {
   app.roomsTimer = setTimeout(refreshRooms, ROOMS_POLL_MS * (0.8 + 0.4 * Math.random()));
   if (document.hidden) return;
   try {
-    const response = await fetch("/api/rooms", { cache: "no-store" });
+    const response = await apiFetch(app.tokens, "/api/rooms");
     if (!response.ok) return;
     const body = await response.json();
     if (Array.isArray(body.rooms)) {
@@ -484,7 +484,11 @@ function wire() {
 // --- the session hooks ----------------------------------------------------------------------
 
 const hooks = {
-  identity: () => ({ name: app.name, key: app.key }),
+  identity: () => (app.tokens ? { name: app.tokens.name, key: "" } : { name: app.name, key: app.key }),
+  get tokens() {
+    return app.tokens;
+  },
+  api: (path) => apiFetch(app.tokens, path),
   notify,
   announce,
   reading: (s) => s === app.current && !document.hidden,
@@ -507,7 +511,13 @@ const hooks = {
       askName(`“${app.name}” is already used in #${s.room} by someone else. Please pick another name.`);
       return;
     }
-    notify(`Cannot join #${s.room}: ${message}`, "error", `fatal-${s.room}`);
+    if (code === "forbidden_room") {
+      notify(`You do not have access to #${s.room}.`, "error", `fatal-${s.room}`);
+    } else if (code === "unauthorized") {
+      notify("This chat needs you to sign in, and this page has no token source.", "error", "fatal");
+    } else {
+      notify(`Cannot join #${s.room}: ${message}`, "error", `fatal-${s.room}`);
+    }
     if (s === app.current) renderStatus();
   },
 };
@@ -572,6 +582,15 @@ function begin() {
 function main() {
   wire();
   ui.joinForm.addEventListener("submit", onJoin);
+  const tokenUrl = document.documentElement.dataset.tokenUrl;
+  if (tokenUrl) {
+    // Authenticated mode: the name is the token's; no prompt, no key.
+    app.tokens = new TokenSource(tokenUrl);
+    ui.join.hidden = true;
+    ui.chat.hidden = false;
+    begin();
+    return;
+  }
   app.key = load("local", KEY_KEY, "");
   if (!/^[A-Za-z0-9_-]{16,128}$/.test(app.key)) {
     app.key = makeKey();

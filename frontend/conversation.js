@@ -17,7 +17,10 @@ const MAX_RENDERED = 1000; // messages kept while at the bottom; older ones can 
 const NEAR_EDGE_PX = 200;
 
 export class Conversation {
-  /** `hooks`: changed(what), reading() (the user looks at it), me() (own name), connected(). */
+  /**
+   * `hooks`: changed(what), reading() (the user looks at it), mine(frame) (an own message),
+   * connected(), fetch(path) (a GET of the API, with the token in authenticated mode).
+   */
   constructor(room, hooks) {
     this.room = room;
     this.hooks = hooks;
@@ -168,7 +171,7 @@ export class Conversation {
   // --- messages ------------------------------------------------------------------------
 
   own(frame) {
-    return frame.name === this.hooks.me();
+    return this.hooks.mine(frame);
   }
 
   /** A message frame from the server, live or replayed: shown once, in arrival order. */
@@ -226,7 +229,7 @@ export class Conversation {
     const url = `/api/rooms/${encodeURIComponent(this.room)}/messages?before=${before}&limit=${HISTORY}`;
     let page = null;
     try {
-      const response = await fetch(url, { cache: "no-store" });
+      const response = await this.hooks.fetch(url);
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
       page = Array.isArray(body.messages) ? body.messages : [];

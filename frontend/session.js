@@ -10,6 +10,10 @@
 //   `since`.
 // - Reconnects use full jitter under a ceiling that grows with the time offline, from 1 s
 //   to 30 s (text.backoffCeilingMs).
+// - Authenticated mode (the shell gives a token source, token.js): every connection carries
+//   the tab's token instead of a name and key; a new token is sent on the open socket as a
+//   `refresh` frame; a 401 or a close with 4001 (token expired) means: fetch a fresh token
+//   and reconnect at once, with `since`.
 
 import { Conversation, HISTORY } from "./conversation.js";
 import { Outbox } from "./outbox.js";
@@ -17,13 +21,23 @@ import { load, remove } from "./store.js";
 import { backoffCeilingMs, makeNonce } from "./text.js";
 
 const CONNECT_TIMEOUT_MS = 10_000; // no welcome this long: try again
-// Refusals that no retry changes: the user must act (another name, another room).
-const FATAL = new Set(["name_taken", "bad_request", "forbidden_origin"]);
+const TOKEN_EXPIRED = 4001; // PROTOCOL.md 1.1: the connection's token expired
+// Refusals that no retry changes: the user must act (another name, another room). Without a
+// token source `unauthorized` is one too: the page cannot sign in.
+const FATAL = new Set(["name_taken", "bad_request", "forbidden_origin", "forbidden_room"]);
+
+/** A member's id: its name, and in authenticated mode its user (protocol.member_key). */
+function memberId(name, user) {
+  return typeof user === "string" && user ? `${name}\u001f${user}` : name;
+}
 
 export class RoomSession {
   constructor(room, hooks) {
     this.room = room;
-    this.hooks = hooks; // identity, changed, fatal, notify, announce, reading
+    this.hooks = hooks; // identity, changed, fatal, notify, announce, reading, tokens, api
+    this.tokens = hooks.tokens ?? null; // the tab's TokenSource in authenticated mode
+    this.token = ""; // the token the current (or last) connection attempt used
+    this.attemptId = 0;
     this.state = "connecting"; // connecting | open | waiting | stopped
     this.ws = null;
     this.open = false;
@@ -32,8 +46,12 @@ export class RoomSession {
     this.retryAt = 0;
     this.closeCode = null;
     this.me = "";
+    this.user = ""; // this connection's `sub` (authenticated mode), from the welcome
     this.limits = { max_text: 2000, rate_per_s: 10, burst: 20 };
-    this.members = new Set();
+    // Present members: id -> display name. In authenticated mode a member is a user under a
+    // display name, as the server counts them (two users may share a name); in anonymous
+    // mode it is the name itself.
+    this.members = new Map();
     this.memberCount = 0;
     this.stale = false;
     this.draft = load("session", this.key("draft"), "");
@@ -41,8 +59,9 @@ export class RoomSession {
     this.view = new Conversation(room, {
       changed: (what) => hooks.changed(this, what),
       reading: () => hooks.reading(this),
-      me: () => this.me,
+      mine: (frame) => this.own(frame),
       connected: () => this.open,
+      fetch: (path) => hooks.api(path),
     });
     this.outbox = new Outbox(this.key("outbox"), this.view.outboxList, {
       send: (frame) => this.ws.send(JSON.stringify(frame)),
@@ -50,6 +69,7 @@ export class RoomSession {
       dead: (why) => this.abandon(why),
       dismissed: () => this.hooks.changed(this, "focus-composer"),
     });
+    this.unlisten = this.tokens ? this.tokens.onToken((token) => this.sendRefresh(token)) : null;
   }
 
   key(what) {
@@ -85,8 +105,15 @@ export class RoomSession {
     this.view.scrollToBottom();
   }
 
+  /** Whether a message is this person's: by `user` in authenticated mode, else by name. */
   own(frame) {
+    if (this.user && typeof frame.user === "string") return frame.user === this.user;
     return frame.name === this.me;
+  }
+
+  /** This connection's member id (see `members`). */
+  get myId() {
+    return memberId(this.me, this.user);
   }
 
   // --- the outbox ------------------------------------------------------------------------
@@ -104,8 +131,14 @@ export class RoomSession {
   // --- the connection ----------------------------------------------------------------------
 
   socketUrl(scheme) {
-    const { name, key } = this.hooks.identity();
-    const params = new URLSearchParams({ room: this.room, name, key });
+    const params = new URLSearchParams({ room: this.room });
+    if (this.tokens) {
+      params.set("token", this.token);
+    } else {
+      const { name, key } = this.hooks.identity();
+      params.set("name", name);
+      params.set("key", key);
+    }
     if (this.view.lastId) params.set("since", this.view.lastId);
     else params.set("history", String(HISTORY));
     return `${scheme}//${location.host}/ws?${params}`;
@@ -126,6 +159,27 @@ export class RoomSession {
     this.retryAt = 0;
     if (this.state === "stopped") return;
     this.setState("connecting");
+    const attempt = ++this.attemptId;
+    if (!this.tokens) {
+      this.openSocket();
+      return;
+    }
+    // A token first (the current one while valid, shared by the tab's rooms).
+    this.tokens.get().then(
+      (token) => {
+        if (attempt !== this.attemptId || this.state !== "connecting" || this.ws) return;
+        this.token = token;
+        this.openSocket();
+      },
+      (error) => {
+        if (attempt !== this.attemptId || this.state === "stopped") return;
+        this.hooks.notify(`Cannot sign in to the chat: ${error.message}.`, "error", "token");
+        this.scheduleReconnect();
+      },
+    );
+  }
+
+  openSocket() {
     let ws;
     try {
       ws = new WebSocket(this.socketUrl(location.protocol === "https:" ? "wss:" : "ws:"));
@@ -168,6 +222,7 @@ export class RoomSession {
   /** Leave the room for good: close the socket, forget the outbox and draft. */
   stop() {
     this.state = "stopped";
+    this.unlisten?.();
     for (const timer of Object.values(this.timers)) clearTimeout(timer);
     if (this.ws) this.ws.close(1000, "left the room");
     this.ws = null;
@@ -211,6 +266,13 @@ export class RoomSession {
       return;
     }
     const code = event.code;
+    if (code === TOKEN_EXPIRED && this.tokens) {
+      // The token expired before a new one could be sent: a fresh one, and back at once.
+      this.tokens.invalidate();
+      this.hooks.notify("Your sign-in expired; reconnecting…", "warning", "connection");
+      this.connect();
+      return;
+    }
     if (code === 1008) this.hooks.notify("Disconnected for sending too fast.", "error", "connection");
     else if (code === 1009) this.hooks.notify("That message was too large to send.", "error", "connection");
     else if (code === 1012) this.hooks.notify("The server is restarting; reconnecting…", "warning", "connection");
@@ -239,7 +301,12 @@ export class RoomSession {
       }
     }
     if (this.state === "stopped" || this.ws) return;
-    if (error && FATAL.has(error.code)) {
+    if (error?.code === "unauthorized" && this.tokens) {
+      this.tokens.invalidate(); // the next attempt fetches a fresh token
+      this.scheduleReconnect();
+      return;
+    }
+    if (error && (FATAL.has(error.code) || error.code === "unauthorized")) {
       this.state = "stopped";
       this.hooks.fatal(this, String(error.code), String(error.message ?? error.code));
       return;
@@ -279,6 +346,8 @@ export class RoomSession {
       case "presence":
         this.onPresence(frame);
         break;
+      case "refreshed":
+        break; // the server took the new token: the connection lives on
       case "gap":
         this.view.gap();
         this.hooks.notify("Some messages may be missing: the history no longer reaches back that far.", "warning", "gap");
@@ -291,6 +360,14 @@ export class RoomSession {
     }
   }
 
+  /** A new token for the tab: hand it to the open connection before the old one expires. */
+  sendRefresh(token) {
+    this.token = token;
+    if (this.open && this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type: "refresh", token }));
+    }
+  }
+
   onWelcome(frame) {
     clearTimeout(this.timers.open);
     const reconnected = this.stale;
@@ -298,9 +375,12 @@ export class RoomSession {
     this.attempt = 0;
     this.offlineSince = 0;
     this.me = typeof frame.name === "string" ? frame.name : this.hooks.identity().name;
+    this.user = typeof frame.user === "string" ? frame.user : "";
     if (frame.limits && typeof frame.limits === "object") this.limits = { ...this.limits, ...frame.limits };
-    this.members = new Set(Array.isArray(frame.members) ? frame.members : []);
-    this.members.add(this.me);
+    const names = Array.isArray(frame.members) ? frame.members : [];
+    const users = Array.isArray(frame.users) && frame.users.length === names.length ? frame.users : null;
+    this.members = new Map(names.map((name, i) => [memberId(String(name), users?.[i]), String(name)]));
+    this.members.set(this.myId, this.me);
     this.memberCount = Math.max(this.members.size, Number(frame.member_count) || 0);
     this.stale = false;
     this.view.replayStarts();
@@ -313,11 +393,12 @@ export class RoomSession {
 
   onPresence(frame) {
     if (typeof frame.name !== "string") return;
-    if (frame.event === "join" && !this.members.has(frame.name)) {
-      this.members.add(frame.name);
+    const id = memberId(frame.name, frame.user);
+    if (frame.event === "join" && !this.members.has(id)) {
+      this.members.set(id, frame.name);
       this.memberCount += 1;
       if (this.view.visible) this.hooks.announce(`${frame.name} joined #${this.room}.`);
-    } else if (frame.event === "leave" && this.members.delete(frame.name)) {
+    } else if (frame.event === "leave" && this.members.delete(id)) {
       this.memberCount = Math.max(this.members.size, this.memberCount - 1);
       if (this.view.visible) this.hooks.announce(`${frame.name} left #${this.room}.`);
     }
@@ -335,6 +416,10 @@ export class RoomSession {
       case "unavailable":
         this.hooks.notify("The chat service is having trouble; your message will be retried.", "warning", "unavailable");
         this.outbox.retryInFlight(2000 + Math.random() * 3000, () => this.pump());
+        break;
+      case "unauthorized":
+        // A refresh was refused: this connection keeps its token until it expires (4001).
+        this.hooks.notify("Your sign-in could not be renewed; the chat will reconnect.", "warning", "token");
         break;
       case "bad_message":
         this.hooks.notify(`Message refused: ${message}`, "error", "refused");

@@ -267,8 +267,13 @@ def run_workers(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["token"]:  # `webchat token --sub alice ...`: sign a token (tokens.py)
+        from webchat.tokens import main as token_main
+
+        return token_main(args[1:], os.environ)
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
+        config = load_config(args, os.environ)
     except ConfigError as exc:
         print(f"webchat: error: {exc}", file=sys.stderr)
         return 2

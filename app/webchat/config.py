@@ -41,6 +41,15 @@ class Config:
     max_frame: int = 16384
     heartbeat: float = 25.0
     log_level: str = "info"
+    # Authenticated mode (PROTOCOL.md 1.1 "Identity"): at most one key source; none at all
+    # is anonymous mode. Files are read by the node (auth.py), so secrets stay out of `ps`.
+    auth_secret_file: str = ""
+    auth_public_key_file: str = ""
+    auth_jwks_url: str = ""
+    auth_audience: str = ""
+    auth_issuer: str = ""
+    auth_leeway: float = 30.0
+    auth_token_url: str = ""
     # Derived, not an option: OpenTelemetry's own variables switch tracing on (see
     # tracing_requested); the SDK reads the rest of them itself.
     tracing: bool = False
@@ -48,6 +57,11 @@ class Config:
     @property
     def memory_broker(self) -> bool:
         return not self.redis_url
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether every client must bring a token (a key source is configured)."""
+        return bool(self.auth_secret_file or self.auth_public_key_file or self.auth_jwks_url)
 
 
 def _int(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -136,6 +150,48 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _file(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        return ""
+    if any(not c.isprintable() for c in path):
+        raise ValueError("expected a file path without control characters")
+    return path
+
+
+def _jwks_url(raw: str) -> str:
+    url = raw.strip()
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def _claim(raw: str) -> str:
+    value = raw.strip()
+    if any(not c.isprintable() for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _same_origin_path(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        return ""
+    # A path on this origin, not a URL: the browser fetches it with the user's cookies.
+    if not path.startswith("/") or path.startswith("//") or any(c.isspace() for c in path):
+        raise ValueError(f"expected a path on this origin such as /auth/token, got {raw!r}")
+    if any(c in path for c in "\"<>'`") or any(not c.isprintable() for c in path):
+        raise ValueError(f"the path {raw!r} holds characters a URL path cannot")
+    return path
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -163,6 +219,13 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_frame": (_size(64), "largest client frame payload accepted; larger closes 1009"),
     "heartbeat": (_float(1), "seconds between WebSocket pings to detect dead clients"),
     "log_level": (_log_level, "debug, info, warning or error"),
+    "auth_secret_file": (_file, "file holding the HS256 secret of signed tokens (auth mode)"),
+    "auth_public_key_file": (_file, "PEM public key verifying tokens: RS256 or ES256 by type"),
+    "auth_jwks_url": (_jwks_url, "JWKS URL of the keys verifying tokens (RS256/ES256)"),
+    "auth_audience": (_claim, "the aud claim tokens must have; empty = not checked"),
+    "auth_issuer": (_claim, "the iss claim tokens must have; empty = not checked"),
+    "auth_leeway": (_float(0), "seconds of clock skew allowed on exp, nbf and iat"),
+    "auth_token_url": (_same_origin_path, "path the browser client fetches its token from"),
 }
 
 # Every option's name; each has a flag and an environment variable (the name upper-cased).
@@ -290,7 +353,34 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
             f"{sources['workers']}: more than one worker needs --redis-url "
             "(the in-memory broker cannot be shared between processes)"
         )
+    _check_auth(config, sources)
     return config
+
+
+_KEY_SOURCES = ("auth_secret_file", "auth_public_key_file", "auth_jwks_url")
+
+
+def _check_auth(config: Config, sources: Mapping[str, str]) -> None:
+    """At most one key source, its file usable; the other auth options only with one."""
+    given = [name for name in _KEY_SOURCES if getattr(config, name)]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{sources[given[0]]} and {sources[given[1]]}: give one key source, not several"
+        )
+    if not given:
+        for name in ("auth_audience", "auth_issuer", "auth_token_url"):
+            if getattr(config, name):
+                raise ConfigError(
+                    f"{sources[name]}: only used in authenticated mode; also give "
+                    "--auth-secret-file, --auth-public-key-file or --auth-jwks-url"
+                )
+        return
+    from webchat.auth import check_config  # PyJWT and cryptography only when needed
+
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"{sources[given[0]]}: {exc}") from None
 
 
 assert {f.name for f in fields(Config)} - {"tracing"} == set(_OPTIONS), "fields are options"

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 CLOSE_TRY_AGAIN: Final = 1013
 CLOSE_RESTART: Final = 1012
 CLOSE_POLICY: Final = 1008
+CLOSE_TOKEN_EXPIRED: Final = 4001  # PROTOCOL.md 1.1: reconnect with a fresh token and since
 SLOW_CLOSE_GRACE: Final = 5.0
 
 
@@ -56,11 +57,13 @@ class Connection:
         "_watermark",
         "closing",
         "ended_by",
+        "expires",
         "holder",
         "last_seen",
         "name",
         "next_ping",
         "room",
+        "user",
         "ws",
     )
 
@@ -74,11 +77,18 @@ class Connection:
         heartbeat: float,
         on_ended: Callable[[str], None],
         holder: str = "",
+        user: str | None = None,
     ) -> None:
         self.ws = ws
         self.room = room
+        # The presence member (protocol.member_key): the name, or in authenticated mode the
+        # display name with the user's `sub`, so presence counts users, not display names.
         self.name = name
         self.holder = holder  # who may use `name`: see protocol.ConnectParams
+        self.user = user  # the token's `sub` (authenticated mode), else None
+        # Loop time at which its token is no longer accepted (heartbeat.py closes it 4001);
+        # None in anonymous mode.
+        self.expires: float | None = None
         self.closing = False
         # Why it ended (a metrics.DISCONNECT_REASONS value), set once by `mark_ended`.
         self.ended_by: str | None = None

@@ -73,6 +73,8 @@ CONNECTION_STATUSES: Final = (
     "forbidden_origin",
     "name_taken",
     "unavailable",
+    "unauthorized",  # authenticated mode: no valid token (why: webchat_auth_failures_total)
+    "forbidden_room",  # authenticated mode: the token does not allow the room
 )
 DISCONNECT_REASONS: Final = (
     "client",  # the client closed, or its TCP connection ended
@@ -81,6 +83,7 @@ DISCONNECT_REASONS: Final = (
     "rate_limit_abuse",  # 3 x burst rate_limited errors in a row: closed 1008
     "drain",  # the instance is shutting down: closed 1012
     "gap",  # history was trimmed past what it was sent: closed 1013 to resume into a gap
+    "token_expired",  # authenticated mode: its token expired unrefreshed: closed 4001
     "error",  # the server could not serve it: broker unreachable while joining, bad frame
 )
 ERROR_TYPES: Final = (
@@ -89,7 +92,22 @@ ERROR_TYPES: Final = (
     "bad_message",
     "rate_limited",
     "unavailable",
+    "unauthorized",  # a refresh frame whose token was refused (the connection stays)
     "internal",  # an error logged by the service itself (a bug, a failed background task)
+)
+# Why a token was refused (HTTP 401 on /ws and /api/, or a refused refresh frame).
+AUTH_FAILURE_REASONS: Final = (
+    "missing",  # no token in the request
+    "malformed",  # not a JWT
+    "bad_algorithm",  # `alg` is none or another algorithm than the configured one
+    "unknown_key",  # JWKS: no key has the token's `kid`
+    "bad_signature",
+    "expired",
+    "not_yet_valid",  # `nbf` or `iat` in the future
+    "wrong_audience",
+    "wrong_issuer",
+    "bad_claims",  # `sub`, `exp`, `name` or `rooms` missing or invalid
+    "other_user",  # a refresh token for another `sub` than the connection's
 )
 REDIS_OPERATIONS: Final = (
     "publish",  # the publish script: dedupe, XADD, PUBLISH
@@ -356,7 +374,14 @@ class Metrics:
             ["type"],
             registry=target,
         )
+        self.auth_failures = Counter(
+            "webchat_auth_failures",
+            "Tokens refused (HTTP 401 on /ws and /api/, refused refresh frames), by why",
+            ["reason"],
+            registry=target,
+        )
         self._status = {s: self.connections.labels(s) for s in CONNECTION_STATUSES}
+        self._auth = {r: self.auth_failures.labels(r) for r in AUTH_FAILURE_REASONS}
         self._reasons = {r: self.disconnections.labels(r) for r in DISCONNECT_REASONS}
         self._errors = {t: self.errors.labels(t) for t in ERROR_TYPES}
         self._log_counter = _ErrorLogCounter(self._errors["internal"])
@@ -375,6 +400,11 @@ class Metrics:
         """One upgrade attempt: `accepted`, or the refusal's error code (`bad_request`...)."""
         counter = self._status.get(status)
         (counter or self.connections.labels(status)).inc()
+
+    def auth_failure(self, reason: str) -> None:
+        """A token refused, for one of AUTH_FAILURE_REASONS."""
+        counter = self._auth.get(reason)
+        (counter or self.auth_failures.labels(reason)).inc()
 
     def disconnected(self, reason: str) -> None:
         counter = self._reasons.get(reason)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +31,21 @@ from webchat.protocol import (
     GAP,
     ConnectParams,
     ProtocolError,
+    RefreshRequest,
     encode_error,
     encode_message,
+    encode_refreshed,
     encode_rooms,
     encode_welcome,
     error_body,
+    member_name,
     parse_client_frame,
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
+    from webchat.auth import Identity, Verifier
     from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,12 @@ class Node:
             system = "memory" if config.memory_broker else "redis"
             self.tracing = Tracing(self.id, system)
         self.broker = broker or create_broker(config, self.id, self.metrics, self.tracing)
+        # Authenticated mode only: PyJWT and cryptography are not loaded in anonymous mode.
+        self.auth: Verifier | None = None
+        if config.authenticated:
+            from webchat.auth import Verifier
+
+            self.auth = Verifier(config)
         self.hub = Hub(
             self.broker, config.presence_grace, config.presence_limit, self.metrics, self.tracing
         )
@@ -92,6 +103,8 @@ class Node:
 
     async def start(self) -> None:
         self.metrics.count_logged_errors()
+        if self.auth is not None:
+            await self.auth.start()
         await self.broker.start(self.hub)
         loop = asyncio.get_running_loop()
         self._heartbeat = loop.create_task(
@@ -128,15 +141,23 @@ class Node:
                     await task
         await self.hub.close()
         await self.broker.close()
+        if self.auth is not None:
+            await self.auth.close()
         if self.tracing is not None:
             await self.tracing.close()
         self.metrics.stop_counting()
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
+    async def serve(
+        self, request: web.Request, params: ConnectParams, identity: Identity | None = None
+    ) -> web.StreamResponse:
         """Run one WebSocket session: join, upgrade, welcome, replay, then the client's frames
-        until it ends. A name held by another key is refused (409) before the upgrade."""
+        until it ends. A name held by another key is refused (409) before the upgrade.
+
+        In authenticated mode `identity` is the verified token (web.py checked it and the
+        room); the connection is closed with 4001 when the token expires unrefreshed.
+        """
         cfg = self.config
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
@@ -151,12 +172,15 @@ class Node:
             ws,
             transport,
             params.room,
-            params.name,
+            params.member,
             cfg.send_buffer,
             heartbeat=cfg.heartbeat,
             on_ended=self.metrics.disconnected,
             holder=params.holder,
+            user=params.user,
         )
+        if identity is not None:
+            conn.expires = self.token_deadline(identity.exp)
         # Joining first (deliveries are held until the welcome) decides the name before the
         # upgrade, so a refusal is an HTTP answer the client can read.
         try:
@@ -196,7 +220,7 @@ class Node:
         # The member listing and the history reads are asked for together: a broker that
         # batches them with other clients' (Redis) answers them in one wait, not three.
         room, read = params.room, self.broker.history
-        listing = self.broker.presence.members(room, self.config.presence_limit, params.name)
+        listing = self.broker.presence.members(room, self.config.presence_limit, params.member)
         if params.since is not None:
             # `newest` is asked first, so it is read before the replay: if nothing is replayed,
             # held live messages newer than it are news even when `since` claims more (history
@@ -210,7 +234,7 @@ class Node:
             )
         else:
             members, count = await listing
-        welcome = encode_welcome(params.room, params.name, members, count, self._limits)
+        welcome = encode_welcome(params.room, params.member, members, count, self._limits)
         await ws.send_frame(welcome, WSMsgType.TEXT)
         watermark = None
         if params.since is None and params.history:
@@ -237,6 +261,7 @@ class Node:
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
         tracing = self.tracing
+        name = member_name(conn.name)  # the display name; conn.name is the presence member
         async for msg in ws:
             received = conn.last_seen = loop.time()
             if msg.type is WSMsgType.PING:
@@ -262,7 +287,10 @@ class Node:
             except ProtocolError as exc:
                 self._error(conn, exc.code, exc.message)
                 continue
-            draft = Draft(conn.name, request.text, request.nonce)
+            if isinstance(request, RefreshRequest):
+                await self._refresh(conn, request.token)
+                continue
+            draft = Draft(name, request.text, request.nonce, user=conn.user)
             try:
                 if tracing is None:
                     published = await self.broker.publish(conn.room, draft)
@@ -278,6 +306,42 @@ class Node:
                 self.metrics.messages.inc()
                 self.metrics.message_latency.observe(loop.time() - received)
 
+    def token_deadline(self, exp: int) -> float:
+        """The loop time at which a token expiring at `exp` (seconds since the epoch) stops
+        being accepted: `exp` plus the leeway, the same rule as a new connection's."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + (exp + self.config.auth_leeway - time.time())
+
+    async def _refresh(self, conn: Connection, token: str) -> None:
+        """A `refresh` frame: a valid token for the same user and room moves the connection's
+        expiry; any other gets `unauthorized` and the connection keeps its current token."""
+        from webchat.auth import AuthError, KeysUnavailable
+
+        if self.auth is None:
+            self._error(
+                conn, "bad_type", "refresh is for authenticated mode; this service has none"
+            )
+            return
+        keeps = "this connection keeps its current token"
+        try:
+            identity = await self.auth.verify(token)
+        except AuthError as exc:
+            self.metrics.auth_failure(exc.reason)
+            self._error(conn, "unauthorized", f"{exc.message}; {keeps}")
+            return
+        except KeysUnavailable as exc:
+            self._error(conn, "unavailable", f"{exc}; {keeps}")
+            return
+        if identity.sub != conn.user:
+            self.metrics.auth_failure("other_user")
+            self._error(conn, "unauthorized", f"the token is for another user (sub); {keeps}")
+            return
+        if not identity.allows(conn.room):
+            self._error(conn, "unauthorized", f"the token does not allow room {conn.room}; {keeps}")
+            return
+        conn.expires = self.token_deadline(identity.exp)
+        conn.send(ws_text_frame(encode_refreshed(identity.exp)))
+
     @staticmethod
     def name_taken(params: ConnectParams) -> web.Response:
         return _json_error(
@@ -290,7 +354,7 @@ class Node:
         """What an upgrade with these parameters would get, without joining: for a client
         whose WebSocket failed to open and that cannot read the refusal (browsers cannot)."""
         try:
-            holder = await self.hub.holder(params.room, params.name)
+            holder = await self.hub.holder(params.room, params.member)
         except BrokerUnavailable:
             return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
         if holder is not None and holder != params.holder:

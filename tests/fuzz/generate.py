@@ -165,6 +165,8 @@ class Generator:
         r = self.r
         value = self.message_value(used)
         roll = r.random()
+        if roll < 0.05:  # a refresh (1.1): the fuzzed server runs in anonymous mode
+            return {"type": "refresh", "token": r.choice(("t", "", None, 5, self.chars(40)))}
         if roll < 0.2:
             value["type"] = r.choice(("Message", "welcome", "", None, 1, ["message"], {"a": 1}))
         elif roll < 0.4:

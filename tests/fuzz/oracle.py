@@ -132,6 +132,9 @@ def message_answer(payload: bytes) -> Answer:
         return Error("bad_json")
     if not isinstance(frame, dict):
         return Error("bad_json")
+    if frame.get("type") == "refresh":  # 1.1: a token check, then bad_type in anonymous mode
+        token = frame.get("token")
+        return Error("bad_type" if isinstance(token, str) and token else "bad_message")
     if frame.get("type") != "message":
         return Error("bad_type")
     text = frame.get("text")

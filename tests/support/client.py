@@ -28,11 +28,13 @@ class ChatClient:
         since: str | None = None,
         history: int | str | None = None,
         key: str | None = None,
+        token: str | None = None,
         headers: dict[str, str] | None = None,
         expect_welcome: bool = True,
     ) -> ChatClient:
         given = (("room", room), ("name", name), ("since", since), ("history", history))
-        params = {k: str(v) for k, v in (*given, ("key", key)) if v is not None}
+        extra = (("key", key), ("token", token))
+        params = {k: str(v) for k, v in (*given, *extra) if v is not None}
         ws = await session.ws_connect(
             url, params=params, headers=headers, autoping=True, max_msg_size=0
         )

@@ -28,6 +28,9 @@ def message(**fields: object) -> bytes:
         (b'{"type": "message", "text": "\\ud800"}', Error("bad_message")),
         (b'{"type": "Message", "text": "hi"}', Error("bad_type")),
         (b'{"text": "hi"}', Error("bad_type")),
+        (b'{"type": "refresh", "token": "t"}', Error("bad_type")),  # anonymous mode
+        (b'{"type": "refresh", "token": ""}', Error("bad_message")),
+        (b'{"type": "refresh"}', Error("bad_message")),
         (b'["message"]', Error("bad_json")),
         (b'{"type": "message", "text": "hi", "n": NaN}', Error("bad_json")),
         (b"", Error("bad_json")),

@@ -26,12 +26,23 @@ class NameTaken(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A message as a client sent it, before the broker accepts it."""
+    """A message as a client sent it, before the broker accepts it.
+
+    `user` is the sender's `sub` in authenticated mode (None in anonymous mode); idempotent
+    sends are keyed on it then, not on the display name (`sender`).
+    """
 
     name: str
     text: str
     nonce: str | None
     trace: dict[str, str] | None = None
+    user: str | None = None
+
+    @property
+    def sender(self) -> str:
+        """Who a nonce belongs to: the name, or the user (a control character first, which
+        no name holds, so a name and a `sub` never share a dedupe key)."""
+        return self.name if self.user is None else f"\x1f{self.user}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +51,8 @@ class Message:
 
     `accepted_us` is the broker's acceptance time in microseconds since the epoch (its
     clock: Redis's `TIME`, or this process's), for delivery latency; it is not part of the
-    wire frame, and None where the broker did not say (history and backfill reads).
+    wire frame, and None where the broker did not say (history and backfill reads). `user`
+    is the sender's `sub` (authenticated mode), carried into history and the frame.
     """
 
     id: str
@@ -51,6 +63,7 @@ class Message:
     nonce: str | None
     trace: dict[str, str] | None = None
     accepted_us: int | None = field(default=None, compare=False)
+    user: str | None = None  # the sender's `sub` in authenticated mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +135,11 @@ class EventHandler(Protocol):
 class Presence(Protocol):
     """Which names are in which room, across every node, and who holds each name.
 
-    `holder` is opaque to presence: whoever may use the name (a hash of the client's key in
-    anonymous mode, "" for no key). A name keeps the holder of its first join until it leaves.
+    `name` and `holder` are opaque to presence. A name is a member as protocol.member_key
+    makes it: the name itself in anonymous mode, the display name with the user's `sub` in
+    authenticated mode. `holder` is whoever may use the name (a hash of the client's key in
+    anonymous mode, "" for no key; a hash of the `sub` in authenticated mode). A name keeps
+    the holder of its first join until it leaves.
     """
 
     async def join(self, room: str, name: str, holder: str = "") -> None:

@@ -161,7 +161,7 @@ class MemoryBroker:
     async def publish(self, room: str, draft: Draft) -> Published:
         now_ns = time.time_ns()
         now = now_ns / 1e9
-        key = (room, draft.name, draft.nonce) if draft.nonce is not None else None
+        key = (room, draft.sender, draft.nonce) if draft.nonce is not None else None
         if key is not None:
             self._forget_expired(now)
             seen = self._seen.get(key)
@@ -178,6 +178,7 @@ class MemoryBroker:
             draft.nonce,
             draft.trace,
             accepted_us=now_ns // 1000,
+            user=draft.user,
         )
         history = self._rooms.get(room)
         if history is None:

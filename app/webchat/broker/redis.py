@@ -226,9 +226,10 @@ class RedisBroker:
             draft.name,
             draft.text,
             encode_trace(draft.trace),
+            draft.user or "",
         ]
         if draft.nonce is not None:
-            keys.append(dedupe_key(room, draft.name, draft.nonce))
+            keys.append(dedupe_key(room, draft.sender, draft.nonce))
             args.append(draft.nonce)
         try:
             duplicate, value = await self._ops.call("publish", self._publish(keys=keys, args=args))
@@ -247,6 +248,7 @@ class RedisBroker:
             id_key(message_id)[0],
             draft.nonce,
             draft.trace,
+            user=draft.user,
         )
         return Published(message, duplicate=False)
 

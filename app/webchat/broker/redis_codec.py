@@ -7,7 +7,7 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 |---------------------------------|--------|-----------------------------------------------------|
 | `wc:{room}:h`                   | stream | history; the entry id is the message id             |
 | `wc:{room}:c`                   | pubsub | live messages and presence events of the room        |
-| `wc:{room}:n:<len>:<name><nonce>` | string | a deduped send: the message as published, 5 minutes |
+| `wc:{room}:n:<len>:<sender><nonce>` | string | a deduped send (sender: the name, or `\x1f<sub>`) |
 | `wc:{room}:p`                   | hash   | name -> how many nodes hold it                       |
 | `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
 | `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
@@ -20,9 +20,10 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 The index keys share one hash tag that no room name can have (`#`), so the index is one
 slot and never collides with a room's keys.
 
-Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
-context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
-written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"a":..}` for a message
+Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce), `x` (trace
+context as JSON) and `u` (the sender's `sub`, authenticated mode); `ts` is the entry id's
+millisecond part. Channel payloads are JSON objects written by cjson in Lua:
+`{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"u":..,"a":..}` for a message
 (`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
@@ -143,6 +144,7 @@ def decode_event(room: str, payload: bytes) -> Message | Announced:
             data.get("o"),
             _trace(data.get("x")),
             accepted_us=_micros(data.get("a")),
+            user=data.get("u"),
         )
     if kind == "p":
         return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))
@@ -167,6 +169,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
     message_id = entry_id.decode()
     nonce = fields.get(b"o")
     trace = fields.get(b"x")
+    user = fields.get(b"u")
     return Message(
         message_id,
         room,
@@ -175,6 +178,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
         id_key(message_id)[0],
         nonce.decode() if nonce is not None else None,
         _trace(trace),
+        user=user.decode() if user is not None else None,
     )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Final
 
 # KEYS[1] the room's stream; KEYS[2] the dedupe key, only when the draft has a nonce.
-# ARGV: channel, history size, dedupe seconds, name, text, trace JSON or '', [nonce].
+# ARGV: channel, history size, dedupe seconds, name, text, trace JSON or '', user ('' in
+# anonymous mode), [nonce].
 # Returns {0, id} for an accepted message, {1, payload} for a duplicate: the original message.
 # The stream id is the message id, and PUBLISH follows XADD inside one script, so publish
 # order equals history order on every node.
@@ -19,13 +20,18 @@ if dedupe then
   local seen = redis.call('GET', dedupe)
   if seen then return {1, seen} end
 end
-local name, text, trace = ARGV[4], ARGV[5], ARGV[6]
+local name, text, trace, user = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local fields = {'n', name, 't', text}
 local event = {k = 'm', n = name, t = text}
 if dedupe then
   fields[#fields + 1] = 'o'
-  fields[#fields + 1] = ARGV[7]
-  event.o = ARGV[7]
+  fields[#fields + 1] = ARGV[8]
+  event.o = ARGV[8]
+end
+if user ~= '' then
+  fields[#fields + 1] = 'u'
+  fields[#fields + 1] = user
+  event.u = user
 end
 if trace ~= '' then
   fields[#fields + 1] = 'x'

@@ -11,6 +11,9 @@
 #                   publisher per room on the second at RATE (100) msg/s; all clients drop at
 #                   once (DROP=abort, or kill: SIGKILL to the first instance) and resume on the
 #                   second with since
+#   soak            loadtest/soak.py: CLIENTS in ROOMS on one instance on Redis, RATE msg/s,
+#                   SOAK_ARGS (e.g. "--duration 1200 --warmup 300 --churn 10"); its samples
+#                   and summary in $OUT/soak.jsonl
 #
 # Environment:
 #   OUT=/tmp/webchat-storms  REPEAT=1  CLIENTS=10000  ROOMS=100  RATE=100  DROP=abort
@@ -20,11 +23,19 @@
 #   VARIANT_DIR=/tmp          PYTHON=.venv/bin/python (servers)  GEN_PYTHON=$PYTHON (generator;
 #                            one with uvloop is cheaper)
 #   SERVER_CORE=0 GEN_CORE=1 PORT=8091 (and PORT+1)  REDIS_PORT=6391
-#   STORM_ARGS=""            extra flags for storms.py
+#   STORM_ARGS=""            extra flags for storms.py    SOAK_ARGS=""  extra flags for soak.py
 #   RT=1                     run servers, generator and Redis at SCHED_FIFO priority 1 (chrt),
 #                            so that other work on a shared machine does not take their cores
+#                            (it starves that work while a run lasts: prefer NICE)
+#   NICE=0                   run everything in a session of its own whose scheduler autogroup has
+#                            this nice level (as capacity.sh: -10 on a shared machine gives the
+#                            runs most of their cores without stopping the neighbours)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${NICE:-0}" != 0 ] && [ -z "${STORMS_SESSION:-}" ]; then
+    export STORMS_SESSION=1
+    exec setsid bash -c 'echo "$NICE" >/proc/self/autogroup && exec "$0" "$@"' "$0" "$@"
+fi
 
 OUT=${OUT:-/tmp/webchat-storms}
 REPEAT=${REPEAT:-1}
@@ -40,12 +51,14 @@ SERVER_CORE=${SERVER_CORE:-0}
 GEN_CORE=${GEN_CORE:-1}
 PORT=${PORT:-8091}
 STORM_ARGS=${STORM_ARGS:-}
+SOAK_ARGS=${SOAK_ARGS:-}
 PRIO=()
 [ "${RT:-}" = 1 ] && PRIO=(chrt -f 1)
 export REDIS_PORT=${REDIS_PORT:-6391}
 export REDIS_DIR="$OUT/redis"
 export REDIS_CORE=${REDIS_CORE-$GEN_CORE}
 export REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
+export REDIS_NICE=${NICE:-0}
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 
@@ -122,6 +135,17 @@ run() {  # run SCENARIO VARIANT
                 --resume-url "ws://127.0.0.1:$((PORT + 1))/ws" --clients "$CLIENTS" \
                 --rooms "$ROOMS" --rate "$RATE" --drop "$DROP" --server-pid "$first,$SERVER" \
                 --redis-pid "$(loadtest/redis_ctl.sh pid)" --redis-port "$REDIS_PORT"
+            ;;
+        soak)
+            start_redis
+            start_server "$variant" "$PORT" --redis-url "$(redis_url)"
+            echo "== soak-$variant (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+            # shellcheck disable=SC2086  # SOAK_ARGS is a list of flags
+            "${PRIO[@]}" taskset -c "$GEN_CORE" "$GEN_PYTHON" loadtest/soak.py \
+                --url "ws://127.0.0.1:$PORT/ws" --clients "$CLIENTS" --rooms "$ROOMS" \
+                --rate "$RATE" --server-pid "$SERVER" --redis-pid "$(loadtest/redis_ctl.sh pid)" \
+                --redis-port "$REDIS_PORT" --label "soak-$variant" --out "$OUT/soak.jsonl" \
+                $SOAK_ARGS >/dev/null
             ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac

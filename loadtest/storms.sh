@@ -98,8 +98,10 @@ storm() {  # storm LABEL storms.py-args...
     shift
     echo "== $label (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     # shellcheck disable=SC2086  # STORM_ARGS is a list of flags
+    # A failed run (a variant that cannot take the storm) is said and the batch goes on.
     "${PRIO[@]}" taskset -c "$GEN_CORE" "$GEN_PYTHON" loadtest/storms.py "$@" --label "$label" \
-        --out "$OUT/storms.jsonl" $STORM_ARGS >/dev/null
+        --out "$OUT/storms.jsonl" $STORM_ARGS >/dev/null ||
+        echo "== $label FAILED (storms.py exit $?); see its message above" >&2
 }
 
 redis_url() { echo "redis://127.0.0.1:${REDIS_PORT}/0"; }

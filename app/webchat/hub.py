@@ -283,8 +283,8 @@ class Hub:
         if event.count > self._presence_limit:
             return
         room = self._rooms.get(event.room)
-        if room is None:
-            return
+        if room is None or len(room.names) > self._presence_limit:
+            return  # more names here alone than the limit: the room is past it (PROTOCOL.md)
         frame = ws_text_frame(encode_presence(event.room, event.event, event.name))
         if room.presence is None:
             room.presence = []
@@ -300,6 +300,10 @@ class Hub:
     def _send_presence(self, room_name: str, room: Room) -> None:
         pending, room.presence = room.presence, None
         if not pending or self._rooms.get(room_name) is not room:
+            return
+        if len(room.names) > self._presence_limit:
+            # The room grew past the limit while these waited (an event's count is the
+            # broker's when it happened; in a storm that is long before it reaches us).
             return
         room.presence_next = asyncio.get_running_loop().time() + PRESENCE_INTERVAL
         about = {name for _, name, _ in pending}

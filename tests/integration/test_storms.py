@@ -126,9 +126,11 @@ async def test_a_join_storm_gets_every_welcome_right(
         joins = member.presence
         assert all(f["event"] == "join" and f["name"] != member.name for f in joins), joins
         assert len(joins) < LIMIT
-    # The room's first LIMIT names were announced (to whoever was there), no later one.
+    # The room's first LIMIT names were announced (to whoever was there), no later one, and
+    # only to members while the room had at most LIMIT names here: fewer than LIMIT each.
     announced = {f["name"] for m in members for f in m.presence}
     assert len(announced) <= LIMIT - 1
+    assert sum(len(m.presence) for m in members) <= (LIMIT - 1) * LIMIT
 
     probe = Member(storm_session, "probe", "storm")
     await probe.connect(server)

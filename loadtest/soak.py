@@ -12,7 +12,9 @@ connection and come back with `since` (the connection lifecycle is where leaks l
 /proc/PID/task), `webchat_connected_users` and the send buffers from /metrics, Redis's memory,
 and the deliveries, their latency and any loss in the interval. After `--warmup` each series
 must stay within `--flat` % (max over min) to pass. Every client checks its room's sequence:
-each message once, in order, none missing, across its reconnects.
+each message once, in order, none missing, across its reconnects. A seq a client skipped is
+`lost` only if the server accepted it (its publisher got it back); sends the server refused (an
+`unavailable` error while Redis was unreachable, say) are counted as `refused`, not lost.
 
 One JSON line per sample and a final summary line on stdout (and `--out FILE`); a table on
 stderr. Loopback only, bounded; standard library (uvloop when importable); inert for Locust.
@@ -46,7 +48,7 @@ MAX_SECONDS = 7200.0
 class Track:
     """One logical client across its connections: its room's sequence as it saw it."""
 
-    __slots__ = ("dups", "index", "last_id", "last_seq", "missing", "received", "room")
+    __slots__ = ("dups", "index", "last_id", "last_seq", "missing", "received", "room", "skips")
 
     def __init__(self, index: int, room: int) -> None:
         self.index = index
@@ -54,7 +56,8 @@ class Track:
         self.last_id: str | None = None
         self.last_seq = -1
         self.received = 0
-        self.missing = 0
+        self.missing = 0  # seqs skipped, accepted or not (`lost` counts the accepted ones)
+        self.skips: list[tuple[int, int]] = []  # the skipped seqs, as ranges [start, end)
         self.dups = 0
 
 
@@ -94,6 +97,7 @@ class SoakClient(WsClient):
             return
         if track.last_seq >= 0 and seq > track.last_seq + 1:
             track.missing += seq - track.last_seq - 1
+            track.skips.append((track.last_seq + 1, seq))
         track.last_seq = seq
         track.received += 1
         self.shared.latencies.append(now - int(parts[3]))
@@ -105,11 +109,25 @@ class SoakClient(WsClient):
 
 
 class Publisher(WsClient):
+    """Sends its room's seqs in order; notes which came back (accepted) and the errors."""
+
     def __init__(self, host: str, path: str, run: int, room: int) -> None:
         super().__init__(host, path)
         self.run_id = run
         self.room = room
         self.seq = 0
+        self.accepted: set[int] = set()
+        self.errors: Counter[str] = Counter()
+
+    def on_text(self, data: bytes, start: int, end: int, now: int) -> None:
+        if data.startswith(ERROR_PREFIX, start):
+            self.errors[bytes(data[start : min(end, start + 60)]).decode()] += 1
+            return
+        i = data.find(MARK, start, end)
+        if i >= 0 and data.startswith(MESSAGE_PREFIX, start):
+            parts = data[i + 3 : i + 80].split(b":", 4)
+            if int(parts[0]) == self.run_id:
+                self.accepted.add(int(parts[2]))
 
     def publish(self) -> None:
         text = f"SK:{self.run_id}:{self.room}:{self.seq}:{now_us()}:"
@@ -135,6 +153,15 @@ async def connect(target: Target, client: WsClient, timeout: float) -> bool:
 
 
 # --- readings -------------------------------------------------------------------------------
+
+
+def lost(tracks: Sequence[Track], publishers: Sequence[Publisher]) -> int:
+    """Seqs clients skipped that the server had accepted: messages really lost."""
+    return sum(
+        sum(1 for seq in range(a, b) if seq in publishers[t.room].accepted)
+        for t in tracks
+        for a, b in t.skips
+    )
 
 
 def proc_counts(pid: int) -> dict[str, int | None]:
@@ -295,6 +322,7 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
             "p50_ms": pct(latencies, 0.5),
             "p99_ms": pct(latencies, 0.99),
             "missing": sum(t.missing for t in tracks),
+            "lost": lost(tracks, publishers),
             "dups": sum(t.dups for t in tracks),
             "reconnects": reconnects,
             "connect_failures": failures,
@@ -312,7 +340,8 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
             f"{sample['t_s']:>6}s rss {sample.get('rss_kb')} KiB fds {sample.get('fds')} "
             f"threads {sample.get('threads')} users {sample.get('webchat_connected_users')} "
             f"{sample['deliveries_per_s']}/s p99 {sample['p99_ms']} ms missing "
-            f"{sample['missing']} dups {sample['dups']} reconnects {reconnects} "
+            f"{sample['missing']} (lost {sample['lost']}) dups {sample['dups']} "
+            f"reconnects {reconnects} "
             f"load {sample['loadavg'][0]}",
             file=sys.stderr,
         )
@@ -340,6 +369,10 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
         "spread_pct_after_warmup": flat,
         "flat": all(flat[k] is not None and flat[k] <= args.flat for k in checked),
         "missing": sum(t.missing for t in tracks),
+        "lost": lost(tracks, publishers),
+        "sent": sum(p.seq for p in publishers),
+        "refused": sum(p.seq - len(p.accepted) for p in publishers),
+        "publisher_errors": dict(sum((p.errors for p in publishers), Counter())),
         "dups": sum(t.dups for t in tracks),
         "received": sum(t.received for t in tracks),
         "reconnects": reconnects,
@@ -400,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit({"summary": result, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(
         f"flat (spread after warm-up, %): {result['spread_pct_after_warmup']} -> "
-        f"{'PASS' if result['flat'] else 'FAIL'}; missing {result['missing']} dups "
+        f"{'PASS' if result['flat'] else 'FAIL'}; missing {result['missing']} (lost "
+        f"{result['lost']}, refused sends {result['refused']}) dups "
         f"{result['dups']} reconnects {result['reconnects']}",
         file=sys.stderr,
     )

@@ -53,7 +53,10 @@ FRONTEND = _frontend_dir()
 
 def _host_port(netloc: str, scheme: str | None = None) -> str:
     """`host[:port]` lower-cased with default ports (80, 443) dropped, for origin checks."""
-    parts = urlsplit(f"//{netloc}")
+    try:
+        parts = urlsplit(f"//{netloc}")
+    except ValueError:  # an unbalanced '[' (no IPv6 address): compared as it is
+        return netloc.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
@@ -70,10 +73,13 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
         return True
     if "*" in allowed or origin in allowed:
         return True
-    parts = urlsplit(origin)
-    if not parts.netloc or host is None:
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # an unbalanced '[': what follows the scheme, as it is
+        netloc = origin.partition("://")[2]
+    if not netloc or host is None:
         return False
-    return _host_port(parts.netloc) == _host_port(host)
+    return _host_port(netloc) == _host_port(host)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -129,7 +129,7 @@ async def test_keys_are_never_sent_to_anyone_or_logged(make_server, session):
     writer.write(f"GET /ws?room=r&name=x&key={KEY_A}&x=\xff HTTP/1.1\r\n\r\n".encode())
     assert (await asyncio.wait_for(reader.readline(), seconds(5))).split()[1] == b"400"
     writer.close()
-    await poll(lambda: "malformed HTTP request answered 400" in server.log(), 5, "its log line")
+    await poll(lambda: "malformed HTTP request" in server.log(), 5, "its log line")
     log = server.log()
     assert "listening" in log  # the log was read: the same file a deployment keeps
     for secret in secrets:

@@ -1,4 +1,4 @@
-"""The long fuzzing run, as a command (docs/performance.md, "Bad input at scale"):
+"""The long fuzzing run, as a command (docs/storms.md, "Fuzzing"):
 
     .venv/bin/python -m tests.fuzz --frames 100000 --requests 20000 --broker redis
     .venv/bin/python -m tests.fuzz --broker memory --seed 1234      # reproduce a run

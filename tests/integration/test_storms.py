@@ -1,6 +1,6 @@
 """Join and reconnect storms at a small scale: the rules a storm must not break.
 
-The figures (10,000 clients) come from loadtest/storms.py and are in docs/performance.md; here
+The figures (10,000 clients) come from loadtest/storms.py and are in docs/storms.md; here
 a few hundred clients arrive at once and every welcome must still be right (name, members,
 count), no presence frame may come from a room past the presence limit (on Redis: none is even
 produced), and after a reconnect storm from a dead instance to a live one every client must

@@ -658,7 +658,7 @@ async def mode_reconnect(args: argparse.Namespace, target: Target) -> dict[str, 
     }
 
 
-# --- tables for docs/performance.md --------------------------------------------------------
+# --- tables for docs/storms.md --------------------------------------------------------------------
 
 
 def report(paths: Sequence[str]) -> None:

@@ -8,19 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import random
 import socket
 import struct
+import termios
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiohttp import web
 
 from webchat.broker.base import Message
-from webchat.protocol import parse_id, ws_text_frame
+from webchat.protocol import parse_id, ws_close_frame, ws_text_frame
 
 log = logging.getLogger(__name__)
+
+
+def _unacknowledged(transport: asyncio.Transport) -> int:
+    """Bytes not yet acknowledged by the peer: asyncio's buffer plus the kernel's send queue
+    (Linux SIOCOUTQ); 0 once the socket is gone."""
+    pending = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return pending
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:  # closed meanwhile (fileno -1)
+        return pending
+    return pending + int(struct.unpack("i", queued)[0])
 
 
 def reset(transport: asyncio.Transport) -> None:
@@ -83,6 +99,7 @@ class Connection:
         "last_seen",
         "name",
         "next_ping",
+        "ping_pending",
         "room",
         "user",
         "ws",
@@ -129,6 +146,9 @@ class Connection:
         now = asyncio.get_running_loop().time()
         self.last_seen = now  # when the client last sent any frame (pongs included)
         self.next_ping = now + random.uniform(0, heartbeat)  # a random phase spreads pings
+        # The heartbeat pinged and no pong came yet: the pong answering it costs no token (a
+        # client sending at its rate must not be limited for the server's keep-alive).
+        self.ping_pending = False
 
     # --- writing ----------------------------------------------------------------------
 
@@ -275,6 +295,35 @@ class Connection:
         task = loop.create_task(self._close(code, reason))
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
+
+    async def close_abuser(self, code: int, reason: str, *, why: str) -> None:
+        """Close without reading on: stop reading the socket, write a close frame after what
+        is queued, wait until the client's TCP stack has acknowledged it all (at most the
+        grace), then drop the socket.
+
+        For a client that floods: waiting for its close reply, as `close` does, would read
+        and parse its flood meanwhile. The acknowledgement matters because closing a socket
+        with unread input sends a reset, which would discard a close frame not yet sent.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        self.mark_ended(why)
+        self._held = None
+        transport = self._transport
+        if transport.is_closing():
+            return
+        transport.pause_reading()  # what it sends from now on is not even read
+        transport.write(ws_close_frame(code, reason))  # tiny: past the buffer's bound is fine
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOW_CLOSE_GRACE
+        delay = 0.002
+        while _unacknowledged(transport) and loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.1)
+        # Closed here, not by aiohttp: at the handler's end it would send its own close frame
+        # and wait for the reply, reading (and parsing) the flood again.
+        self._reset()
 
     async def _close(self, code: int, reason: str) -> None:
         try:

@@ -63,6 +63,8 @@ ROOMS_CACHE_SECONDS = 2.0
 REPLAY_PAGE = 100
 # Replay frames are written in pieces of at most this many bytes (and of the send buffer).
 REPLAY_CHUNK = 64 * 1024
+# What a client sends that costs a token; the rest (close, errors) only ends the session.
+_FRAMES = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG})
 # Retry-After (seconds) of a 503 for an overloaded instance, and for one at its connection cap.
 RETRY_OVERLOADED = 2
 RETRY_FULL = 5
@@ -81,7 +83,11 @@ class Node:
         self.config = config
         # The CLI raises the descriptor limit and checks that --max-connections fits it before
         # it starts (limits.py); here, without `limits`, the caps follow the current limit.
-        self.limits = limits or budget(config.max_connections, descriptor_limit())
+        self.limits = limits or budget(
+            config.max_connections,
+            descriptor_limit(),
+            0 if config.memory_broker else config.redis_pool,
+        )
         self.sessions = 0  # WebSocket sessions in progress (upgrading or open)
         self.trimmer = Trimmer()  # memory back to the system after large answers and replays
         self.id = uuid.uuid4().hex[:12]
@@ -270,6 +276,8 @@ class Node:
                 conn.mark_ended("error")
                 await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
                 return ws
+            except ConnectionResetError:  # the client reset its connection during the join
+                return ws  # a normal disconnect (ws.prepare: "Connection lost"), not an ERROR
             await self._receive(ws, conn)
         finally:
             self.hub.detach(conn)
@@ -386,21 +394,32 @@ class Node:
         name = member_name(conn.name)  # the display name; conn.name is the presence member
         async for msg in ws:
             received = conn.last_seen = loop.time()
-            if msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
-                continue
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type not in _FRAMES:
                 if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
                     conn.mark_ended("error")  # a protocol error, a frame too big (1009)
-                continue  # a pong: last_seen is all it is for; errors end the loop
+                continue  # closing; errors end the loop
+            if msg.type is WSMsgType.PONG and conn.ping_pending:
+                conn.ping_pending = False  # the answer to the heartbeat's ping: free
+                continue
+            # Every other frame costs a token, pings and pongs too (PROTOCOL.md): a ping flood
+            # ends in rate_limited and 1008 like a message flood.
             if not bucket.take(loop.time()):
                 self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
                 if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    conn.mark_ended("rate_limit_abuse")
-                    conn.closing = True
-                    await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
+                    # Not waiting for its close reply: a flood would be parsed meanwhile.
+                    await conn.close_abuser(
+                        CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse"
+                    )
                     break
                 continue
+            if msg.type is WSMsgType.PING:
+                try:
+                    await ws.pong(msg.data)
+                except ConnectionResetError:  # the client reset its connection: it left
+                    break
+                continue
+            if msg.type is WSMsgType.PONG:
+                continue  # last_seen is all it is for
             if msg.type is WSMsgType.BINARY:
                 self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
                 continue

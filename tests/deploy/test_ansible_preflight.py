@@ -55,6 +55,17 @@ BAD = {
         {"redis_maxmemory_policy": "allkeys-lru"},
         "redis_maxmemory_policy allkeys-lru could silently evict chat history streams;",
     ),
+    # The web hosts of this inventory may open 470 connections: 6 processes of 73, + 32.
+    "redis_clients": (
+        "redis",
+        {"redis_maxclients": 100},
+        "redis_maxclients 100 is less than the 470 connections the web hosts' webchat",
+    ),
+    "redis_nofile": (
+        "redis",
+        {"redis_nofile": 5000},
+        "redis_nofile 5000 must be at least redis_maxclients + 32 (10032):",
+    ),
     "lb_port": (
         "lb",
         {"nginx_https_port": 0},
@@ -64,6 +75,16 @@ BAD = {
         "lb",
         {"nginx_tls_certificate_src": "/etc/hostname"},
         "Set both nginx_tls_certificate_src and nginx_tls_key_src",
+    ),
+    "lb_alias": (
+        "lb",
+        {"nginx_server_aliases": ["https://www.chat.example.com"]},
+        "nginx_server_aliases must be a list of host names or addresses",
+    ),
+    "lb_rate": (
+        "lb",
+        {"nginx_api_rate": "10r/s"},
+        "nginx_api_rate must be a whole number of at least 1, got 10r/s.",
     ),
     "mon_retention": (
         "monitoring",

@@ -15,11 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
 from tests.support import nginx as nginxconf
-from tests.support.servers import ROOT, require_binary
+from tests.support.servers import ROOT, free_port, require_binary, wait_until
 from tests.support.timing import seconds
 
 HOSTS = {
@@ -138,24 +139,44 @@ def test_nginx_balances_every_port_of_every_web_host(rendered: Path):
     # Without a shared zone, least_conn balances per worker only.
     assert upstream.child("zone").values[0] == "webchat_upstream"
     assert upstream.child("least_conn")
-    ws = config.location("=", "/ws")
+    tls = _tls_server(config)
+    ws = config.location("=", "/ws", server=tls)
     headers = {d.values[0]: d.values[1] for d in ws.children("proxy_set_header")}
     assert headers["Host"] == "$http_host", "browsers get 403 without the Host header"
     assert headers["Upgrade"] == "$http_upgrade"
-    assert config.location("=", "/metrics").child("return").values == ["404"]
+    assert config.location("=", "/metrics", server=tls).child("return").values == ["404"]
+
+
+def _tls_server(config: nginxconf.Config) -> nginxconf.Directive:
+    """The server of the service's names on HTTPS (not the default server dropping others)."""
+    (server,) = [
+        s
+        for s in config.one("http").children("server")
+        if s.block is not None
+        and s.child("server_name").values != ["_"]
+        and s.children("listen")[0].values[:2] == ["443", "ssl"]
+    ]
+    return server
 
 
 def test_nginx_redirects_http_and_serves_stub_status_on_loopback(rendered: Path):
     config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
     servers = [d for d in config.one("http").children("server") if d.block is not None]
-    plain = next(s for s in servers if s.children("listen")[0].values[0] == "80")
+    # Other names are dropped by a default server (tests/deploy/test_ansible_nginx.py); the
+    # service's names and the lb's own address are redirected to HTTPS.
+    plain = next(
+        s
+        for s in servers
+        if s.children("listen")[0].values == ["80"] and s.child("server_name").values != ["_"]
+    )
+    assert plain.child("server_name").values == ["chat.example.com", "10.9.0.10"]
     redirect = plain.child("location").child("return").values
     assert redirect == ["301", "https://$host$request_uri"], redirect
-    tls = next(s for s in servers if s.children("listen")[0].values[:2] == ["443", "ssl"])
+    tls = _tls_server(config)
     assert tls.child("ssl_certificate").values == ["/etc/nginx/tls/webchat.crt"]
     status = next(s for s in servers if s.children("listen")[0].values[0].startswith("127.0.0.1:"))
     assert any(d.name == "stub_status" for d in status.walk())
-    assert len(servers) == 3
+    assert len(servers) == 4
 
 
 def test_prometheus_targets_pass_promtool_and_list_every_instance(rendered: Path, tmp_path: Path):
@@ -242,3 +263,62 @@ def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
     assert 'REDIS_URL="redis://:' + "p" * 32 + '@10.9.1.5:6379/0"' in env
     node = yaml.safe_load((tmp_path / "chat1" / "targets" / "node.yml").read_text())
     assert [t for group in node for t in group["targets"]] == ["10.9.1.5:9100"]
+
+
+def test_redis_conf_starts_a_redis_that_refuses_writes_when_full(rendered: Path, tmp_path: Path):
+    """The rendered redis.conf, with only its paths and address rewritten for this machine,
+    runs a real redis-server that is what webchat's hardening needs (docs/security-redis.md):
+    a password, noeviction at maxmemory (a full Redis refuses writes, so instances turn not
+    ready, instead of evicting history), writes refused after a failed save, expired history
+    streams freed in the background."""
+    text = (rendered / "redis1" / "redis.conf").read_text()
+    directives = dict(
+        line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert directives["bind"] == "10.9.0.13", "the private address only"
+    assert int(directives["maxclients"]) >= 64 + 9
+    port = free_port()
+    local = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(tmp_path),
+        "pidfile": str(tmp_path / "redis.pid"),
+        "logfile": str(tmp_path / "redis.log"),
+        "supervised": "no",
+        "maxclients": "100",  # the test's own file limit may be lower than the host's
+    }
+    lines = [
+        f"{line.split(' ', 1)[0]} {local[line.split(' ', 1)[0]]}"
+        if line.split(" ", 1)[0] in local
+        else line
+        for line in text.splitlines()
+    ]
+    (tmp_path / "redis.conf").write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen([require_binary("redis-server"), str(tmp_path / "redis.conf")])
+    try:
+        anonymous = redis.Redis(port=port, socket_timeout=seconds(5))
+
+        def refuses_anonymous() -> bool:
+            assert proc.poll() is None, (tmp_path / "redis.log").read_text()
+            try:
+                anonymous.ping()
+            except redis.AuthenticationError:
+                return True
+            except redis.ConnectionError:
+                return False
+            raise AssertionError("redis.conf lets a client in without the password")
+
+        wait_until(refuses_anonymous, seconds(10), "redis-server to answer")
+        client = redis.Redis(port=port, password="p" * 32, socket_timeout=seconds(5))
+        config = client.config_get("*")
+        assert config["maxmemory-policy"] == "noeviction"
+        assert config["maxmemory"] == str(512 * 1024 * 1024)
+        assert config["stop-writes-on-bgsave-error"] == "yes"
+        assert config["lazyfree-lazy-expire"] == "yes"
+        assert config["appendonly"] == "yes"
+        client.config_set("maxmemory", 1)  # full: a write is refused, nothing is evicted
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("wc:probe", "x")
+    finally:
+        proc.terminate()
+        proc.wait(seconds(10))

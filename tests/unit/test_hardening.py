@@ -41,6 +41,17 @@ def test_an_explicit_cap_must_fit_the_descriptor_limit() -> None:
         budget(0, RESERVE + MIN_HEADROOM)
 
 
+def test_a_larger_redis_pool_is_reserved_beyond_the_default() -> None:
+    # The default pool (64) is inside RESERVE; 500 connections take 436 more descriptors.
+    assert budget(0, 20_000, 64) == budget(0, 20_000) == budget(0, 20_000, 8)
+    larger = budget(0, 20_000, 500)
+    assert larger.reserve == RESERVE + 436 and larger.descriptors == 20_000
+    assert larger.websockets < budget(0, 20_000).websockets
+    assert budget(1000, 20_000, 500) == Budget(1000, 1100, RESERVE + 436)
+    with pytest.raises(ValueError, match=r"1000 connections need about 1664 .* limit is 1500"):
+        budget(1000, 1500, 500)
+
+
 # --- api.py: pages bounded in bytes ----------------------------------------------------------
 
 
@@ -247,3 +258,13 @@ async def test_admission_refuses_while_the_loop_is_late_or_the_cap_is_reached() 
     off = Node(WebchatConfig(max_loop_lag=0), limits=Budget(websockets=2, sockets=18))
     off.loop_lag.probe(30.0, now=off.loop_lag._since + 31.0)
     assert off.admission() is None  # 0: never refuse for lag
+
+
+def test_close_frame_is_rfc_6455_with_a_short_reason() -> None:
+    from webchat.protocol import ws_close_frame
+
+    frame = ws_close_frame(1008, "rate limit abuse")
+    assert frame[0] == 0x88 and frame[1] == 2 + len("rate limit abuse")
+    assert int.from_bytes(frame[2:4], "big") == 1008 and frame[4:] == b"rate limit abuse"
+    long = ws_close_frame(1013, "x" * 500)  # a control frame's payload is at most 125 bytes
+    assert long[1] == 125 and len(long) == 127

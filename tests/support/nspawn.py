@@ -193,6 +193,13 @@ class Cluster:
                 self._boot(host)
             for host in self.hosts.values():
                 self.wait_ssh(host.name)
+            # As a VM's first boot does: its package lists fetched once. One host at a time:
+            # when several ask apt-cacher-ng for the same index in the same second, it can fail
+            # to move the old copy aside ("Failure to move file ... File exists" in its log)
+            # and one host's apt then waits forever. The roles' apt tasks find the lists fresh
+            # (cache_valid_time) and do not fetch them again all at once.
+            for host in self.hosts.values():
+                self.ssh(host.name, "apt-get update -qq", timeout=180)
         except BaseException:
             self.cleanup()
             raise

@@ -357,7 +357,8 @@ async def test_nginx_answers_json_and_logs_no_secrets(make_server, make_nginx, s
     assert status == 400 and headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "bad_request"
 
-    # The API's rate per address (10/s, burst 20): 60 requests at once, some get the JSON 503.
+    # The API's rate per address (10/s, burst 20): 60 requests at once, some get the JSON 503
+    # (nginx's, or on a slow machine the app's own --api-concurrency answer: both are PROTOCOL's).
     async def api() -> tuple[int, dict, bytes]:
         async with session.get(nginx.url + "/api/rooms") as response:
             return response.status, dict(response.headers), await response.read()
@@ -366,7 +367,8 @@ async def test_nginx_answers_json_and_logs_no_secrets(make_server, make_nginx, s
     assert {status for status, _, _ in answers} == {200, 503}
     for status, headers, body in answers:
         if status == 503:
-            assert headers["Retry-After"] == "1" and headers["Content-Type"] == "application/json"
+            assert int(headers["Retry-After"]) >= 1, headers
+            assert headers["Content-Type"].split(";")[0] == "application/json", headers
             assert json.loads(body)["error"]["code"] == "unavailable"
     # Keys and tokens travel in the query string; the access log has the path and the room.
     secret_key, secret_token = "K" * 20 + "secret", "eyJ.secret-token.sig"

@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from tests.support.timing import seconds
 from webchat import api
 from webchat.broker.base import Message
 from webchat.config import Config as WebchatConfig
@@ -187,19 +188,26 @@ def test_throttled_logs_once_per_interval_with_a_count(caplog: pytest.LogCapture
 
 async def test_trims_follow_bursts_at_most_once_per_interval() -> None:
     calls: list[float] = []
+    trimmed = asyncio.Event()
     loop = asyncio.get_running_loop()
-    trimmer = Trimmer(delay=0.01, interval=0.2, trim=lambda: calls.append(loop.time()))
+
+    def trim() -> None:
+        calls.append(loop.time())
+        trimmed.set()
+
+    trimmer = Trimmer(delay=0.01, interval=0.2, trim=trim)
     started = loop.time()
     for _ in range(100):  # a burst: one trim after it
         trimmer.soon()
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(trimmed.wait(), seconds(5))
     assert len(calls) == 1 and calls[0] - started >= 0.01
+    trimmed.clear()
     trimmer.soon()  # another burst right after: not before the interval has passed
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(trimmed.wait(), seconds(5))
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.2
     trimmer.soon()
     trimmer.cancel()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # time under test: a cancelled trim must not come
     assert len(calls) == 2
 
 

@@ -63,6 +63,14 @@ class ReconnectingClient:
     def connected(self) -> bool:
         return self._ws is not None
 
+    def state(self) -> str:
+        """What the client has seen so far, for a timeout's message."""
+        return (
+            f"{len(self.messages)} messages, {len(self.duplicates)} duplicates, {self.gaps} gaps,"
+            f" {len(self.welcomes)} welcomes, close codes {self.close_codes[-10:]},"
+            f" failed attempts {self.failed_attempts[-3:]}, connected={self.connected}"
+        )
+
     def ids(self) -> list[str]:
         return [m["id"] for m in self.messages]
 
@@ -93,7 +101,7 @@ class ReconnectingClient:
                 self._task.result()  # a crash of the client itself fails the test at once
             left = deadline - loop.time()
             if left <= 0:
-                raise TimeoutError(f"{self.name}: no {what} within {timeout}s")
+                raise TimeoutError(f"{self.name}: no {what} within {timeout}s ({self.state()})")
             self._changed.clear()
             if predicate():
                 return

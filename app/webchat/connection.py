@@ -12,10 +12,9 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from aiohttp import web
-
 from webchat.broker.base import Message
 from webchat.protocol import parse_id, ws_text_frame
+from webchat.websocket import ServerSocket
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class Connection:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: ServerSocket,
         transport: asyncio.Transport,
         room: str,
         name: str,
@@ -177,15 +176,7 @@ class Connection:
         self._held = None
         loop = asyncio.get_running_loop()
         self._abort_timer = loop.call_later(grace, self._transport.abort)
-        task = loop.create_task(self._close(code, reason))
-        _closing_tasks.add(task)
-        task.add_done_callback(_closing_tasks.discard)
-
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            await self.ws.close(code=code, message=reason.encode())
-        except Exception:  # the socket may already be gone; nothing is left to deliver
-            log.debug("close %s failed", code, exc_info=True)
+        self.ws.close(code, reason)
 
     def drop(self) -> None:
         """The client is gone without closing (no pong): free the socket now."""
@@ -194,14 +185,10 @@ class Connection:
         self._transport.abort()
 
     def closed(self) -> None:
-        """The handler ended: cancel the abort timer, unless frames are still unsent.
+        """The socket is gone: cancel the abort timer, unless frames are still unsent.
 
-        A queued close ends the handler at once, and aiohttp then closes the transport
-        gracefully, waiting for its buffer to be written: forever, if the client never reads.
-        The timer then stays, to drop the socket at the deadline.
+        (With the socket gone its buffer is empty; the check keeps the timer if a caller ever
+        ends the session while the transport still flushes, to drop it at the deadline.)
         """
         if self._abort_timer is not None and not self._transport.get_write_buffer_size():
             self._abort_timer.cancel()
-
-
-_closing_tasks: set[asyncio.Task[None]] = set()

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from webchat.broker import create_broker
 from webchat.broker.base import Broker, BrokerUnavailable, Draft
@@ -21,6 +22,7 @@ from webchat.protocol import (
     GAP,
     ConnectParams,
     ProtocolError,
+    SendRequest,
     encode_error,
     encode_message,
     encode_welcome,
@@ -28,6 +30,9 @@ from webchat.protocol import (
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
+from webchat.session import Pending, Session
+from webchat.upgrade import take_over
+from webchat.websocket import ServerSocket
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ class Node:
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # publishes awaited for sessions
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -68,61 +74,79 @@ class Node:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
+        # aiohttp no longer holds the sockets (upgrade.py): drop those still open after the
+        # drain, and let their sessions end before the hub goes.
+        self.draining = True
+        for conn in self.hub.connections:
+            conn.drop()
+        if self.hub.connection_count:
+            await self._all_closed.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.hub.close()
         await self.broker.close()
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.WebSocketResponse:
-        """Run one WebSocket session: welcome, replay, then the client's frames until it ends."""
+    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
+        """Open one WebSocket session: upgrade, welcome and replay, then return.
+
+        The client's messages then come by callback (session.py, `handle_message`), with no
+        task left for an idle client; `session_ended` runs when its socket is gone.
+        """
         cfg = self.config
-        ws = web.WebSocketResponse(
-            compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
-            max_msg_size=cfg.max_frame + 1,  # aiohttp refuses len >= max_msg_size
-            autoping=False,  # pings and pongs are handled below and by heartbeat.py
-            timeout=DRAIN_CLOSE_GRACE,
-        )
-        await ws.prepare(request)
-        transport = request.transport
-        if transport is None:  # the client went away during the handshake
-            return ws
-        conn = Connection(
-            ws,
-            transport,
-            params.room,
-            params.name,
-            cfg.send_buffer,
-            on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
-            heartbeat=cfg.heartbeat,
-        )
-        self.metrics.connected_users.inc()
-        try:
+        # Permessage-deflate is never negotiated: it costs ~100 KiB per client.
+        socket = ServerSocket(max_size=cfg.max_frame)
+        async with take_over(request, socket) as response:
+            transport = socket.transport
+            if transport is None:  # the client went away during the handshake
+                return response
+            conn = Connection(
+                socket,
+                transport,
+                params.room,
+                params.name,
+                cfg.send_buffer,
+                on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
+                heartbeat=cfg.heartbeat,
+            )
+            bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
+            self.metrics.connected_users.inc()
             try:
                 await self.hub.attach(conn)
-                await self._welcome(ws, conn, params)
+                await self._welcome(socket, conn, params)
             except BrokerUnavailable:
-                await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
-                return ws
+                conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
             except ConnectionResetError:  # the client left during its welcome or replay
-                return ws
-            await self._receive(ws, conn)
-        finally:
-            self.hub.detach(conn)
-            conn.closed()
-            self.metrics.connected_users.dec()
-            if self.draining and self.hub.connection_count == 0:
-                self._all_closed.set()
-        return ws
+                pass
+            except asyncio.CancelledError:  # the server is stopping
+                conn.drop()
+                raise
+            finally:
+                socket.start(Session(self, conn, socket, bucket))
+        return response
 
-    async def _welcome(
-        self, ws: web.WebSocketResponse, conn: Connection, params: ConnectParams
-    ) -> None:
+    def session_ended(self, conn: Connection) -> None:
+        self.hub.detach(conn)
+        conn.closed()
+        self.metrics.connected_users.dec()
+        if self.draining and self.hub.connection_count == 0:
+            self._all_closed.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _welcome(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
         conn.forget_held_presence()
         members, count = await self.broker.presence.members(
             params.room, self.config.presence_limit, params.name
         )
         welcome = encode_welcome(params.room, params.name, members, count, self._limits)
-        await ws.send_frame(welcome, WSMsgType.TEXT)
+        conn.write_now(welcome)
+        await socket.drain()
         watermark = None
         if params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
@@ -133,52 +157,48 @@ class Node:
             if history.gap:
                 frames.insert(0, GAP)
             for frame in frames:
-                await ws.send_frame(frame, WSMsgType.TEXT)
+                conn.write_now(frame)
+                await socket.drain()  # the replay waits for a slow reader
             if history.messages:
                 watermark = history.messages[-1].id
             elif newest.messages:
                 watermark = newest.messages[-1].id
         conn.go_live(watermark)
 
-    async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+    def handle_message(
+        self, conn: Connection, bucket: TokenBucket, data: str | bytes
+    ) -> Pending | None:
+        """One message of a client, in order (pings and pongs never get here: websocket.py)."""
         cfg = self.config
-        loop = asyncio.get_running_loop()
-        bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
-        async for msg in ws:
-            conn.last_seen = loop.time()
-            if msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
-                continue
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue  # a pong: last_seen is all it is for; errors end the loop
-            if not bucket.take(loop.time()):
-                self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
-                if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    self.metrics.closes.labels("rate_limit_abuse").inc()
-                    conn.closing = True
-                    await ws.close(code=CLOSE_POLICY, message=b"rate limit abuse")
-                    break
-                continue
-            if msg.type is WSMsgType.BINARY:
-                self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
-                continue
-            try:
-                request = parse_client_frame(msg.data, cfg.max_text)
-            except ProtocolError as exc:
-                self._error(conn, exc.code, exc.message)
-                continue
-            try:
-                published = await self.broker.publish(
-                    conn.room, Draft(conn.name, request.text, request.nonce)
-                )
-            except BrokerUnavailable:
-                self._error(conn, "unavailable", "the message broker is unreachable; retry later")
-                continue
-            bucket.accepted()
-            if published.duplicate:
-                conn.send(ws_text_frame(encode_message(published.message)))
-            else:
-                self.metrics.messages.inc()
+        if not bucket.take(asyncio.get_running_loop().time()):
+            self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
+            if bucket.rejected_in_a_row >= 3 * cfg.burst:
+                self.metrics.closes.labels("rate_limit_abuse").inc()
+                conn.close(CLOSE_POLICY, "rate limit abuse", DRAIN_CLOSE_GRACE)
+            return None
+        if isinstance(data, bytes):
+            self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
+            return None
+        try:
+            request = parse_client_frame(data, cfg.max_text)
+        except ProtocolError as exc:
+            self._error(conn, exc.code, exc.message)
+            return None
+        return lambda: self._publish(conn, bucket, request)
+
+    async def _publish(self, conn: Connection, bucket: TokenBucket, request: SendRequest) -> None:
+        try:
+            published = await self.broker.publish(
+                conn.room, Draft(conn.name, request.text, request.nonce)
+            )
+        except BrokerUnavailable:
+            self._error(conn, "unavailable", "the message broker is unreachable; retry later")
+            return
+        bucket.accepted()
+        if published.duplicate:
+            conn.send(ws_text_frame(encode_message(published.message)))
+        else:
+            self.metrics.messages.inc()
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
         self.metrics.errors.labels(code).inc()

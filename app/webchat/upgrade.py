@@ -1,0 +1,97 @@
+"""Accept a WebSocket upgrade in an aiohttp handler, then take the socket away from aiohttp.
+
+aiohttp's WebSocketResponse keeps, for the whole session, the parsed request and its headers,
+the HTTP protocol and parser, a WebSocket reader, writer and queue, and two tasks: about 10 KiB
+of each idle client (docs/performance.md). Here aiohttp still routes the request, runs the
+checks before the upgrade (web.py), validates the handshake and writes the 101; then the
+transport is given to another asyncio.Protocol (websocket.py), and once the handler has returned
+aiohttp forgets the connection, and everything it held for it is freed.
+
+The seams, all public names: `WebSocketResponse.can_prepare` (aiohttp's handshake check),
+`RequestHandler.set_parser` (aiohttp's own hand-over point after an upgrade: it passes on the
+bytes read after the request), the protocol's `transport` attribute (set to None, so aiohttp
+neither writes to nor closes the socket) and `connection_lost` (so its server drops the
+connection), and asyncio's `Transport.set_protocol`. tests/integration/test_websocket.py checks
+that aiohttp lets go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, cast
+
+from aiohttp import web
+
+# RFC 6455 section 1.3: the server proves it read the key by hashing it with this GUID.
+WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept answer to a client's Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+class _Tail:
+    """Takes what aiohttp read after the upgrade request (a client may send frames at once)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        """aiohttp calls this when it lets the connection go; nothing to do."""
+
+
+@asynccontextmanager
+async def take_over(
+    request: web.Request, protocol: asyncio.Protocol
+) -> AsyncIterator[web.StreamResponse]:
+    """Answer the upgrade with 101 and give the socket to `protocol`, for the `async with`.
+
+    A malformed handshake raises aiohttp's own HTTPBadRequest, as WebSocketResponse would. Then
+    `protocol.connection_made(transport)` is called (unless the client is gone already), and
+    `data_received` with anything the client sent after its request. The block may await (a
+    welcome, say): aiohttp no longer sees the socket, so it neither reads nor closes it, but the
+    handler task is still aiohttp's (cancelled if the server stops). The handler must return
+    the response yielded; on leaving the block aiohttp is told to forget the connection.
+    """
+    probe = web.WebSocketResponse(compress=False)
+    if not probe.can_prepare(request).ok:
+        await probe.prepare(request)  # raises the 400 that names what is wrong
+        raise AssertionError("aiohttp accepted a handshake it had refused")
+    response = web.StreamResponse(
+        status=101,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "upgrade",
+            "Sec-WebSocket-Accept": accept_key(request.headers["Sec-WebSocket-Key"]),
+        },
+    )
+    response.force_close()  # no HTTP request may follow on this connection
+    await response.prepare(request)
+    handler = request.protocol
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        yield response
+        return
+    tail = _Tail()
+    handler.set_parser(cast(Any, tail))
+    handler.transport = None
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if tail.data:
+        protocol.data_received(tail.data)
+    try:
+        yield response
+    finally:
+        # After the handler has returned: done now, aiohttp would cancel the handler itself.
+        asyncio.get_running_loop().call_soon(handler.connection_lost, None)

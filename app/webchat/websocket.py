@@ -1,0 +1,218 @@
+"""One client's WebSocket after the upgrade: an asyncio.Protocol around websockets' sans-I/O core.
+
+No task and no reader, writer or queue objects per connection: the bytes the socket reads go
+through websockets' `Protocol` (frame parsing, unmasking, the size limit -> 1009, control frames,
+automatic pongs, the closing handshake), messages are put together from their fragments, text is
+checked to be UTF-8 (else 1007), and each message is handed to a `Listener` by a plain call.
+Server frames are written by the caller as pre-built bytes (connection.py); this module writes
+only what websockets answers by itself (pongs, close frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final, cast
+from typing import Protocol as Interface
+
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+
+# websockets logs every connection it closes at INFO, which would be a line per client here.
+_FRAMES_LOG: Final = logging.getLogger("webchat.websocket.frames")
+_FRAMES_LOG.setLevel(logging.WARNING)
+
+# After websockets ends the connection (the client's close answered, or a protocol error), the
+# client has this long to close its side before the socket is dropped; aiohttp waited as long.
+CLOSE_TIMEOUT: Final = 2.0
+
+
+class Listener(Interface):
+    """What a socket tells its owner. Every method is called from the event loop, never awaited."""
+
+    def on_activity(self) -> None:
+        """The client sent something (any frame, pongs included)."""
+
+    def on_message(self, data: str | bytes) -> None:
+        """A whole message: `str` for a text message, `bytes` for a binary one."""
+
+    def on_closing(self) -> None:
+        """The closing handshake is over (or failed): write nothing more to the transport."""
+
+    def on_closed(self) -> None:
+        """The TCP connection is gone. Called exactly once."""
+
+
+class ServerSocket(asyncio.Protocol):
+    """The server end of one WebSocket, from the 101 on (upgrade.py hands it the transport).
+
+    Nothing is read until `start`: the caller writes the welcome and replay first, and frames
+    the client sent meanwhile wait in the kernel's buffer.
+    """
+
+    __slots__ = (
+        "_close_timer",
+        "_drained",
+        "_early",
+        "_fragments",
+        "_listener",
+        "_lost",
+        "_write_paused",
+        "_ws",
+        "transport",
+    )
+
+    def __init__(self, max_size: int) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._ws = Protocol(Side.SERVER, state=State.OPEN, max_size=max_size, logger=_FRAMES_LOG)
+        self._listener: Listener | None = None
+        self._early = b""  # bytes that came before `start` (sent with the upgrade request)
+        self._fragments: list[Frame] | None = None  # a message whose last frame is still due
+        self._lost = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # --- the owner's side ---------------------------------------------------------------
+
+    def start(self, listener: Listener) -> None:
+        """Read from now on and hand everything to `listener` (even if the client is gone)."""
+        self._listener = listener
+        if self._lost:
+            listener.on_closed()
+            return
+        assert self.transport is not None
+        self.transport.resume_reading()
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the owner is busy with earlier messages)."""
+        if self.transport is not None and not self._lost:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self._lost and self._listener is not None:
+            self.transport.resume_reading()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake: a close frame after everything already buffered.
+
+        The connection ends when the client answers (or closes); the caller bounds the wait.
+        """
+        if self._ws.state is State.OPEN:
+            self._ws.send_close(code, reason)
+            self._send()
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is back under its low-water mark.
+
+        Raises ConnectionResetError if the client is gone.
+        """
+        if not self._lost and self._write_paused:
+            waiter = self._drained = asyncio.get_running_loop().create_future()
+            await waiter
+        if self._lost:
+            raise ConnectionResetError("the client closed the connection")
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        listener = self._listener
+        if listener is None:
+            self._early += data
+            return
+        listener.on_activity()
+        self._ws.receive_data(data)
+        # Messages first, in order, then what websockets answers (a close answer and the end
+        # of the stream come after the replies to the messages before the close).
+        for event in self._ws.events_received():
+            # Only frames: the handshake (Request/Response events) was aiohttp's.
+            if not self._frame(cast(Frame, event), listener):
+                break
+        self._send()
+
+    def eof_received(self) -> bool:
+        self._ws.receive_eof()
+        self._send()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._wake_drain()
+        if self._listener is not None:
+            self._listener.on_closed()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _frame(self, frame: Frame, listener: Listener) -> bool:
+        """Pass on a finished message; False once the connection has failed (bad UTF-8)."""
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if not frame.fin:
+                self._fragments = [frame]
+                return True
+            data = bytes(frame.data)
+        elif opcode is Opcode.CONT:
+            # websockets refuses a continuation frame without a first frame (1002).
+            assert self._fragments is not None
+            self._fragments.append(frame)
+            if not frame.fin:
+                return True
+            fragments, self._fragments = self._fragments, None
+            opcode = fragments[0].opcode
+            data = b"".join(f.data for f in fragments)
+        else:
+            return True  # ping (websockets answers it), pong, close (websockets handles it)
+        if opcode is Opcode.BINARY:
+            listener.on_message(data)
+            return True
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            self._ws.fail(CloseCode.INVALID_DATA, f"text is not UTF-8 at byte {exc.start}")
+            return False
+        listener.on_message(text)
+        return True
+
+    def _send(self) -> None:
+        """Write what websockets wants sent; its end of stream means: half-close, then wait."""
+        transport = self.transport
+        assert transport is not None
+        for data in self._ws.data_to_send():
+            if transport.is_closing():
+                continue
+            if data:
+                transport.write(data)
+                continue
+            if self._listener is not None:
+                self._listener.on_closing()
+            if transport.can_write_eof():
+                # Not close(): unread bytes (the rest of an oversized frame) would make the
+                # kernel answer with a reset, which can destroy the close frame in flight.
+                transport.write_eof()
+            else:
+                transport.close()
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, transport.abort)
+
+    def _wake_drain(self) -> None:
+        waiter, self._drained = self._drained, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,101 @@
+"""webchat/upgrade.py against a real aiohttp server in this process: after the 101 the socket
+is served by another protocol, and aiohttp lets go of the connection (its server no longer lists
+it and its request handler is freed), whether or not aiohttp cancels handlers on disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from tests.support.rawws import RawWebSocket
+from tests.support.servers import free_port
+from tests.support.timing import poll
+from webchat.upgrade import take_over
+
+
+class Echo(asyncio.Protocol):
+    """Sends back every byte it reads: proof that the socket is this protocol's now."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Server:
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self.runner = runner
+        self.port = port
+        self.outcomes: list[object] = []  # what the handler returned or raised, per request
+
+
+@pytest.fixture(params=[True, False], ids=["handler_cancellation", "no_cancellation"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    holder: list[Server] = []
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            holder[0].outcomes.append(exc)
+            raise
+        holder[0].outcomes.append(response.status)
+        return response
+
+    async def upgrade(request: web.Request) -> web.StreamResponse:
+        async with take_over(request, Echo()) as response:
+            await asyncio.sleep(0.01)  # the block may await: aiohttp no longer reads the socket
+        return response
+
+    app = web.Application(middlewares=[record])
+    app.router.add_get("/ws", upgrade)
+    runner = web.AppRunner(app, handler_cancellation=request.param)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    holder.append(Server(runner, port))
+    yield holder[0]
+    await runner.cleanup()
+
+
+async def test_the_socket_changes_hands_and_aiohttp_lets_go(server: Server):
+    early = b"sent with the request"
+    raw = await RawWebSocket.connect("127.0.0.1", server.port, "/ws", early=early)
+    assert await raw.read_bytes(len(early)) == early  # what came with the request, echoed
+    aiohttp_server = server.runner.server
+    assert aiohttp_server is not None
+    await poll(lambda: not aiohttp_server.connections, 5, "aiohttp dropping the connection")
+    await raw.send_bytes(b"ping?")
+    assert await raw.read_bytes(5) == b"ping?"
+    assert server.outcomes == [101], "the handler returned its 101, not a cancellation"
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, RequestHandler)]
+    assert held == [], "aiohttp's request handler is freed while the socket lives on"
+    raw.close()
+
+
+async def test_a_malformed_handshake_gets_aiohttps_400(server: Server):
+    async with aiohttp.ClientSession() as session:
+        headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+        url = f"http://127.0.0.1:{server.port}/ws"
+        async with session.get(url, headers=headers) as response:
+            assert response.status == 400
+            assert "Handshake error" in await response.text()
+        async with session.get(url) as response:  # not an upgrade at all
+            assert response.status == 400
+            assert "No WebSocket UPGRADE hdr" in await response.text()

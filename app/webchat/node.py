@@ -80,7 +80,11 @@ class Node:
         for conn in self.hub.connections:
             conn.drop()
         if self.hub.connection_count:
-            await self._all_closed.wait()
+            try:
+                async with asyncio.timeout(DRAIN_CLOSE_GRACE):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                log.warning("%d sessions did not end", self.hub.connection_count)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -120,7 +124,7 @@ class Node:
                 conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
             except ConnectionResetError:  # the client left during its welcome or replay
                 pass
-            except asyncio.CancelledError:  # the server is stopping
+            except BaseException:  # the server is stopping (cancelled), or a bug: drop it
                 conn.drop()
                 raise
             finally:

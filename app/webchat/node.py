@@ -52,7 +52,7 @@ class Node:
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()  # publishes awaited for sessions
+        self._tasks: set[asyncio.Task[None]] = set()  # sessions' openings and publishes
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -74,9 +74,13 @@ class Node:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        # aiohttp no longer holds the sockets (upgrade.py): drop those still open after the
-        # drain, and let their sessions end before the hub goes.
+        # aiohttp no longer holds the sockets (upgrade.py): stop the sessions' tasks (openings,
+        # publishes), drop the sockets still open after the drain, and let the sessions end
+        # before the hub goes.
         self.draining = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for conn in self.hub.connections:
             conn.drop()
         if self.hub.connection_count:
@@ -85,51 +89,54 @@ class Node:
                     await self._all_closed.wait()
             except TimeoutError:
                 log.warning("%d sessions did not end", self.hub.connection_count)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.hub.close()
         await self.broker.close()
 
     # --- one client ---------------------------------------------------------------------
 
     async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
-        """Open one WebSocket session: upgrade, welcome and replay, then return.
+        """Upgrade to a WebSocket and return the 101; the session goes on without aiohttp.
 
-        The client's messages then come by callback (session.py, `handle_message`), with no
-        task left for an idle client; `session_ended` runs when its socket is gone.
+        The welcome and replay are written by a task of the node's (`_open`); the client's
+        messages then come by callback (session.py, `handle_message`), with no task left for an
+        idle client; `session_ended` runs when its socket is gone.
         """
         cfg = self.config
         # Permessage-deflate is never negotiated: it costs ~100 KiB per client.
         socket = ServerSocket(max_size=cfg.max_frame)
-        async with take_over(request, socket) as response:
-            transport = socket.transport
-            if transport is None:  # the client went away during the handshake
-                return response
-            conn = Connection(
-                socket,
-                transport,
-                params.room,
-                params.name,
-                cfg.send_buffer,
-                on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
-                heartbeat=cfg.heartbeat,
-            )
-            bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
-            self.metrics.connected_users.inc()
-            try:
-                await self.hub.attach(conn)
-                await self._welcome(socket, conn, params)
-            except BrokerUnavailable:
-                conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
-            except ConnectionResetError:  # the client left during its welcome or replay
-                pass
-            except BaseException:  # the server is stopping (cancelled), or a bug: drop it
-                conn.drop()
-                raise
-            finally:
-                socket.start(Session(self, conn, socket, bucket))
+        response = await take_over(request, socket)
+        transport = socket.transport
+        if transport is None:  # the client went away during the handshake
+            return response
+        conn = Connection(
+            socket,
+            transport,
+            params.room,
+            params.name,
+            cfg.send_buffer,
+            on_overflow=lambda: self.metrics.closes.labels("slow_client").inc(),
+            heartbeat=cfg.heartbeat,
+        )
+        self.metrics.connected_users.inc()
+        self.spawn(self._open(socket, conn, params))
         return response
+
+    async def _open(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
+        """Join, welcome and replay, then hand the client's messages to a Session."""
+        cfg = self.config
+        bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
+        try:
+            await self.hub.attach(conn)
+            await self._welcome(socket, conn, params)
+        except BrokerUnavailable:
+            conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
+        except ConnectionResetError:  # the client left during its welcome or replay
+            pass
+        except BaseException:  # the server is stopping (cancelled), or a bug: drop it
+            conn.drop()
+            raise
+        finally:
+            socket.start(Session(self, conn, socket, bucket))
 
     def session_ended(self, conn: Connection) -> None:
         self.hub.detach(conn)

@@ -4,14 +4,14 @@ aiohttp's WebSocketResponse keeps, for the whole session, the parsed request and
 the HTTP protocol and parser, a WebSocket reader, writer and queue, and two tasks: about 10 KiB
 of each idle client (docs/performance.md). Here aiohttp still routes the request, runs the
 checks before the upgrade (web.py), validates the handshake and writes the 101; then the
-transport is given to another asyncio.Protocol (websocket.py), and once the handler has returned
-aiohttp forgets the connection, and everything it held for it is freed.
+transport is given to another asyncio.Protocol (websocket.py), the handler returns, and aiohttp
+forgets the connection and frees everything it held for it.
 
 The seams, all public names: `WebSocketResponse.can_prepare` (aiohttp's handshake check),
 `RequestHandler.set_parser` (aiohttp's own hand-over point after an upgrade: it passes on the
 bytes read after the request), the protocol's `transport` attribute (set to None, so aiohttp
 neither writes to nor closes the socket) and `connection_lost` (so its server drops the
-connection), and asyncio's `Transport.set_protocol`. tests/integration/test_websocket.py checks
+connection), and asyncio's `Transport.set_protocol`. tests/integration/test_upgrade.py checks
 that aiohttp lets go.
 """
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 
 from aiohttp import web
@@ -51,18 +49,14 @@ class _Tail:
         """aiohttp calls this when it lets the connection go; nothing to do."""
 
 
-@asynccontextmanager
-async def take_over(
-    request: web.Request, protocol: asyncio.Protocol
-) -> AsyncIterator[web.StreamResponse]:
-    """Answer the upgrade with 101 and give the socket to `protocol`, for the `async with`.
+async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.StreamResponse:
+    """Answer the upgrade with 101 and give the socket to `protocol`; return the 101 at once.
 
     A malformed handshake raises aiohttp's own HTTPBadRequest, as WebSocketResponse would. Then
     `protocol.connection_made(transport)` is called (unless the client is gone already), and
-    `data_received` with anything the client sent after its request. The block may await (a
-    welcome, say): aiohttp no longer sees the socket, so it neither reads nor closes it, but the
-    handler task is still aiohttp's (cancelled if the server stops). The handler must return
-    the response yielded; on leaving the block aiohttp is told to forget the connection.
+    `data_received` with anything the client sent after its request. The handler must return
+    the response without awaiting anything more: right after, aiohttp is told the connection is
+    gone (it would cancel a handler still running) and frees what it held for the request.
     """
     probe = web.WebSocketResponse(compress=False)
     if not probe.can_prepare(request).ok:
@@ -81,8 +75,7 @@ async def take_over(
     handler = request.protocol
     transport = request.transport
     if transport is None or transport.is_closing():
-        yield response
-        return
+        return response
     tail = _Tail()
     handler.set_parser(cast(Any, tail))
     handler.transport = None
@@ -90,8 +83,6 @@ async def take_over(
     protocol.connection_made(transport)
     if tail.data:
         protocol.data_received(tail.data)
-    try:
-        yield response
-    finally:
-        # After the handler has returned: done now, aiohttp would cancel the handler itself.
-        asyncio.get_running_loop().call_soon(handler.connection_lost, None)
+    # Called now, connection_lost would cancel the handler before it returns its 101.
+    asyncio.get_running_loop().call_soon(handler.connection_lost, None)
+    return response

@@ -54,9 +54,8 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.Str
 
     A malformed handshake raises aiohttp's own HTTPBadRequest, as WebSocketResponse would. Then
     `protocol.connection_made(transport)` is called (unless the client is gone already), and
-    `data_received` with anything the client sent after its request. The handler must return
-    the response without awaiting anything more: right after, aiohttp is told the connection is
-    gone (it would cancel a handler still running) and frees what it held for the request.
+    `data_received` with anything the client sent after its request. The handler should return
+    the response at once: aiohttp holds the request and its objects until then.
     """
     probe = web.WebSocketResponse(compress=False)
     if not probe.can_prepare(request).ok:
@@ -83,6 +82,10 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.Str
     protocol.connection_made(transport)
     if tail.data:
         protocol.data_received(tail.data)
-    # Called now, connection_lost would cancel the handler before it returns its 101.
-    asyncio.get_running_loop().call_soon(handler.connection_lost, None)
+    # Once the request's task is done (aiohttp has sent the 101 and finished the request), tell
+    # aiohttp the connection is gone: its server drops it and everything it held is freed.
+    # Any earlier, aiohttp would cancel the handler (handler_cancellation) before it returns.
+    task = asyncio.current_task()
+    assert task is not None, "take_over runs in aiohttp's request handler"
+    task.add_done_callback(lambda _: handler.connection_lost(None))
     return response

@@ -22,6 +22,9 @@ from websockets.protocol import Protocol, Side, State
 _FRAMES_LOG: Final = logging.getLogger("webchat.websocket.frames")
 _FRAMES_LOG.setLevel(logging.WARNING)
 
+# Bytes a client may send before its welcome is written, read and kept; past this, reading waits.
+EARLY_LIMIT: Final = 65536
+
 # After websockets ends the connection (the client's close answered, or a protocol error), the
 # client has this long to close its side before the socket is dropped; aiohttp waited as long.
 CLOSE_TIMEOUT: Final = 2.0
@@ -46,8 +49,8 @@ class Listener(Interface):
 class ServerSocket(asyncio.Protocol):
     """The server end of one WebSocket, from the 101 on (upgrade.py hands it the transport).
 
-    Nothing is read until `start`: the caller writes the welcome and replay first, and frames
-    the client sent meanwhile wait in the kernel's buffer.
+    Nothing is handled until `start`: the caller writes the welcome and replay first, and what
+    the client sends meanwhile is kept (reading stops past EARLY_LIMIT bytes).
     """
 
     __slots__ = (
@@ -81,9 +84,13 @@ class ServerSocket(asyncio.Protocol):
         if self._lost:
             listener.on_closed()
             return
-        assert self.transport is not None
-        self.transport.resume_reading()
+        transport = self.transport
+        assert transport is not None
         early, self._early = self._early, b""
+        if transport.is_closing():  # dropped, or EOF before the welcome: connection_lost is due
+            return
+        if len(early) > EARLY_LIMIT:
+            transport.resume_reading()
         if early:
             self.data_received(early)
 
@@ -121,12 +128,14 @@ class ServerSocket(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         listener = self._listener
         if listener is None:
             self._early += data
+            if len(self._early) > EARLY_LIMIT:
+                assert self.transport is not None
+                self.transport.pause_reading()
             return
         listener.on_activity()
         self._ws.receive_data(data)
@@ -139,8 +148,10 @@ class ServerSocket(asyncio.Protocol):
         self._send()
 
     def eof_received(self) -> bool:
+        if self._listener is None:
+            return False  # gone before its welcome was written
         self._ws.receive_eof()
-        self._send()
+        self._send(peer_gone=True)
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -191,8 +202,9 @@ class ServerSocket(asyncio.Protocol):
         listener.on_message(text)
         return True
 
-    def _send(self) -> None:
-        """Write what websockets wants sent; its end of stream means: half-close, then wait."""
+    def _send(self, *, peer_gone: bool = False) -> None:
+        """Write what websockets wants sent; its end of stream means: half-close, then wait
+        for the client to close its side (unless it has: then the transport closes now)."""
         transport = self.transport
         assert transport is not None
         for data in self._ws.data_to_send():
@@ -203,6 +215,8 @@ class ServerSocket(asyncio.Protocol):
                 continue
             if self._listener is not None:
                 self._listener.on_closing()
+            if peer_gone:
+                continue
             if transport.can_write_eof():
                 # Not close(): unread bytes (the rest of an oversized frame) would make the
                 # kernel answer with a reset, which can destroy the close frame in flight.

@@ -120,7 +120,7 @@ class Node:
             heartbeat=cfg.heartbeat,
         )
         self.metrics.connected_users.inc()
-        self.spawn(self._open(socket, conn, params))
+        socket.opening(self.spawn(self._open(socket, conn, params)))
         return response
 
     async def _open(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
@@ -134,7 +134,7 @@ class Node:
             conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
         except ConnectionResetError:  # the client left during its welcome or replay
             pass
-        except BaseException:  # the server is stopping (cancelled), or a bug: drop it
+        except BaseException:  # the client left, the server is stopping (cancelled), or a bug
             conn.drop()
             raise
         finally:
@@ -147,10 +147,11 @@ class Node:
         if self.draining and self.hub.connection_count == 0:
             self._all_closed.set()
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _welcome(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
         conn.forget_held_presence()

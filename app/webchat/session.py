@@ -28,7 +28,7 @@ class Handler(Interface):
     ) -> Pending | None:
         """Act on one message; return what must be awaited before the next one, if anything."""
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` in a task the handler owns (cancelled when it shuts down)."""
 
     def session_ended(self, conn: Connection) -> None:

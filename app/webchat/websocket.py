@@ -60,6 +60,7 @@ class ServerSocket(asyncio.Protocol):
         "_fragments",
         "_listener",
         "_lost",
+        "_opening",
         "_write_paused",
         "_ws",
         "transport",
@@ -72,15 +73,21 @@ class ServerSocket(asyncio.Protocol):
         self._early = b""  # bytes that came before `start` (sent with the upgrade request)
         self._fragments: list[Frame] | None = None  # a message whose last frame is still due
         self._lost = False
+        self._opening: asyncio.Task[None] | None = None
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
     # --- the owner's side ---------------------------------------------------------------
 
+    def opening(self, task: asyncio.Task[None]) -> None:
+        """Cancel `task` (the welcome being written) if the client goes before `start`."""
+        self._opening = task
+
     def start(self, listener: Listener) -> None:
         """Read from now on and hand everything to `listener` (even if the client is gone)."""
         self._listener = listener
+        self._opening = None
         if self._lost:
             listener.on_closed()
             return
@@ -162,6 +169,8 @@ class ServerSocket(asyncio.Protocol):
         self._wake_drain()
         if self._listener is not None:
             self._listener.on_closed()
+        elif self._opening is not None:
+            self._opening.cancel()  # its end calls `start`, which reports the close
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -36,8 +36,10 @@ class Recorder:
             return wait
         return None
 
-    def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        self.tasks.add(asyncio.get_running_loop().create_task(coro))
+    def spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        return task
 
     def session_ended(self, conn: Connection) -> None:
         self.ended.append(conn)

@@ -134,13 +134,17 @@ class Node:
             conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
         except ConnectionResetError:  # the client left during its welcome or replay
             pass
-        except BaseException:  # the client left, the server is stopping (cancelled), or a bug
+        except asyncio.CancelledError:  # the client left, or the server is stopping
             conn.drop()
             raise
+        except Exception:
+            log.exception("opening a session failed")
+            conn.drop()
         finally:
             socket.start(Session(self, conn, socket, bucket))
 
     def session_ended(self, conn: Connection) -> None:
+        """The client's socket is gone (session.py calls this once per connection)."""
         self.hub.detach(conn)
         conn.closed()
         self.metrics.connected_users.dec()
@@ -148,6 +152,7 @@ class Node:
             self._all_closed.set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task for a session (its opening, a publish), cancelled by `close`."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -5,8 +5,16 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real.
 APT_PACKAGES := python3-venv redis-server nginx prometheus chromium docker-compose
 NEEDED_BINARIES := redis-server nginx prometheus promtool chromium docker-compose
+# The exporters the deployment runs, scraped by the real-Prometheus test (tests/integration).
+APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+# The deployment test (tests/e2e/test_deploy.py) boots Debian hosts with debootstrap and
+# systemd-nspawn, serves them packages through apt-cacher-ng and reaches them with ssh.
+APT_PACKAGES += debootstrap systemd-container apt-cacher-ng openssh-client openssl
+NEEDED_BINARIES += debootstrap systemd-nspawn apt-cacher-ng ssh openssl
 
-.PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image
+.PHONY: run test test-fast lint typecheck pytest system-deps bench clean terraform-test image \
+	dashboards dashboard-picture screenshots
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -59,6 +67,19 @@ terraform-test:
 # needed) and checks it; see deploy/compose/build-image.sh.
 image:
 	bash deploy/compose/build-image.sh
+
+# Grafana dashboards are generated from code and committed (monitoring/grafana/dashboards.py).
+dashboards: $(BIN)/.installed
+	$(BIN)/python monitoring/grafana/dashboards.py
+
+# docs/dashboard.png: four minutes of scripted chat on a local deployment, drawn from Prometheus.
+dashboard-picture: $(BIN)/.installed system-deps
+	$(BIN)/python monitoring/snapshot.py
+
+# The README's pictures: docs/screenshot.png (laptop) and docs/screenshot-phone.png, taken by
+# the accessibility test's scene in headless Chromium. Tests never write them otherwise.
+screenshots: $(BIN)/.installed system-deps
+	WEBCHAT_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_accessibility.py -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,26 +1,27 @@
-// webchat browser client: vanilla JS, no build step. Speaks ../shared/PROTOCOL.md, version 1.
+// webchat browser client: vanilla JS modules, no build step. Speaks ../shared/PROTOCOL.md 1.1.
 //
-// Delivery model:
-// - Every message the user writes goes into the outbox with a nonce and stays there, shown as
-//   pending, until the server's echo (a `message` frame carrying that nonce) comes back. The
-//   outbox is sent one frame at a time, so an error frame always belongs to the message in
-//   flight; after a reconnect it is resent with the same nonces, which the server deduplicates.
-// - Messages are shown in order of arrival and never twice: ids already seen are dropped.
-// - Reconnects use exponential backoff with full jitter and pass the last id seen as `since`.
+// This module is the shell: the name and key (or, in authenticated mode, the token source),
+// the rooms this tab has joined (one RoomSession each, see session.js), switching between
+// them, the room list, the composer, status, notices and screen-reader announcements.
 
-const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
-const ID_RE = /^[0-9]{1,20}-[0-9]{1,20}$/;
-const MAX_NAME = 32;
+import { RoomSession } from "./session.js";
+import { load, save } from "./store.js";
+import { makeKey, roomProblem, textProblem, trimWhiteSpace, validName, codePoints } from "./text.js";
+import { TokenSource, apiFetch } from "./token.js";
+import { avatar, el } from "./view.js";
+
 const NAME_KEY = "webchat.name";
-const BACKOFF_BASE_MS = 500;
-const BACKOFF_CAP_MS = 30_000;
-const ACK_TIMEOUT_MS = 10_000; // no echo this long: the socket is presumed dead
-const MAX_RENDERED = 1000; // messages kept in the DOM; older ones are removed
+const KEY_KEY = "webchat.key";
+const ROOMS_KEY = "webchat.rooms"; // rooms joined in this tab (sessionStorage)
+const MAX_JOINED = 10; // sockets one tab keeps open; the least recently used room goes first
+const ROOMS_POLL_MS = 30_000;
 const NOTICE_MS = 6000;
+const MAX_NOTICES = 3;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  app: document.querySelector(".app"),
+  roomsToggle: $("rooms-toggle"),
+  unreadTotal: $("unread-total"),
   roomName: $("room-name"),
   status: document.querySelector("[data-testid=status]"),
   statusText: $("status-text"),
@@ -30,547 +31,582 @@ const ui = {
   nameInput: $("name-input"),
   nameError: $("name-error"),
   chat: $("chat"),
-  messages: $("messages"),
-  notice: $("notice"),
+  roomsPanel: $("rooms-panel"),
+  roomsClose: $("rooms-close"),
+  roomForm: $("room-form"),
+  roomInput: $("room-input"),
+  roomError: $("room-error"),
+  joinedRooms: $("joined-rooms"),
+  activeRooms: $("active-rooms"),
+  activeEmpty: $("active-empty"),
+  main: $("main"),
+  conversations: $("conversations"),
+  jump: $("jump"),
+  jumpText: $("jump-text"),
+  notices: $("notices"),
   composer: $("composer"),
   input: $("message-input"),
+  messageLabel: $("message-label"),
+  send: $("send-button"),
+  counter: $("counter"),
+  hint: $("composer-hint"),
+  membersPanel: $("members-panel"),
+  membersLabel: $("members-label"),
   memberCount: $("member-count"),
   members: $("members"),
+  announcer: $("announcer"),
 };
 
-const state = {
-  room: "lobby",
-  name: "", // what we asked for; the welcome says what we got
-  me: "",
-  ws: null,
-  open: false, // a welcome arrived on the current socket
-  attempt: 0,
-  retryTimer: 0,
-  lastId: null,
-  seen: new Set(),
-  outbox: [], // {nonce, text, el, failed}, oldest first
-  inFlight: null, // the outbox entry sent and not yet answered
-  ackTimer: 0,
-  resendTimer: 0,
-  members: new Set(),
-  memberCount: 0,
-  unread: 0,
-  noticeTimer: 0,
+const app = {
+  name: "",
+  key: "",
+  tokens: null, // authenticated mode: the TokenSource of the page's data-token-url
+  sessions: new Map(), // room -> RoomSession, in the order they were joined
+  used: [], // rooms, least recently shown first
+  current: null,
+  activeRooms: [], // from GET /api/rooms
+  roomsTimer: 0,
+  countdown: 0,
+  started: false,
 };
 
-// Until the welcome says otherwise, PROTOCOL.md's defaults.
-let limits = { max_text: 2000, rate_per_s: 10, burst: 20 };
+const phone = () => matchMedia("(max-width: 720px)").matches;
+// Touch-first devices: Enter makes a new line there, the send button sends.
+const touch = () => matchMedia("(hover: none) and (pointer: coarse)").matches;
 
-// --- helpers ------------------------------------------------------------------------------
+// --- notices and announcements ----------------------------------------------------------
 
-function codePoints(text) {
-  return [...text].length;
-}
-
-function validName(raw) {
-  const name = raw.trim();
-  if (!name) return [null, "Please enter a name."];
-  if (codePoints(name) > MAX_NAME) return [null, `At most ${MAX_NAME} characters, please.`];
-  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) return [null, "No control characters, please."];
-  return [name, ""];
-}
-
-function makeNonce() {
-  // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return `c-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text; // user text is never parsed as HTML
-  return node;
-}
-
-function hue(name) {
-  let h = 0;
-  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) % 360;
-  return h;
-}
-
-function avatar(name) {
-  const node = el("span", "avatar", [...name][0]?.toUpperCase() ?? "?");
-  node.setAttribute("aria-hidden", "true");
-  node.style.setProperty("--hue", String(hue(name)));
-  return node;
-}
-
-function timeElement(ts) {
-  const when = new Date(Number.isFinite(ts) ? ts : Date.now());
-  const node = el(
-    "time",
-    "time",
-    when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
-  );
-  node.dateTime = when.toISOString();
-  node.title = when.toLocaleString();
-  return node;
-}
-
-// --- status and notices --------------------------------------------------------------------
-
-function setStatus(kind, text, { retry = false } = {}) {
-  ui.status.dataset.state = kind;
-  ui.statusText.textContent = text;
-  ui.retry.hidden = !retry;
-}
-
-/** Show a transient notice; `topic` lets a later event withdraw it (see clearNotice). */
-function notify(text, kind = "info", topic = "") {
-  clearTimeout(state.noticeTimer);
-  ui.notice.textContent = text;
-  ui.notice.dataset.kind = kind;
-  ui.notice.dataset.topic = topic;
-  state.noticeTimer = setTimeout(clearNotice, NOTICE_MS);
-}
-
-function clearNotice(topic) {
-  if (topic !== undefined && ui.notice.dataset.topic !== topic) return;
-  clearTimeout(state.noticeTimer);
-  ui.notice.textContent = "";
-}
-
-// --- the message list ------------------------------------------------------------------------
-
-function nearBottom() {
-  const list = ui.messages;
-  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-}
-
-function scrollToBottom() {
-  ui.messages.scrollTop = ui.messages.scrollHeight;
-}
-
-/** Insert a confirmed item after every other confirmed one, before the pending ones. */
-function insertConfirmed(node) {
-  const stick = nearBottom();
-  ui.messages.insertBefore(node, ui.messages.querySelector(".pending"));
-  const rendered = ui.messages.querySelectorAll("[data-testid=message]");
-  for (let i = 0; i < rendered.length - MAX_RENDERED; i++) rendered[i].remove();
-  if (stick) scrollToBottom();
-}
-
-function messageElement(frame, { pending = false } = {}) {
-  const own = pending || frame.name === state.me;
-  const item = el("li", `message${own ? " own" : ""}${pending ? " pending" : ""}`);
-  item.append(avatar(frame.name));
-  const bubble = el("div", "bubble");
-  const meta = el("div", "meta");
-  meta.append(el("span", "author", own ? `${frame.name} (you)` : frame.name));
-  if (pending) {
-    meta.append(el("span", "delivery", "pending"));
-  } else {
-    meta.append(timeElement(frame.ts));
+/** One notice per topic: a repeat refreshes it (with a count) instead of stacking. */
+function notify(text, kind = "info", topic = text) {
+  let item = ui.notices.querySelector(`[data-topic="${CSS.escape(topic)}"]`);
+  if (!text) {
+    item?.remove();
+    return;
   }
-  bubble.append(meta, el("p", "text", frame.text));
-  item.append(bubble);
-  return item;
+  if (!item) {
+    item = el("div", "notice");
+    item.dataset.topic = topic;
+    item.dataset.testid = "notice";
+    const dismiss = el("button", "notice-close");
+    dismiss.type = "button";
+    dismiss.setAttribute("aria-label", "Dismiss");
+    dismiss.append(el("span", "", "×"));
+    dismiss.firstChild.setAttribute("aria-hidden", "true");
+    dismiss.addEventListener("click", () => item.remove());
+    item.append(el("span", "notice-text"), dismiss);
+    ui.notices.append(item);
+    while (ui.notices.children.length > MAX_NOTICES) ui.notices.firstElementChild.remove();
+  }
+  const repeat = item.dataset.text === text;
+  item.dataset.text = text;
+  item.dataset.kind = kind;
+  item.dataset.count = repeat ? String(Number(item.dataset.count || 1) + 1) : "1";
+  const count = Number(item.dataset.count);
+  item.firstChild.textContent = count > 1 ? `${text} (×${count})` : text;
+  clearTimeout(Number(item.dataset.timer));
+  item.dataset.timer = String(setTimeout(() => item.remove(), kind === "error" ? 2 * NOTICE_MS : NOTICE_MS));
 }
 
-function showMessage(frame) {
-  if (typeof frame.id !== "string" || state.seen.has(frame.id)) return;
-  state.seen.add(frame.id);
-  if (ID_RE.test(frame.id)) state.lastId = frame.id;
-  const item = messageElement(frame);
-  item.dataset.testid = "message";
-  item.dataset.id = frame.id;
-  insertConfirmed(item);
-  if (document.hidden) {
-    state.unread += 1;
-    updateTitle();
+/** Read out politely by screen readers: connection changes, joins and leaves. */
+function announce(text) {
+  ui.announcer.textContent = "";
+  setTimeout(() => {
+    ui.announcer.textContent = text;
+  }, 50);
+}
+
+// --- status ---------------------------------------------------------------------------------
+
+function renderStatus() {
+  const s = app.current;
+  if (!s) return;
+  let text;
+  switch (s.state) {
+    case "open":
+      text = `Connected as ${s.me}`;
+      break;
+    case "waiting": {
+      const seconds = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+      text = seconds > 0 ? `Offline · retrying in ${seconds} s` : "Offline · retrying…";
+      break;
+    }
+    case "stopped":
+      text = "Not connected";
+      break;
+    default:
+      text = s.closeCode === null && s.attempt === 0 ? "Connecting…" : "Reconnecting…";
+  }
+  ui.status.dataset.state = s.state === "waiting" || s.state === "stopped" ? "closed" : s.state;
+  if (s.closeCode !== null) ui.status.dataset.closeCode = String(s.closeCode);
+  else delete ui.status.dataset.closeCode;
+  if (s.state === "waiting") ui.status.dataset.retryAt = String(Math.round(s.retryAt));
+  else delete ui.status.dataset.retryAt;
+  if (ui.statusText.textContent !== text) ui.statusText.textContent = text;
+  ui.retry.hidden = s.state !== "waiting";
+  const counting = s.state === "waiting";
+  if (counting && !app.countdown) app.countdown = setInterval(renderStatus, 250);
+  if (!counting && app.countdown) {
+    clearInterval(app.countdown);
+    app.countdown = 0;
   }
 }
 
-function showSystem(text, testid) {
-  const item = el("li", "system", text);
-  if (testid) item.dataset.testid = testid;
-  insertConfirmed(item);
-}
-
-function updateTitle() {
-  const unread = state.unread ? `(${state.unread}) ` : "";
-  document.title = `${unread}#${state.room} · webchat`;
-}
-
-// --- members -----------------------------------------------------------------------------------
+// --- members --------------------------------------------------------------------------------
 
 function renderMembers() {
-  const names = [...state.members].sort((a, b) => {
-    if (a === state.me) return -1;
-    if (b === state.me) return 1;
-    return a.localeCompare(b);
-  });
-  const items = names.map((name) => {
-    const item = el("li", name === state.me ? "member me" : "member");
-    item.append(avatar(name), el("span", "member-name", name));
-    if (name === state.me) item.append(el("span", "you", "you"));
+  const s = app.current;
+  if (!s) return;
+  // One entry per member: by user in authenticated mode, so two people of one name are two.
+  const members = [...s.members].map(([id, name]) => ({ name, me: id === s.myId }));
+  members.sort((a, b) => (a.me ? -1 : b.me ? 1 : a.name.localeCompare(b.name)));
+  const items = members.map(({ name, me }) => {
+    const item = el("li", me ? "member me" : "member");
+    const label = el("span", "member-name", name);
+    label.dir = "auto";
+    item.append(avatar(name), label);
+    if (me) item.append(el("span", "you", "you"));
     return item;
   });
-  const hidden = state.memberCount - names.length;
+  const hidden = s.memberCount - members.length;
   if (hidden > 0) items.push(el("li", "member more", `and ${hidden} more`));
   ui.members.replaceChildren(...items);
-  ui.memberCount.textContent = String(state.memberCount);
-  ui.memberCount.title = `${state.memberCount} online`;
+  ui.memberCount.textContent = String(s.memberCount);
+  ui.membersPanel.dataset.stale = String(s.stale);
+  ui.membersLabel.textContent = s.stale ? "Last known" : "Online";
+  ui.memberCount.title = s.stale ? `${s.memberCount} when last connected` : `${s.memberCount} online`;
 }
 
-function onPresence(frame) {
-  if (typeof frame.name !== "string") return;
-  if (frame.event === "join" && !state.members.has(frame.name)) {
-    state.members.add(frame.name);
-    state.memberCount += 1;
-  } else if (frame.event === "leave" && state.members.delete(frame.name)) {
-    state.memberCount = Math.max(state.members.size, state.memberCount - 1);
-  }
-  renderMembers();
-}
+// --- rooms ------------------------------------------------------------------------------------
 
-// --- the outbox --------------------------------------------------------------------------------
-
-function queueMessage(text) {
-  const entry = { nonce: makeNonce(), text, el: null, failed: false };
-  entry.el = messageElement({ name: state.me || state.name, text }, { pending: true });
-  entry.el.dataset.testid = "pending-message";
-  entry.el.dataset.nonce = entry.nonce;
-  ui.messages.append(entry.el);
-  scrollToBottom();
-  state.outbox.push(entry);
-  pump();
-}
-
-function setDelivery(entry, text) {
-  const label = entry.el.querySelector(".delivery");
-  if (label) label.textContent = text;
-}
-
-/** Send the oldest unsent outbox entry, if the socket is open and nothing is in flight. */
-function pump() {
-  for (const entry of state.outbox) {
-    if (!entry.failed) setDelivery(entry, state.open ? "sending…" : "pending");
-  }
-  if (!state.open || state.inFlight || state.resendTimer) return;
-  const entry = state.outbox.find((e) => !e.failed);
-  if (!entry) return;
-  state.inFlight = entry;
-  state.ws.send(JSON.stringify({ type: "message", text: entry.text, nonce: entry.nonce }));
-  state.ackTimer = setTimeout(() => {
-    // The socket accepted the frame but nothing came back: treat the connection as dead.
-    abandonSocket("no answer from the server");
-  }, ACK_TIMEOUT_MS);
-}
-
-function settleInFlight() {
-  clearTimeout(state.ackTimer);
-  state.ackTimer = 0;
-  state.inFlight = null;
-}
-
-function acknowledge(frame) {
-  if (typeof frame.nonce !== "string" || frame.name !== state.me) return;
-  const index = state.outbox.findIndex((e) => e.nonce === frame.nonce);
-  if (index < 0) return;
-  const [entry] = state.outbox.splice(index, 1);
-  entry.el.remove();
-  if (state.inFlight === entry) settleInFlight();
-  pump();
-}
-
-/** The in-flight message was refused for good (bad_message): mark it, move on. */
-function failInFlight(reason) {
-  const entry = state.inFlight;
-  if (!entry) return;
-  settleInFlight();
-  entry.failed = true;
-  entry.el.classList.add("failed");
-  entry.el.dataset.state = "failed";
-  setDelivery(entry, `not sent: ${reason}`);
-  const dismiss = el("button", "link-button", "Dismiss");
-  dismiss.type = "button";
-  dismiss.addEventListener("click", () => {
-    state.outbox.splice(state.outbox.indexOf(entry), 1);
-    entry.el.remove();
-    ui.input.focus();
+function roomLink(room) {
+  const a = el("a", "room-link");
+  a.href = `?room=${encodeURIComponent(room)}`;
+  a.dataset.room = room;
+  a.append(el("span", "room-hash", "#"), el("span", "room-label", room));
+  a.addEventListener("click", (event) => {
+    if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    switchTo(room);
   });
-  entry.el.querySelector(".bubble").append(dismiss);
-  pump();
+  return a;
 }
 
-/** The in-flight message was not processed (rate_limited, unavailable): send it again later. */
-function retryInFlight(delayMs) {
-  if (!state.inFlight) return;
-  settleInFlight();
-  clearTimeout(state.resendTimer);
-  state.resendTimer = setTimeout(() => {
-    state.resendTimer = 0;
-    pump();
-  }, delayMs);
+function memberBadge(count, stale) {
+  const badge = el("span", "room-count", String(count));
+  badge.title = `${count} ${count === 1 ? "member" : "members"}${stale ? " (last known)" : ""}`;
+  badge.append(el("span", "visually-hidden", count === 1 ? " member" : " members"));
+  return badge;
 }
 
-// --- the connection -----------------------------------------------------------------------------
-
-function socketUrl() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const params = new URLSearchParams({ room: state.room, name: state.name });
-  if (state.lastId) params.set("since", state.lastId);
-  return `${scheme}//${location.host}/ws?${params}`;
+function renderRooms() {
+  const joined = [];
+  let unreadTotal = 0;
+  for (const [room, s] of app.sessions) {
+    const item = el("li", "room-item");
+    item.dataset.room = room;
+    item.dataset.testid = "joined-room";
+    const link = roomLink(room);
+    if (s === app.current) link.setAttribute("aria-current", "page");
+    item.append(link, memberBadge(s.memberCount, s.stale));
+    if (s.unread && s !== app.current) {
+      unreadTotal += s.unread;
+      const unread = el("span", "unread", s.unread > 99 ? "99+" : String(s.unread));
+      unread.dataset.testid = "unread";
+      unread.append(el("span", "visually-hidden", " unread"));
+      link.append(unread);
+    }
+    if (app.sessions.size < 2) {
+      joined.push(item);
+      continue; // the last room cannot be left
+    }
+    const leave = el("button", "icon-button leave");
+    leave.type = "button";
+    leave.setAttribute("aria-label", `Leave #${room}`);
+    leave.append(el("span", "", "×"));
+    leave.firstChild.setAttribute("aria-hidden", "true");
+    leave.addEventListener("click", () => leaveRoom(room));
+    item.append(leave);
+    joined.push(item);
+  }
+  ui.joinedRooms.replaceChildren(...joined);
+  const active = app.activeRooms
+    .filter((r) => !app.sessions.has(r.room))
+    .map((r) => {
+      const item = el("li", "room-item");
+      item.dataset.room = r.room;
+      item.dataset.testid = "active-room";
+      item.append(roomLink(r.room), memberBadge(r.member_count, false));
+      return item;
+    });
+  ui.activeRooms.replaceChildren(...active);
+  ui.activeEmpty.hidden = active.length > 0;
+  ui.unreadTotal.hidden = unreadTotal === 0;
+  ui.unreadTotal.textContent = unreadTotal > 99 ? "99+" : String(unreadTotal);
+  ui.roomsToggle.setAttribute("aria-label", unreadTotal ? `Rooms, ${unreadTotal} unread` : "Rooms");
+  const room = app.current ? `#${app.current.room}` : "webchat";
+  document.title = `${unreadTotal ? `(${unreadTotal}) ` : ""}${room} · webchat`;
 }
 
-function connect() {
-  clearTimeout(state.retryTimer);
-  state.retryTimer = 0;
-  setStatus("connecting", state.attempt ? "Reconnecting…" : "Connecting…");
-  let ws;
+async function refreshRooms() {
+  clearTimeout(app.roomsTimer);
+  // Every open page polls: spread them out, and not while nobody looks.
+  app.roomsTimer = setTimeout(refreshRooms, ROOMS_POLL_MS * (0.8 + 0.4 * Math.random()));
+  if (document.hidden) return;
   try {
-    ws = new WebSocket(socketUrl());
-  } catch (error) {
-    notify(`Cannot connect: ${error.message}`, "error");
-    scheduleReconnect();
-    return;
-  }
-  state.ws = ws;
-  ws.addEventListener("message", (event) => {
-    if (state.ws === ws) onFrame(event.data);
-  });
-  ws.addEventListener("close", (event) => {
-    if (state.ws === ws) onClose(event);
-  });
-}
-
-/** Stop using the current socket at once and reconnect, without waiting for its close. */
-function abandonSocket(why) {
-  const ws = state.ws;
-  if (!ws) return;
-  state.ws = null;
-  ws.close(4000, why.slice(0, 100));
-  disconnected();
-  notify(`Connection lost (${why}); reconnecting…`, "warning", "connection");
-  scheduleReconnect();
-}
-
-function disconnected() {
-  state.open = false;
-  settleInFlight();
-  clearTimeout(state.resendTimer);
-  state.resendTimer = 0;
-  pump();
-}
-
-function onClose(event) {
-  const wasOpen = state.open;
-  state.ws = null;
-  // Why the last established connection ended (failed attempts do not count): diagnostics.
-  if (wasOpen) ui.status.dataset.closeCode = String(event.code);
-  disconnected();
-  if (event.code === 1008) notify("Disconnected for sending too fast.", "error");
-  else if (event.code === 1009) notify("That message was too large to send.", "error");
-  else if (event.code === 1012) {
-    notify("The server is restarting; reconnecting…", "warning", "connection");
-  } else if (wasOpen) notify("Connection lost; reconnecting…", "warning", "connection");
-  scheduleReconnect();
-}
-
-function scheduleReconnect() {
-  // Full jitter: anywhere from 0 to the exponential ceiling, so clients spread out.
-  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
-  const delay = Math.random() * ceiling;
-  state.attempt = Math.min(state.attempt + 1, 30);
-  const seconds = Math.max(1, Math.round(delay / 1000));
-  setStatus("closed", `Offline · retrying in ${seconds} s`, { retry: true });
-  clearTimeout(state.retryTimer);
-  state.retryTimer = setTimeout(connect, delay);
-}
-
-function onFrame(data) {
-  let frame;
-  try {
-    frame = JSON.parse(data);
+    const response = await apiFetch(app.tokens, "/api/rooms");
+    if (!response.ok) return;
+    const body = await response.json();
+    if (Array.isArray(body.rooms)) {
+      app.activeRooms = body.rooms.filter((r) => r && typeof r.room === "string");
+      renderRooms();
+    }
   } catch {
-    return;
-  }
-  if (frame === null || typeof frame !== "object") return;
-  switch (frame.type) {
-    case "welcome":
-      onWelcome(frame);
-      break;
-    case "message":
-      showMessage(frame);
-      acknowledge(frame);
-      break;
-    case "presence":
-      onPresence(frame);
-      break;
-    case "gap":
-      showSystem("Some earlier messages may be missing.", "gap");
-      notify("Some messages may be missing: the history no longer reaches back that far.");
-      break;
-    case "error":
-      onError(frame);
-      break;
-    default:
-      break; // frame types from a newer server are ignored
+    // offline: keep the last list
   }
 }
 
-function onWelcome(frame) {
-  state.open = true;
-  state.attempt = 0;
-  state.me = typeof frame.name === "string" ? frame.name : state.name;
-  if (frame.limits && typeof frame.limits === "object") limits = { ...limits, ...frame.limits };
-  if (Number.isInteger(limits.max_text) && limits.max_text > 0) {
-    ui.input.maxLength = limits.max_text;
-  }
-  state.members = new Set(Array.isArray(frame.members) ? frame.members : []);
-  state.members.add(state.me);
-  state.memberCount = Math.max(state.members.size, Number(frame.member_count) || 0);
-  renderMembers();
-  setStatus("open", `Connected as ${state.me}`);
-  clearNotice("connection");
-  pump(); // resend what the outbox holds, with the same nonces
+function persistRooms() {
+  save("session", ROOMS_KEY, [...app.sessions.keys()]);
 }
 
-function onError(frame) {
-  const code = String(frame.code ?? "error");
-  const message = typeof frame.message === "string" ? frame.message : code;
-  switch (code) {
-    case "rate_limited":
-      notify("Slow down: messages are being sent too fast.", "warning");
-      retryInFlight(Math.ceil(1000 / (Number(limits.rate_per_s) || 1)) + 100);
-      break;
-    case "unavailable":
-      notify("The chat service is having trouble; your message will be retried.", "warning");
-      retryInFlight(2000 + Math.random() * 3000);
-      break;
-    case "bad_message":
-      notify(`Message refused: ${message}`, "error");
-      failInFlight(message);
-      break;
-    default:
-      notify(`Error (${code}): ${message}`, "error");
-      break;
+function sessionFor(room) {
+  let s = app.sessions.get(room);
+  if (s) return s;
+  s = new RoomSession(room, hooks);
+  app.sessions.set(room, s);
+  ui.conversations.append(s.element);
+  s.start();
+  // Too many rooms open: leave the least recently shown one that has nothing left to send.
+  if (app.sessions.size > MAX_JOINED) {
+    const victim = app.used.find((r) => r !== room && app.sessions.get(r)?.outbox.size === 0);
+    if (victim) leaveRoom(victim);
   }
+  persistRooms();
+  return s;
 }
 
-// --- user input ----------------------------------------------------------------------------------
-
-function send() {
-  const text = ui.input.value.trim();
-  if (!text) return;
-  if (codePoints(text) > limits.max_text) {
-    notify(`Messages are limited to ${limits.max_text} characters.`, "error");
-    return;
+function switchTo(room, { push = true } = {}) {
+  closeSheet();
+  if (app.current?.room === room) return;
+  const previous = app.current;
+  if (previous) {
+    saveDraft();
+    previous.hide();
   }
-  ui.input.value = "";
+  const s = sessionFor(room);
+  app.current = s;
+  app.used = [...app.used.filter((r) => r !== room), room];
+  s.show();
+  if (!document.hidden) s.markRead();
+  ui.input.value = s.draft;
   autosize();
-  queueMessage(text);
+  renderComposer();
+  ui.roomName.textContent = `#${room}`;
+  ui.messageLabel.textContent = `Message #${room}`;
+  ui.input.placeholder = `Message #${room}`;
+  if (push) {
+    const url = new URL(location.href);
+    url.searchParams.set("room", room);
+    url.searchParams.delete("name");
+    if (url.href !== location.href) history.pushState({ room }, "", url);
+  }
+  renderStatus();
+  renderMembers();
+  renderJump();
+  renderRooms();
+  if (previous) refreshRooms(); // counts change with who moves where
+  if (previous && !phone()) ui.input.focus();
 }
+
+function leaveRoom(room) {
+  const s = app.sessions.get(room);
+  if (!s) return;
+  s.stop();
+  app.sessions.delete(room);
+  app.used = app.used.filter((r) => r !== room);
+  persistRooms();
+  if (app.current === s) {
+    app.current = null;
+    switchTo(app.used.at(-1) ?? app.sessions.keys().next().value);
+  }
+  renderRooms();
+}
+
+// --- the phone sheet --------------------------------------------------------------------
+
+function openSheet() {
+  ui.roomsPanel.dataset.open = "true";
+  ui.roomsToggle.setAttribute("aria-expanded", "true");
+  ui.main.inert = true;
+  ui.membersPanel.inert = true;
+  refreshRooms();
+  ui.roomsClose.focus();
+}
+
+function closeSheet() {
+  if (ui.roomsPanel.dataset.open !== "true") return;
+  delete ui.roomsPanel.dataset.open;
+  ui.roomsToggle.setAttribute("aria-expanded", "false");
+  ui.main.inert = false;
+  ui.membersPanel.inert = false;
+  ui.roomsToggle.focus();
+}
+
+// --- the composer ---------------------------------------------------------------------------
 
 function autosize() {
   ui.input.style.height = "auto";
   ui.input.style.height = `${Math.min(ui.input.scrollHeight, 160)}px`;
 }
 
-function wireComposer() {
+/** The live counter: shown near the limit, says by how much it is exceeded; never cuts. */
+function renderComposer() {
+  const max = Number(app.current?.limits.max_text) || 2000;
+  const text = ui.input.value;
+  const count = codePoints(trimWhiteSpace(text));
+  const problem = textProblem(text, max);
+  const over = count > max;
+  const near = count >= max - Math.min(200, Math.ceil(max / 10));
+  let message = "";
+  if (over) message = `${count - max} ${count - max === 1 ? "character" : "characters"} over the limit of ${max}: shorten it to send.`;
+  else if (problem && problem !== "empty") message = problem;
+  else if (near) message = `${max - count} ${max - count === 1 ? "character" : "characters"} left.`;
+  const state = over || (problem && problem !== "empty") ? "over" : near ? "near" : "";
+  const wasOver = ui.counter.dataset.state === "over";
+  ui.counter.textContent = message;
+  ui.counter.hidden = !message;
+  ui.counter.dataset.state = state;
+  ui.send.disabled = state === "over";
+  ui.input.setAttribute("aria-invalid", String(state === "over"));
+  if (state === "over" && !wasOver) announce(message);
+}
+
+function saveDraft() {
+  const s = app.current;
+  if (!s) return;
+  s.draft = ui.input.value;
+  save("session", s.key("draft"), s.draft);
+}
+
+function sendFromComposer() {
+  const s = app.current;
+  if (!s) return;
+  const problem = textProblem(ui.input.value, Number(s.limits.max_text) || 2000);
+  if (problem === "empty") return;
+  if (problem) {
+    renderComposer();
+    ui.counter.classList.remove("shake");
+    void ui.counter.offsetWidth; // restart the animation
+    ui.counter.classList.add("shake");
+    announce(`Not sent: ${ui.counter.textContent}`);
+    return;
+  }
+  s.send(trimWhiteSpace(ui.input.value));
+  ui.input.value = "";
+  saveDraft();
+  autosize();
+  renderComposer();
+}
+
+function renderJump() {
+  const n = app.current?.newBelow ?? 0;
+  ui.jump.hidden = n === 0;
+  ui.jumpText.textContent = n === 1 ? "1 new message" : `${n} new messages`;
+}
+
+function wire() {
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
-    send();
-    ui.input.focus();
+    sendFromComposer();
+    if (!touch()) ui.input.focus();
   });
   ui.input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      send();
-    }
-  });
-  ui.input.addEventListener("input", autosize);
-  ui.retry.addEventListener("click", () => {
-    if (!state.ws) connect();
-  });
-  window.addEventListener("online", () => {
-    if (!state.ws) connect();
-  });
-  document.addEventListener("visibilitychange", () => {
-    if (!document.hidden && state.unread) {
-      state.unread = 0;
-      updateTitle();
-    }
-  });
-}
-
-// --- start -------------------------------------------------------------------------------------
-
-function storedName() {
-  try {
-    return localStorage.getItem(NAME_KEY) ?? "";
-  } catch {
-    return ""; // storage disabled: ask every time
-  }
-}
-
-function rememberName(name) {
-  try {
-    localStorage.setItem(NAME_KEY, name);
-  } catch {
-    // storage disabled: the name lasts for this page only
-  }
-}
-
-function start(name) {
-  state.name = name;
-  ui.join.hidden = true;
-  ui.chat.hidden = false;
-  ui.input.placeholder = `Message #${state.room}`;
-  wireComposer();
-  connect();
-  ui.input.focus();
-}
-
-function askName(error = "") {
-  setStatus("closed", "Not connected");
-  ui.join.hidden = false;
-  ui.chat.hidden = true;
-  ui.nameError.textContent = error;
-  ui.nameInput.setAttribute("aria-invalid", error ? "true" : "false");
-  ui.joinForm.addEventListener("submit", (event) => {
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing || touch()) return;
     event.preventDefault();
-    const [name, problem] = validName(ui.nameInput.value);
-    ui.nameError.textContent = problem;
-    ui.nameInput.setAttribute("aria-invalid", problem ? "true" : "false");
-    if (!name) {
-      ui.nameInput.focus();
+    sendFromComposer();
+  });
+  ui.input.addEventListener("input", () => {
+    autosize();
+    renderComposer();
+    saveDraft();
+  });
+  ui.hint.textContent = touch()
+    ? "Enter starts a new line; the Send button sends. Messages written offline are sent when the connection is back."
+    : "Enter sends, Shift+Enter starts a new line. Messages written offline are sent when the connection is back.";
+  ui.retry.addEventListener("click", () => app.current?.reconnectNow());
+  ui.jump.addEventListener("click", () => {
+    app.current?.scrollToBottom();
+    renderJump();
+  });
+  ui.roomsToggle.addEventListener("click", () => {
+    if (ui.roomsPanel.dataset.open === "true") closeSheet();
+    else openSheet();
+  });
+  ui.roomsClose.addEventListener("click", closeSheet);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") closeSheet();
+  });
+  ui.roomForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const room = ui.roomInput.value.trim().replace(/^#/, "");
+    const problem = roomProblem(room);
+    ui.roomError.textContent = problem;
+    ui.roomInput.setAttribute("aria-invalid", String(Boolean(problem)));
+    if (problem) {
+      ui.roomInput.focus();
       return;
     }
-    rememberName(name);
-    start(name);
+    ui.roomInput.value = "";
+    switchTo(room);
   });
+  ui.roomInput.addEventListener("input", () => {
+    if (ui.roomError.textContent) {
+      ui.roomError.textContent = "";
+      ui.roomInput.setAttribute("aria-invalid", "false");
+    }
+  });
+  window.addEventListener("popstate", () => {
+    const room = new URLSearchParams(location.search).get("room") ?? "lobby";
+    if (!roomProblem(room)) switchTo(room, { push: false });
+  });
+  window.addEventListener("online", () => {
+    for (const s of app.sessions.values()) s.reconnectNow();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    for (const s of app.sessions.values()) s.reconnectNow();
+    app.current?.markRead();
+    renderRooms();
+    refreshRooms();
+  });
+}
+
+// --- the session hooks ----------------------------------------------------------------------
+
+const hooks = {
+  identity: () => (app.tokens ? { name: app.tokens.name, key: "" } : { name: app.name, key: app.key }),
+  get tokens() {
+    return app.tokens;
+  },
+  api: (path) => apiFetch(app.tokens, path),
+  notify,
+  announce,
+  reading: (s) => s === app.current && !document.hidden,
+  changed(s, what) {
+    if (what === "focus-composer") {
+      ui.input.focus();
+      return;
+    }
+    if (s === app.current) {
+      if (what === "status") renderStatus();
+      if (what === "members") renderMembers();
+      if (what === "below") renderJump();
+      if (what === "status" && s.state === "open") renderComposer(); // limits may have changed
+    }
+    if (what === "members" || what === "unread" || what === "status") renderRooms();
+  },
+  fatal(s, code, message) {
+    if (code === "name_taken") {
+      for (const other of app.sessions.values()) other.state = "stopped";
+      askName(`“${app.name}” is already used in #${s.room} by someone else. Please pick another name.`);
+      return;
+    }
+    if (code === "forbidden_room") {
+      notify(`You do not have access to #${s.room}.`, "error", `fatal-${s.room}`);
+    } else if (code === "unauthorized") {
+      notify("This chat needs you to sign in, and this page has no token source.", "error", "fatal");
+    } else {
+      notify(`Cannot join #${s.room}: ${message}`, "error", `fatal-${s.room}`);
+    }
+    if (s === app.current) renderStatus();
+  },
+};
+
+// --- names and start --------------------------------------------------------------------------
+
+function askName(error = "") {
+  ui.join.hidden = false;
+  ui.chat.hidden = true;
+  ui.status.dataset.state = "closed";
+  ui.statusText.textContent = "Not connected";
+  ui.retry.hidden = true;
+  if (app.name) ui.nameInput.value = app.name;
+  ui.nameError.textContent = error;
+  ui.nameInput.setAttribute("aria-invalid", error ? "true" : "false");
   ui.nameInput.focus();
+  ui.nameInput.select();
+}
+
+function onJoin(event) {
+  event.preventDefault();
+  const [name, problem] = validName(ui.nameInput.value);
+  ui.nameError.textContent = problem;
+  ui.nameInput.setAttribute("aria-invalid", problem ? "true" : "false");
+  if (!name) {
+    ui.nameInput.focus();
+    return;
+  }
+  app.name = name;
+  save("local", NAME_KEY, name);
+  ui.join.hidden = true;
+  ui.chat.hidden = false;
+  if (!app.started) {
+    begin();
+    return;
+  }
+  for (const s of app.sessions.values()) s.restart();
+  renderStatus();
+  if (!phone()) ui.input.focus();
+}
+
+function begin() {
+  app.started = true;
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get("room") ?? "lobby";
+  const problem = roomProblem(wanted);
+  const room = problem ? "lobby" : wanted;
+  if (problem) notify(`“${wanted}” is not a room name. ${problem}`, "error", "bad-room");
+  for (const other of load("session", ROOMS_KEY, [])) {
+    if (typeof other === "string" && !roomProblem(other) && other !== room) sessionFor(other);
+  }
+  // Links are shared: the room stays in the URL, the name does not.
+  const url = new URL(location.href);
+  url.searchParams.set("room", room);
+  url.searchParams.delete("name");
+  history.replaceState({ room }, "", url);
+  switchTo(room, { push: false });
+  refreshRooms();
+  if (!phone()) ui.input.focus();
 }
 
 function main() {
-  const params = new URLSearchParams(location.search);
-  const room = params.get("room") ?? "lobby";
-  if (!ROOM_RE.test(room)) {
-    ui.roomName.textContent = "invalid room";
-    setStatus("closed", "Room names are 1–64 letters, digits, _ or -.");
+  wire();
+  ui.joinForm.addEventListener("submit", onJoin);
+  const tokenUrl = document.documentElement.dataset.tokenUrl;
+  if (tokenUrl) {
+    // Authenticated mode: the name is the token's; no prompt, no key.
+    app.tokens = new TokenSource(tokenUrl);
+    ui.join.hidden = true;
+    ui.chat.hidden = false;
+    begin();
     return;
   }
-  state.room = room;
-  ui.roomName.textContent = `#${room}`;
-  updateTitle();
-  const fromUrl = params.get("name");
-  if (fromUrl !== null) {
-    const [name, problem] = validName(fromUrl);
-    if (name) start(name);
-    else askName(problem);
+  app.key = load("local", KEY_KEY, "");
+  if (!/^[A-Za-z0-9_-]{16,128}$/.test(app.key)) {
+    app.key = makeKey();
+    save("local", KEY_KEY, app.key);
+  }
+  const fromUrl = new URLSearchParams(location.search).get("name");
+  const [name, problem] = validName(fromUrl ?? load("local", NAME_KEY, "") ?? "");
+  if (!name) {
+    askName(fromUrl !== null ? problem : "");
     return;
   }
-  const [remembered] = validName(storedName());
-  if (remembered) start(remembered);
-  else askName();
+  app.name = name;
+  save("local", NAME_KEY, name);
+  ui.join.hidden = true;
+  ui.chat.hidden = false;
+  begin();
 }
 
 main();

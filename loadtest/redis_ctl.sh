@@ -13,6 +13,7 @@
 #   REDIS_APPENDONLY=yes  REDIS_STOP_SIGNAL=TERM (KILL: no AOF flush, as in a crash)
 #   REDIS_FRESH=1    start (not restart): wipe the directory's data first
 #   REDIS_DOWN_S=0   restart: stay down this long between stop and start (a longer outage)
+#   REDIS_NICE=0     the nice level of redis-server's scheduler autogroup (its own session)
 set -euo pipefail
 
 PORT=${REDIS_PORT:-6391}
@@ -55,6 +56,8 @@ start() {
         --appendonly "$APPENDONLY" --dir "$DIR" --daemonize no \
         >>"$DIR/redis.log" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
+    # Its own session is its own scheduler autogroup: give it the caller's share if asked.
+    if [ "${REDIS_NICE:-0}" != 0 ]; then echo "$REDIS_NICE" >"/proc/$!/autogroup" || true; fi
     for _ in $(seq 400); do  # 20 s at most
         if ping; then echo "up $!"; return; fi
         alive "$!" || { echo "redis-server exited; see $DIR/redis.log" >&2; exit 1; }

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.redis import RedisServer
 from tests.support.servers import WebchatProcess
+from tests.support.tokens import TestKeys
 
 # Brokers the contract suite runs against: one parametrized suite, so both behave alike.
 BROKERS = ["memory", "redis"]
@@ -76,3 +77,9 @@ def server(make_server: MakeServer) -> WebchatProcess:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> TestKeys:
+    """Signing keys made for this run (authenticated mode): a secret, RSA and EC key pairs."""
+    return TestKeys(tmp_path_factory.mktemp("keys"))

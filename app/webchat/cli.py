@@ -19,10 +19,9 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
 from aiohttp import web
-from prometheus_client.multiprocess import mark_process_dead
 
 from webchat.config import Config, ConfigError, load_config
-from webchat.metrics import MULTIPROCESS_ENV
+from webchat.metrics import MULTIPROCESS_ENV, forget_process
 from webchat.web import NODE, make_app
 
 log = logging.getLogger("webchat")
@@ -159,8 +158,8 @@ class _Supervisor:
     def _reap(self, worker: BaseProcess) -> None:
         worker.join()
         assert worker.pid is not None
-        # A dead worker's live gauges (connected users) must not count any more.
-        mark_process_dead(worker.pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # prometheus-client lacks a hint
+        # A dead worker's live gauges (connected users) and exemplars must not count any more.
+        forget_process(worker.pid, self.metrics_dir)
 
     def _crashed(self, worker: BaseProcess) -> None:
         """A worker ended without being asked: report it, then replace it or give up."""
@@ -245,8 +244,13 @@ def run_workers(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["token"]:  # `webchat token --sub alice ...`: sign a token (tokens.py)
+        from webchat.tokens import main as token_main
+
+        return token_main(args[1:], os.environ)
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
+        config = load_config(args, os.environ)
     except ConfigError as exc:
         print(f"webchat: error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ text is one line naming the option and what is wrong, so the CLI can print it an
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -40,10 +41,27 @@ class Config:
     max_frame: int = 16384
     heartbeat: float = 25.0
     log_level: str = "info"
+    # Authenticated mode (PROTOCOL.md 1.1 "Identity"): at most one key source; none at all
+    # is anonymous mode. Files are read by the node (auth.py), so secrets stay out of `ps`.
+    auth_secret_file: str = ""
+    auth_public_key_file: str = ""
+    auth_jwks_url: str = ""
+    auth_audience: str = ""
+    auth_issuer: str = ""
+    auth_leeway: float = 30.0
+    auth_token_url: str = ""
+    # Derived, not an option: OpenTelemetry's own variables switch tracing on (see
+    # tracing_requested); the SDK reads the rest of them itself.
+    tracing: bool = False
 
     @property
     def memory_broker(self) -> bool:
         return not self.redis_url
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether every client must bring a token (a key source is configured)."""
+        return bool(self.auth_secret_file or self.auth_public_key_file or self.auth_jwks_url)
 
 
 def _int(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -132,6 +150,48 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _file(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        return ""
+    if any(not c.isprintable() for c in path):
+        raise ValueError("expected a file path without control characters")
+    return path
+
+
+def _jwks_url(raw: str) -> str:
+    url = raw.strip()
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def _claim(raw: str) -> str:
+    value = raw.strip()
+    if any(not c.isprintable() for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _same_origin_path(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        return ""
+    # A path on this origin, not a URL: the browser fetches it with the user's cookies.
+    if not path.startswith("/") or path.startswith("//") or any(c.isspace() for c in path):
+        raise ValueError(f"expected a path on this origin such as /auth/token, got {raw!r}")
+    if any(c in path for c in "\"<>'`") or any(not c.isprintable() for c in path):
+        raise ValueError(f"the path {raw!r} holds characters a URL path cannot")
+    return path
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -159,7 +219,17 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_frame": (_size(64), "largest client frame payload accepted; larger closes 1009"),
     "heartbeat": (_float(1), "seconds between WebSocket pings to detect dead clients"),
     "log_level": (_log_level, "debug, info, warning or error"),
+    "auth_secret_file": (_file, "file holding the HS256 secret of signed tokens (auth mode)"),
+    "auth_public_key_file": (_file, "PEM public key verifying tokens: RS256 or ES256 by type"),
+    "auth_jwks_url": (_jwks_url, "JWKS URL of the keys verifying tokens (RS256/ES256)"),
+    "auth_audience": (_claim, "the aud claim tokens must have; empty = not checked"),
+    "auth_issuer": (_claim, "the iss claim tokens must have; empty = not checked"),
+    "auth_leeway": (_float(0), "seconds of clock skew allowed on exp, nbf and iat"),
+    "auth_token_url": (_same_origin_path, "path the browser client fetches its token from"),
 }
+
+# Every option's name; each has a flag and an environment variable (the name upper-cased).
+OPTION_NAMES = tuple(_OPTIONS)
 
 
 def _flag(name: str) -> str:
@@ -189,6 +259,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OTEL_TRACES_SAMPLER values the SDK knows (opentelemetry.sdk.trace.sampling).
+_SAMPLERS = {
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+}
+
+
+def tracing_requested(env: Mapping[str, str]) -> bool:
+    """Whether OpenTelemetry's standard variables switch tracing on; ConfigError if they are
+    set to something this service cannot do.
+
+    On: OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set, or OTEL_TRACES_EXPORTER is
+    `otlp`. Off: neither, or OTEL_TRACES_EXPORTER=none, or OTEL_SDK_DISABLED=true. The export
+    is OTLP over HTTP/protobuf, the one exporter installed with the `tracing` extra.
+    """
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if exporter is not None and exporter.strip():
+        names = {name.strip().lower() for name in exporter.split(",") if name.strip()}
+        if names - {"otlp", "none"}:
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER: only otlp (or none) is supported, got {exporter!r}"
+            )
+        if "otlp" not in names:
+            return False
+    elif not endpoint:
+        return False
+    if endpoint:
+        parts = urlsplit(endpoint.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            source = (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+                if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                else "OTEL_EXPORTER_OTLP_ENDPOINT"
+            )
+            raise ConfigError(f"{source}: expected an http:// or https:// URL, got {endpoint!r}")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol and protocol != "http/protobuf":
+            raise ConfigError(f"{name}: only http/protobuf is supported, got {protocol!r}")
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in _SAMPLERS:
+        raise ConfigError(
+            f"OTEL_TRACES_SAMPLER: expected one of {', '.join(sorted(_SAMPLERS))}, got {sampler!r}"
+        )
+    ratio = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if ratio and sampler.endswith("traceidratio"):
+        try:
+            valid = 0.0 <= float(ratio) <= 1.0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {ratio!r}"
+            )
+    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                "tracing is switched on by the OTEL_ variables, but OpenTelemetry is not "
+                "installed: pip install 'webchat[tracing]'"
+            )
+    return True
+
+
 def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Build the Config from flags, then environment variables, then defaults."""
     args = vars(build_parser().parse_args(list(argv)))
@@ -205,13 +347,40 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
             values[name] = convert(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    config = Config(**values)
+    config = Config(**values, tracing=tracing_requested(env))
     if config.workers > 1 and config.memory_broker:
         raise ConfigError(
             f"{sources['workers']}: more than one worker needs --redis-url "
             "(the in-memory broker cannot be shared between processes)"
         )
+    _check_auth(config, sources)
     return config
 
 
-assert {f.name for f in fields(Config)} == set(_OPTIONS), "every Config field is an option"
+_KEY_SOURCES = ("auth_secret_file", "auth_public_key_file", "auth_jwks_url")
+
+
+def _check_auth(config: Config, sources: Mapping[str, str]) -> None:
+    """At most one key source, its file usable; the other auth options only with one."""
+    given = [name for name in _KEY_SOURCES if getattr(config, name)]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{sources[given[0]]} and {sources[given[1]]}: give one key source, not several"
+        )
+    if not given:
+        for name in ("auth_audience", "auth_issuer", "auth_token_url"):
+            if getattr(config, name):
+                raise ConfigError(
+                    f"{sources[name]}: only used in authenticated mode; also give "
+                    "--auth-secret-file, --auth-public-key-file or --auth-jwks-url"
+                )
+        return
+    from webchat.auth import check_config  # PyJWT and cryptography only when needed
+
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"{sources[given[0]]}: {exc}") from None
+
+
+assert {f.name for f in fields(Config)} - {"tracing"} == set(_OPTIONS), "fields are options"

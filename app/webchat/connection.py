@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 CLOSE_TRY_AGAIN: Final = 1013
 CLOSE_RESTART: Final = 1012
 CLOSE_POLICY: Final = 1008
+CLOSE_TOKEN_EXPIRED: Final = 4001  # PROTOCOL.md 1.1: reconnect with a fresh token and since
 SLOW_CLOSE_GRACE: Final = 5.0
 
 
@@ -50,14 +51,18 @@ class Connection:
         "_held",
         "_held_bytes",
         "_limit",
-        "_on_overflow",
+        "_on_ended",
         "_transport",
         "_watermark",
         "closing",
+        "ended_by",
+        "expires",
+        "holder",
         "last_seen",
         "name",
         "next_ping",
         "room",
+        "user",
         "ws",
     )
 
@@ -68,16 +73,27 @@ class Connection:
         room: str,
         name: str,
         send_buffer: int,
-        on_overflow: Callable[[], None],
         heartbeat: float,
+        on_ended: Callable[[str], None],
+        holder: str = "",
+        user: str | None = None,
     ) -> None:
         self.ws = ws
         self.room = room
+        # The presence member (protocol.member_key): the name, or in authenticated mode the
+        # display name with the user's `sub`, so presence counts users, not display names.
         self.name = name
+        self.holder = holder  # who may use `name`: see protocol.ConnectParams
+        self.user = user  # the token's `sub` (authenticated mode), else None
+        # Loop time at which its token is no longer accepted (heartbeat.py closes it 4001);
+        # None in anonymous mode.
+        self.expires: float | None = None
         self.closing = False
+        # Why it ended (a metrics.DISCONNECT_REASONS value), set once by `mark_ended`.
+        self.ended_by: str | None = None
+        self._on_ended = on_ended
         self._transport = transport
         self._limit = send_buffer
-        self._on_overflow = on_overflow
         self._held: list[Batch | bytes] | None = []
         self._held_bytes = 0
         self._watermark: tuple[int, int] | None = None
@@ -111,6 +127,11 @@ class Connection:
         if newer:
             self._watermark = None
             self._write(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for this client: unsent in its socket buffer, or held before go_live."""
+        return self._transport.get_write_buffer_size() + self._held_bytes
 
     def write_now(self, payload: bytes) -> None:
         """Write a JSON frame ahead of anything held (welcome, replay)."""
@@ -165,14 +186,19 @@ class Connection:
         """The client cannot keep up: stop sending, queue a 1013 close, drop it after 5 s."""
         if self.closing:
             return
-        self._on_overflow()
-        self.close(CLOSE_TRY_AGAIN, "too slow: reconnect with since")
+        self.close(CLOSE_TRY_AGAIN, "too slow: reconnect with since", why="slow_client")
 
-    def close(self, code: int, reason: str, grace: float = SLOW_CLOSE_GRACE) -> None:
-        """Queue a close frame; drop the socket if the handshake takes longer than `grace`."""
+    def close(
+        self, code: int, reason: str, grace: float = SLOW_CLOSE_GRACE, *, why: str = "error"
+    ) -> None:
+        """Queue a close frame; drop the socket if the handshake takes longer than `grace`.
+
+        `why` is the disconnection reason the metrics count (metrics.DISCONNECT_REASONS).
+        """
         if self.closing:
             return
         self.closing = True
+        self.mark_ended(why)
         self._held = None
         loop = asyncio.get_running_loop()
         self._abort_timer = loop.call_later(grace, self._transport.abort)
@@ -180,9 +206,20 @@ class Connection:
 
     def drop(self) -> None:
         """The client is gone without closing (no pong): free the socket now."""
+        self.mark_ended("timeout")
         self.closing = True
         self._held = None
         self._transport.abort()
+
+    def mark_ended(self, why: str) -> None:
+        """Record why the connection ends, once: the first reason given wins.
+
+        The server's reasons are recorded when it decides (a slow client's socket may take
+        5 s more to go), the client's when the session ends (node.py records "client" last).
+        """
+        if self.ended_by is None:
+            self.ended_by = why
+            self._on_ended(why)
 
     def closed(self) -> None:
         """The socket is gone: cancel the abort timer, unless frames are still unsent.

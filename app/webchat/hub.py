@@ -2,6 +2,9 @@
 
 The broker calls `on_messages`/`on_presence`; each message is encoded once and the same bytes
 are written to every local member without awaiting any socket (see connection.py).
+
+Each batch is measured once after its writes (metrics.delivered: latency per message, not per
+recipient) and, for sampled messages, traced by a CONSUMER span around the writes.
 """
 
 from __future__ import annotations
@@ -10,21 +13,40 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from webchat.broker.base import Broker, Message, PresenceEvent
+from webchat.broker.base import Broker, BrokerUnavailable, Message, NameTaken, PresenceEvent
 from webchat.connection import CLOSE_TRY_AGAIN, Batch, Connection
+from webchat.metrics import Metrics
 from webchat.protocol import encode_message, encode_presence, ws_text_frame
+
+if TYPE_CHECKING:
+    from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
 class Room:
-    __slots__ = ("conns", "grace", "lock", "names", "subscribed")
+    __slots__ = (
+        "conns",
+        "grace",
+        "holders",
+        "joining",
+        "lock",
+        "names",
+        "present",
+        "subscribed",
+    )
 
     def __init__(self) -> None:
         self.conns: dict[Connection, None] = {}  # insertion-ordered set
         self.names: Counter[str] = Counter()  # local connections per name
+        self.present: set[str] = set()  # names this node has joined in presence (until leave)
         self.grace: dict[str, asyncio.TimerHandle] = {}  # names whose last connection left
+        self.holders: dict[str, str] = {}  # holder of each name connected or present here
+        # A name's presence join in flight: other connections of the name wait for its
+        # outcome (None, or the error) before their welcome.
+        self.joining: dict[str, asyncio.Future[Exception | None]] = {}
         self.lock = asyncio.Lock()  # serialises subscribe/unsubscribe of this room
         self.subscribed = False
 
@@ -32,12 +54,26 @@ class Room:
     def idle(self) -> bool:
         return not self.conns and not self.grace and not self.subscribed
 
+    def forget_holder(self, name: str) -> None:
+        """Drop the name's holder once nothing here holds the name any more."""
+        if name not in self.names and name not in self.present and name not in self.joining:
+            self.holders.pop(name, None)
+
 
 class Hub:
     """Rooms of this process. Presence frames go only to rooms of at most `presence_limit` names."""
 
-    def __init__(self, broker: Broker, presence_grace: float, presence_limit: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        presence_grace: float,
+        presence_limit: int,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._broker = broker
+        self._metrics = metrics
+        self._tracing = tracing
         self._grace = presence_grace
         self._presence_limit = presence_limit
         self._rooms: dict[str, Room] = {}
@@ -50,36 +86,78 @@ class Hub:
         return [conn for room in self._rooms.values() for conn in room.conns]
 
     @property
+    def active_rooms(self) -> int:
+        """Rooms with at least one local connection."""
+        return sum(1 for room in self._rooms.values() if room.conns)
+
+    @property
     def connection_count(self) -> int:
         return sum(len(room.conns) for room in self._rooms.values())
+
+    async def holder(self, room_name: str, name: str) -> str | None:
+        """Who holds `name` in the room now (here or on any node), or None: a read only."""
+        room = self._rooms.get(room_name)
+        if room is not None and name in room.holders:
+            return room.holders[name]
+        return await self._broker.presence.holder(room_name, name)
 
     async def attach(self, conn: Connection) -> None:
         """Add a connection (it holds deliveries until go_live); subscribe and join as needed.
 
-        Raises BrokerUnavailable if the room cannot be subscribed; the connection is detached.
+        Raises NameTaken if the name is present under another holder (here or on any node),
+        BrokerUnavailable if the room cannot be subscribed or joined; either way the
+        connection is detached again.
         """
         room = self._rooms.get(conn.room)
         if room is None:
             room = self._rooms[conn.room] = Room()
+        held_by = room.holders.get(conn.name)
+        if held_by is not None and held_by != conn.holder:
+            raise NameTaken(f"{conn.name!r} is held by another key in {conn.room}")
+        room.holders[conn.name] = conn.holder
         room.conns[conn] = None
         room.names[conn.name] += 1
+        timer = room.grace.pop(conn.name, None)
+        if timer is not None:
+            timer.cancel()  # back within the grace period: no leave, no join
         try:
             if not room.subscribed:
                 async with room.lock:
                     if not room.subscribed and room.conns:
                         await self._broker.subscribe(conn.room)
                         room.subscribed = True
-            if room.names[conn.name] == 1:
-                timer = room.grace.pop(conn.name, None)
-                if timer is not None:
-                    timer.cancel()  # back within the grace period: no leave, no join
-                else:
-                    await self._broker.presence.join(conn.room, conn.name)
+            await self._join(room, conn)
         except BaseException:
-            self.detach(conn, announce=False)
+            self.detach(conn)
             raise
 
-    def detach(self, conn: Connection, *, announce: bool = True) -> None:
+    async def _join(self, room: Room, conn: Connection) -> None:
+        """Make sure the name is present, joining it if no connection here has."""
+        name = conn.name
+        if name in room.present:
+            return
+        pending = room.joining.get(name)
+        if pending is not None:  # another connection of the name is joining it: its outcome
+            failed = await asyncio.shield(pending)
+            if isinstance(failed, NameTaken):
+                raise NameTaken(str(failed))
+            if failed is not None:
+                raise BrokerUnavailable(f"joining {conn.room} failed: {failed}")
+            return
+        outcome = room.joining[name] = asyncio.get_running_loop().create_future()
+        error: Exception | None = BrokerUnavailable("the joining connection went away")
+        try:
+            await self._broker.presence.join(conn.room, name, conn.holder)
+            room.present.add(name)
+            error = None
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            del room.joining[name]
+            outcome.set_result(error)
+
+    def detach(self, conn: Connection) -> None:
         """Remove a connection; its name leaves after the grace period if it was the last."""
         room = self._rooms.get(conn.room)
         if room is None or conn not in room.conns:
@@ -88,11 +166,13 @@ class Hub:
         room.names[conn.name] -= 1
         if room.names[conn.name] <= 0:
             del room.names[conn.name]
-            if announce:
+            if conn.name in room.present:
                 loop = asyncio.get_running_loop()
                 room.grace[conn.name] = loop.call_later(
                     self._grace, self._grace_over, conn.room, conn.name
                 )
+            else:
+                room.forget_holder(conn.name)
         if not room.conns:
             self._spawn(self._release(conn.room))
 
@@ -100,6 +180,8 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None or room.grace.pop(name, None) is None:
             return
+        room.present.discard(name)
+        room.forget_holder(name)
         self._spawn(self._broker.presence.leave(room_name, name))
         if room.idle:
             del self._rooms[room_name]
@@ -133,7 +215,7 @@ class Hub:
     async def close(self) -> None:
         """Leave every room this process still holds, then stop background tasks."""
         for room_name, room in list(self._rooms.items()):
-            for name in list(room.names) + list(room.grace):
+            for name in list(room.present):
                 timer = room.grace.pop(name, None)
                 if timer is not None:
                     timer.cancel()
@@ -152,15 +234,21 @@ class Hub:
         if room is None or not room.conns:
             return
         batch = Batch(messages, [ws_text_frame(encode_message(m)) for m in messages])
+        recipients = len(room.conns)
+        tracing = self._tracing
+        spans = tracing.start_delivery(room_name, messages, recipients) if tracing else None
         for conn in room.conns:
             conn.deliver(batch)
+        if spans:
+            tracing.end_delivery(spans)  # type: ignore[union-attr]  # spans imply tracing
+        self._metrics.delivered(messages, recipients)
 
     def on_gap(self, room_name: str) -> None:
         """Some messages will never arrive live: close the room's clients with 1013, so they
         resume with `since` and the replay tells them with a `gap` frame."""
         room = self._rooms.get(room_name)
         for conn in list(room.conns) if room is not None else []:
-            conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since")
+            conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap")
 
     def on_presence(self, event: PresenceEvent) -> None:
         if event.count > self._presence_limit:

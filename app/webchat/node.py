@@ -1,31 +1,46 @@
-"""One running instance: wires hub, broker and metrics, serves sockets, drains on shutdown."""
+"""One running instance: wires hub, broker, metrics and tracing, serves sockets, drains."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from webchat.broker import create_broker
-from webchat.broker.base import Broker, BrokerUnavailable, Draft
+from webchat.broker.base import (
+    ROOMS_LIMIT,
+    Broker,
+    BrokerUnavailable,
+    Draft,
+    NameTaken,
+    RoomInfo,
+)
 from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
 from webchat.metrics import Metrics
+from webchat.monitor import LoopLag, run_monitor
 from webchat.protocol import (
     GAP,
     ConnectParams,
     ProtocolError,
+    RefreshRequest,
     SendRequest,
     encode_error,
     encode_message,
+    encode_refreshed,
+    encode_rooms,
     encode_welcome,
+    error_body,
+    member_name,
     parse_client_frame,
     ws_text_frame,
 )
@@ -34,10 +49,20 @@ from webchat.session import Pending, Session
 from webchat.upgrade import take_over
 from webchat.websocket import ServerSocket
 
+if TYPE_CHECKING:
+    from webchat.auth import Identity, Verifier
+    from webchat.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 # How long a close handshake may take before the socket is dropped, when draining.
 DRAIN_CLOSE_GRACE = 2.0
+# GET /api/rooms is polled by every open page: one broker read per instance this often at most.
+ROOMS_CACHE_SECONDS = 2.0
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status)
 
 
 class Node:
@@ -47,14 +72,33 @@ class Node:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
-        self.broker = broker or create_broker(config, self.id)
-        self.hub = Hub(self.broker, config.presence_grace, config.presence_limit)
+        # Imported only when switched on: with tracing off no OpenTelemetry code is loaded.
+        self.tracing: Tracing | None = None
+        if config.tracing:
+            from webchat.tracing import Tracing
+
+            system = "memory" if config.memory_broker else "redis"
+            self.tracing = Tracing(self.id, system)
+        self.broker = broker or create_broker(config, self.id, self.metrics, self.tracing)
+        # Authenticated mode only: PyJWT and cryptography are not loaded in anonymous mode.
+        self.auth: Verifier | None = None
+        if config.authenticated:
+            from webchat.auth import Verifier
+
+            self.auth = Verifier(config)
+        self.hub = Hub(
+            self.broker, config.presence_grace, config.presence_limit, self.metrics, self.tracing
+        )
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # sessions' openings and publishes
-        # One callable for every connection (a lambda per connection costs 200 bytes each).
-        self._count_slow_client = self.metrics.closes.labels("slow_client").inc
+        # One callable for every connection (a bound method per connection costs 64 bytes).
+        self._disconnected = self.metrics.disconnected
+        self._monitor: asyncio.Task[None] | None = None
+        self.loop_lag = LoopLag(0.0)
+        self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
+        self._rooms_task: asyncio.Task[list[RoomInfo]] | None = None
         self._limits: dict[str, Any] = {
             "max_text": config.max_text,
             "rate_per_s": int(config.rate) if config.rate.is_integer() else config.rate,
@@ -66,24 +110,52 @@ class Node:
         return self.broker.ready and not self.draining
 
     async def start(self) -> None:
+        self.metrics.count_logged_errors()
+        if self.auth is not None:
+            await self.auth.start()
         await self.broker.start(self.hub)
-        self._heartbeat = asyncio.get_running_loop().create_task(
-            run_heartbeat(lambda: self.hub.connections, self.config.heartbeat)
+        loop = asyncio.get_running_loop()
+        self._heartbeat = loop.create_task(
+            run_heartbeat(
+                lambda: self.hub.connections,
+                self.config.heartbeat,
+                self.metrics.send_buffer_bytes.set,
+            )
         )
+        self.loop_lag = LoopLag(loop.time())
+        self._sample()
+        self._monitor = loop.create_task(run_monitor(self.loop_lag, self._on_probe, self._sample))
+
+    def _on_probe(self, lag: float) -> None:
+        self.metrics.loop_lag_hist.observe(lag)
+
+    def _sample(self) -> None:
+        """Once a second (monitor.py): gauges that are states, not events."""
+        metrics = self.metrics
+        metrics.loop_lag.set(self.loop_lag.recent)
+        metrics.broker_ready.set(1 if self.broker.ready else 0)
+        metrics.rooms_active.set(self.hub.active_rooms)
+        metrics.flush()
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        if self._rooms_task is not None:
+            self._rooms_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._rooms_task
+        for task in (self._heartbeat, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # aiohttp no longer holds the sockets (upgrade.py): stop the sessions' tasks (openings,
         # publishes), drop the sockets still open after the drain, and let the sessions end
         # before the hub goes.
         self.draining = True
-        for task in list(self._tasks):
-            task.cancel()
+        for session_task in list(self._tasks):
+            session_task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for conn in self.hub.connections:
+            conn.mark_ended("drain")
             conn.drop()
         if self.hub.connection_count:
             try:
@@ -93,52 +165,87 @@ class Node:
                 log.warning("%d sessions did not end", self.hub.connection_count)
         await self.hub.close()
         await self.broker.close()
+        if self.auth is not None:
+            await self.auth.close()
+        if self.tracing is not None:
+            await self.tracing.close()
+        self.metrics.stop_counting()
 
     # --- one client ---------------------------------------------------------------------
 
-    async def serve(self, request: web.Request, params: ConnectParams) -> web.StreamResponse:
-        """Upgrade to a WebSocket and return the 101; the session goes on without aiohttp.
+    async def serve(
+        self, request: web.Request, params: ConnectParams, identity: Identity | None = None
+    ) -> web.StreamResponse:
+        """Join, upgrade to a WebSocket and return the 101; the session goes on without aiohttp.
 
-        The welcome and replay are written by a task of the node's (`_open`); the client's
-        messages then come by callback (session.py, `handle_message`), with no task left for an
-        idle client; `session_ended` runs when its socket is gone.
+        A name held by another key is refused (409) before the upgrade. The welcome and replay
+        are written by a task of the node's (`_open`); the client's messages then come by
+        callback (session.py, `handle_message`), with no task left for an idle client;
+        `session_ended` runs when its socket is gone. The request must be a valid WebSocket
+        handshake (web.py checks it: upgrade.handshake_problem).
+
+        In authenticated mode `identity` is the verified token (web.py checked it and the
+        room); the connection is closed with 4001 when the token expires unrefreshed.
         """
         cfg = self.config
+        transport = request.transport
+        if transport is None:  # the client went away already
+            return web.Response(status=400)
         # Permessage-deflate is never negotiated: it costs ~100 KiB per client.
         socket = ServerSocket(max_size=cfg.max_frame)
-        response = await take_over(request, socket)
-        transport = socket.transport
-        if transport is None:  # the client went away during the handshake
-            return response
         conn = Connection(
             socket,
-            transport,
+            transport,  # the same transport before and after the upgrade (set_protocol)
             params.room,
-            params.name,
+            params.member,
             cfg.send_buffer,
-            on_overflow=self._count_slow_client,
             heartbeat=cfg.heartbeat,
+            on_ended=self._disconnected,
+            holder=params.holder,
+            user=params.user,
         )
+        if identity is not None:
+            conn.expires = self.token_deadline(identity.exp)
+        # Joining first (deliveries are held until the welcome) decides the name before the
+        # upgrade, so a refusal is an HTTP answer the client can read.
+        try:
+            await self.hub.attach(conn)
+        except NameTaken:
+            self.metrics.upgrade("name_taken")
+            return self.name_taken(params)
+        except BrokerUnavailable:
+            self.metrics.upgrade("unavailable")
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
+        try:
+            response = await take_over(request, socket)
+        except BaseException:
+            self.session_ended(conn)
+            raise
+        if socket.transport is None:  # the client went away during the join or the 101
+            self.session_ended(conn)
+            return response
         socket.opening(self.spawn(self._open(socket, conn, params)))
         return response
 
     async def _open(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
-        """Join, welcome and replay, then hand the client's messages to a Session."""
+        """Welcome and replay, then hand the client's messages to a Session."""
         cfg = self.config
         bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
         try:
-            await self.hub.attach(conn)
             await self._welcome(socket, conn, params)
         except BrokerUnavailable:
-            conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE)
+            conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE, why="error")
         except ConnectionResetError:  # the client left during its welcome or replay
             pass
-        except asyncio.CancelledError:  # the client left, or the server is stopping
+        except asyncio.CancelledError:  # the client left (else the server is stopping)
+            conn.mark_ended("client" if socket.lost else "drain")
             conn.drop()
             raise
         except Exception:
             log.exception("opening a session failed")
+            conn.mark_ended("error")
             conn.drop()
         finally:
             socket.start(Session(self, conn, socket, bucket))
@@ -148,6 +255,7 @@ class Node:
         self.hub.detach(conn)
         conn.closed()
         self.metrics.connected_users.dec()
+        conn.mark_ended("client")  # unless the server ended it first
         if self.draining and self.hub.connection_count == 0:
             self._all_closed.set()
 
@@ -161,13 +269,22 @@ class Node:
     async def _welcome(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
         conn.forget_held_presence()
         members, count = await self.broker.presence.members(
-            params.room, self.config.presence_limit, params.name
+            params.room, self.config.presence_limit, params.member
         )
-        welcome = encode_welcome(params.room, params.name, members, count, self._limits)
+        welcome = encode_welcome(params.room, params.member, members, count, self._limits)
         conn.write_now(welcome)
         await socket.drain()
         watermark = None
-        if params.since is not None:
+        if params.since is None and params.history:
+            # The newest n, then live ones newer than the last of them (held ones are dropped
+            # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
+            recent = await self.broker.history(params.room, None, params.history)
+            for message in recent.messages:
+                conn.write_now(encode_message(message))
+                await socket.drain()  # the replay waits for a slow reader
+            if recent.messages:
+                watermark = recent.messages[-1].id
+        elif params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
             # newer than it are news even when `since` claims more (history lost, clock behind).
             newest = await self.broker.history(params.room, None, 1)
@@ -189,11 +306,13 @@ class Node:
     ) -> Pending | None:
         """One message of a client, in order (pings and pongs never get here: websocket.py)."""
         cfg = self.config
-        if not bucket.take(asyncio.get_running_loop().time()):
+        received = asyncio.get_running_loop().time()
+        if not bucket.take(received):
             self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
             if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                self.metrics.closes.labels("rate_limit_abuse").inc()
-                conn.close(CLOSE_POLICY, "rate limit abuse", DRAIN_CLOSE_GRACE)
+                conn.close(
+                    CLOSE_POLICY, "rate limit abuse", DRAIN_CLOSE_GRACE, why="rate_limit_abuse"
+                )
             return None
         if isinstance(data, bytes):
             self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
@@ -203,13 +322,21 @@ class Node:
         except ProtocolError as exc:
             self._error(conn, exc.code, exc.message)
             return None
-        return lambda: self._publish(conn, bucket, request)
+        if isinstance(request, RefreshRequest):
+            return functools.partial(self._refresh, conn, request.token)
+        return functools.partial(self._publish, conn, bucket, request, received)
 
-    async def _publish(self, conn: Connection, bucket: TokenBucket, request: SendRequest) -> None:
+    async def _publish(
+        self, conn: Connection, bucket: TokenBucket, request: SendRequest, received: float
+    ) -> None:
+        # The display name; conn.name is the presence member.
+        draft = Draft(member_name(conn.name), request.text, request.nonce, user=conn.user)
+        tracing = self.tracing
         try:
-            published = await self.broker.publish(
-                conn.room, Draft(conn.name, request.text, request.nonce)
-            )
+            if tracing is None:
+                published = await self.broker.publish(conn.room, draft)
+            else:
+                published = await tracing.publish(self.broker, conn.room, draft)
         except BrokerUnavailable:
             self._error(conn, "unavailable", "the message broker is unreachable; retry later")
             return
@@ -218,9 +345,89 @@ class Node:
             conn.send(ws_text_frame(encode_message(published.message)))
         else:
             self.metrics.messages.inc()
+            self.metrics.message_latency.observe(asyncio.get_running_loop().time() - received)
+
+    def token_deadline(self, exp: int) -> float:
+        """The loop time at which a token expiring at `exp` (seconds since the epoch) stops
+        being accepted: `exp` plus the leeway, the same rule as a new connection's."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + (exp + self.config.auth_leeway - time.time())
+
+    async def _refresh(self, conn: Connection, token: str) -> None:
+        """A `refresh` frame: a valid token for the same user and room moves the connection's
+        expiry; any other gets `unauthorized` and the connection keeps its current token."""
+        from webchat.auth import AuthError, KeysUnavailable
+
+        if self.auth is None:
+            self._error(
+                conn, "bad_type", "refresh is for authenticated mode; this service has none"
+            )
+            return
+        keeps = "this connection keeps its current token"
+        try:
+            identity = await self.auth.verify(token)
+        except AuthError as exc:
+            self.metrics.auth_failure(exc.reason)
+            self._error(conn, "unauthorized", f"{exc.message}; {keeps}")
+            return
+        except KeysUnavailable as exc:
+            self._error(conn, "unavailable", f"{exc}; {keeps}")
+            return
+        if identity.sub != conn.user:
+            self.metrics.auth_failure("other_user")
+            self._error(conn, "unauthorized", f"the token is for another user (sub); {keeps}")
+            return
+        if not identity.allows(conn.room):
+            self._error(conn, "unauthorized", f"the token does not allow room {conn.room}; {keeps}")
+            return
+        conn.expires = self.token_deadline(identity.exp)
+        conn.send(ws_text_frame(encode_refreshed(identity.exp)))
+
+    @staticmethod
+    def name_taken(params: ConnectParams) -> web.Response:
+        return _json_error(
+            409,
+            "name_taken",
+            f"the name {params.name!r} is in use in {params.room} by someone else; pick another",
+        )
+
+    async def check(self, params: ConnectParams) -> web.Response:
+        """What an upgrade with these parameters would get, without joining: for a client
+        whose WebSocket failed to open and that cannot read the refusal (browsers cannot)."""
+        try:
+            holder = await self.hub.holder(params.room, params.member)
+        except BrokerUnavailable:
+            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        if holder is not None and holder != params.holder:
+            return self.name_taken(params)
+        return _json_error(426, "upgrade_required", "this would be accepted as a WebSocket upgrade")
+
+    async def rooms(self) -> tuple[list[RoomInfo], bytes]:
+        """GET /api/rooms, from a cache a few seconds old at most (every page polls it): the
+        listing and its JSON body, encoded once. Concurrent requests share one broker read.
+
+        Raises BrokerUnavailable.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._rooms
+        if cached is None or loop.time() >= cached[0]:
+            task = self._rooms_task
+            if task is None or task.done():
+                task = self._rooms_task = loop.create_task(self.broker.rooms(ROOMS_LIMIT))
+                task.add_done_callback(self._rooms_read)
+            await asyncio.shield(task)
+            cached = self._rooms
+            assert cached is not None
+        return cached[1], cached[2]
+
+    def _rooms_read(self, task: asyncio.Task[list[RoomInfo]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            expiry = asyncio.get_running_loop().time() + ROOMS_CACHE_SECONDS
+            listing = task.result()
+            self._rooms = (expiry, listing, encode_rooms(listing))
 
     def _error(self, conn: Connection, code: str, message: str) -> None:
-        self.metrics.errors.labels(code).inc()
+        self.metrics.error(code)
         conn.send(ws_text_frame(encode_error(code, message)))
 
     # --- shutdown -----------------------------------------------------------------------
@@ -235,9 +442,9 @@ class Node:
         loop = asyncio.get_running_loop()
         step = self.config.drain_spread / len(conns)
         for index, conn in enumerate(conns):
-            loop.call_later(
-                index * step, conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE
+            close = functools.partial(
+                conn.close, CLOSE_RESTART, "server restart", DRAIN_CLOSE_GRACE, why="drain"
             )
-        self.metrics.closes.labels("drain").inc(len(conns))
+            loop.call_later(index * step, close)
         if self.hub.connection_count:
             await self._all_closed.wait()

@@ -5,22 +5,29 @@ Server frames are encoded to bytes once here; the hub writes the same bytes to e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from webchat.broker.base import Message
+from webchat.broker.base import Message, RoomInfo
 
 ROOM_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 LIMIT_RE: Final = re.compile(r"[0-9]{1,9}")
+KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 MAX_NAME: Final = 32
 MAX_NONCE: Final = 64
+MAX_HISTORY: Final = 500
 DEFAULT_ROOM: Final = "lobby"
+NO_KEY: Final = ""  # the holder of a name whose first connection gave no key
+# Joins a display name and a user's `sub` into one presence member (authenticated mode). A
+# unit separator: a control character, which no valid name holds, so the split is exact.
+MEMBER_SEP: Final = "\x1f"
 
 # Unicode White_Space (PropList.txt). str.strip() would also strip U+001C..U+001F, which are
 # not White_Space, so the set is spelled out.
@@ -46,11 +53,16 @@ def bad_request(message: str) -> ProtocolError:
 # --- ids ---------------------------------------------------------------------------------
 
 
-def parse_id(value: str) -> tuple[int, int]:
-    """Order key of a stream id `<ms>-<seq>`; raises ProtocolError if malformed."""
+def parse_id(value: str, what: str = "since") -> tuple[int, int]:
+    """Order key of a stream id `<ms>-<seq>`; raises ProtocolError if malformed.
+
+    `what` names the parameter in the error message.
+    """
     match = ID_RE.fullmatch(value)
     if not match:
-        raise bad_request(f"since must look like <ms>-<seq> (e.g. 1732650000000-0), got {value!r}")
+        raise bad_request(
+            f"{what} must look like <ms>-<seq> (e.g. 1732650000000-0), got {value[:80]!r}"
+        )
     return int(match[1]), int(match[2])
 
 
@@ -59,9 +71,45 @@ def parse_id(value: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ConnectParams:
+    """A valid `/ws` query. `holder` stands for who may use `name` in `room`: in anonymous
+    mode a hash of the client's key (never the key itself, so it cannot leak into a log or
+    a repr); in authenticated mode a hash of the token's `sub`, which is also `user`."""
+
     room: str
     name: str
     since: str | None
+    history: int = 0
+    holder: str = NO_KEY
+    user: str | None = None  # the token's `sub` (authenticated mode), else None
+
+    @property
+    def member(self) -> str:
+        return member_key(self.name, self.user)
+
+
+# --- presence members --------------------------------------------------------------------
+
+
+def member_key(name: str, user: str | None) -> str:
+    """Who a connection is in presence: its name (anonymous mode), or its display name and
+    its user's `sub` (authenticated mode).
+
+    Presence counts members by this string. With the `sub` in it, two users of one display
+    name are two members and one user's tabs are one; with the name first, members sort by
+    the name shown. Presence itself treats it as opaque (broker/base.Presence).
+    """
+    return name if user is None else f"{name}{MEMBER_SEP}{user}"
+
+
+def member_name(member: str) -> str:
+    """The display name of a presence member."""
+    return member.partition(MEMBER_SEP)[0]
+
+
+def member_user(member: str) -> str | None:
+    """The `sub` of a presence member, or None in anonymous mode."""
+    _, sep, user = member.partition(MEMBER_SEP)
+    return user if sep else None
 
 
 def validate_room(room: str) -> str:
@@ -80,18 +128,59 @@ def validate_name(raw: str) -> str:
         raise bad_request(f"name must be at most {MAX_NAME} characters, got {len(name)}")
     if any(unicodedata.category(c) == "Cc" for c in name):
         raise bad_request("name must not contain control characters")
+    # PROTOCOL.md 1.1: zero-width and other invisible format characters would let "alice"
+    # and "al\u200bice" look alike while being two names held by two keys.
+    if any(unicodedata.category(c) == "Cf" for c in name):
+        raise bad_request("name must not contain invisible format characters (e.g. U+200B)")
     return name
 
 
-def parse_connect_params(query: Mapping[str, str]) -> ConnectParams:
-    """Validate the `/ws` query; raises ProtocolError('bad_request') before any upgrade."""
+def key_holder(key: str | None) -> str:
+    """Who holds a name connected with `key`: a SHA-256 of the key, or NO_KEY.
+
+    The key itself is a secret of the client; only this hash is kept and compared.
+    """
+    if key is None:
+        return NO_KEY
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_history(raw: str) -> int:
+    if not LIMIT_RE.fullmatch(raw) or int(raw) > MAX_HISTORY:
+        raise bad_request(
+            f"history must be a whole number from 0 to {MAX_HISTORY}, got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+def parse_connect_params(query: Mapping[str, str], anonymous: bool = True) -> ConnectParams:
+    """Validate the `/ws` query; raises ProtocolError('bad_request') before any upgrade.
+
+    With `anonymous` False (authenticated mode) `name` and `key` are ignored, not checked:
+    the caller puts the token's identity in (`with_identity`).
+    """
     room = validate_room(query.get("room", DEFAULT_ROOM))
-    raw_name = query.get("name")
+    raw_name = query.get("name") if anonymous else None
     name = validate_name(raw_name) if raw_name is not None else f"guest-{secrets.token_hex(2)}"
     since = query.get("since")
     if since is not None:
         parse_id(since)
-    return ConnectParams(room, name, since)
+    raw_history = query.get("history")
+    # Validated even when `since` makes it irrelevant: a malformed parameter is a bad request.
+    history = parse_history(raw_history) if raw_history is not None else 0
+    key = query.get("key") if anonymous else None
+    if key is not None and not KEY_RE.fullmatch(key):
+        # The key is a secret: the message says what is wrong without repeating it.
+        raise bad_request(
+            f"key must be 16-128 characters of A-Z, a-z, 0-9, '_' or '-' ({len(key)} given)"
+        )
+    return ConnectParams(room, name, since, 0 if since is not None else history, key_holder(key))
+
+
+def with_identity(params: ConnectParams, name: str, user: str) -> ConnectParams:
+    """The parameters of an authenticated connection: the token's name and `sub`."""
+    holder = hashlib.sha256(f"sub:{user}".encode()).hexdigest()
+    return replace(params, name=name, user=user, holder=holder)
 
 
 def parse_limit(raw: str | None, default: int = 100, maximum: int = 500) -> int:
@@ -111,6 +200,13 @@ def parse_limit(raw: str | None, default: int = 100, maximum: int = 500) -> int:
 class SendRequest:
     text: str
     nonce: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRequest:
+    """`{"type": "refresh", "token": ...}` (1.1, authenticated mode). No repr: a token."""
+
+    token: str = field(repr=False)
 
 
 def _encodable(value: str) -> bool:
@@ -133,7 +229,7 @@ def _json_type(value: object) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest:
+def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest | RefreshRequest:
     """Parse one client text frame; raises ProtocolError with bad_json/bad_type/bad_message."""
     try:
         frame = json.loads(data)
@@ -144,16 +240,27 @@ def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest:
     if not isinstance(frame, dict):
         raise ProtocolError("bad_json", "frame must be a JSON object")
     kind = frame.get("type")
+    if kind == "refresh":
+        token = frame.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("bad_message", "refresh needs a token: a non-empty string")
+        return RefreshRequest(token)
     if kind != "message":
         # Not json.dumps(kind): a deeply nested value would exceed the recursion limit again.
         shown = repr(kind[:40]) if isinstance(kind, str) else f"of JSON type {_json_type(kind)}"
-        raise ProtocolError("bad_type", f"unknown frame type {shown}; expected 'message'")
+        raise ProtocolError(
+            "bad_type", f"unknown frame type {shown}; expected 'message' or 'refresh'"
+        )
     text = frame.get("text")
     if not isinstance(text, str) or not _encodable(text):
         raise ProtocolError("bad_message", "text must be a string of Unicode characters")
     text = text.strip(WHITE_SPACE)
     if not text:
         raise ProtocolError("bad_message", "text must not be empty")
+    if all(unicodedata.category(c) == "Cf" for c in text):
+        raise ProtocolError(
+            "bad_message", "text must not be made only of invisible format characters"
+        )
     if len(text) > max_text:
         raise ProtocolError(
             "bad_message", f"text must be at most {max_text} characters, got {len(text)}"
@@ -185,6 +292,8 @@ def message_dict(message: Message) -> dict[str, Any]:
     }
     if message.nonce is not None:
         frame["nonce"] = message.nonce
+    if message.user is not None:  # authenticated mode: the sender's `sub` (1.1, additive)
+        frame["user"] = message.user
     return frame
 
 
@@ -193,22 +302,45 @@ def encode_message(message: Message) -> bytes:
 
 
 def encode_welcome(
-    room: str, name: str, members: Sequence[str], member_count: int, limits: Mapping[str, Any]
+    room: str, member: str, members: Sequence[str], member_count: int, limits: Mapping[str, Any]
 ) -> bytes:
-    return _dumps(
-        {
-            "type": "welcome",
-            "room": room,
-            "name": name,
-            "members": list(members),
-            "member_count": member_count,
-            "limits": dict(limits),
-        }
-    )
+    """The welcome of the connection that is `member` (protocol.member_key), listing
+    `members` (presence members) by display name. In authenticated mode it also carries, as
+    additive fields, the connection's own `user` and `users`: the `sub` of each member, in
+    the order of `members`, so a client can tell two users of one display name apart."""
+    frame: dict[str, Any] = {
+        "type": "welcome",
+        "room": room,
+        "name": member_name(member),
+        "members": [member_name(m) for m in members],
+        "member_count": member_count,
+        "limits": dict(limits),
+    }
+    user = member_user(member)
+    if user is not None:
+        frame["user"] = user
+        frame["users"] = [member_user(m) or "" for m in members]
+    return _dumps(frame)
 
 
-def encode_presence(room: str, event: str, name: str) -> bytes:
-    return _dumps({"type": "presence", "room": room, "event": event, "name": name})
+def encode_rooms(rooms: Sequence[RoomInfo]) -> bytes:
+    """The body of GET /api/rooms."""
+    listed = [{"room": r.room, "member_count": r.member_count, "last_ts": r.last_ts} for r in rooms]
+    return _dumps({"rooms": listed})
+
+
+def encode_presence(room: str, event: str, member: str) -> bytes:
+    """A join or leave of `member`; in authenticated mode with its `user` (additive)."""
+    frame = {"type": "presence", "room": room, "event": event, "name": member_name(member)}
+    user = member_user(member)
+    if user is not None:
+        frame["user"] = user
+    return _dumps(frame)
+
+
+def encode_refreshed(exp: int) -> bytes:
+    """The answer to an accepted `refresh`: the new token's expiry, seconds since the epoch."""
+    return _dumps({"type": "refreshed", "exp": exp})
 
 
 def encode_error(code: str, message: str) -> bytes:

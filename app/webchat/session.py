@@ -78,7 +78,9 @@ class Session:
             self._backlog = None
             self._socket.resume_reading()
 
-    def on_closing(self) -> None:
+    def on_closing(self, failed: bool) -> None:
+        if failed:
+            self._conn.mark_ended("error")  # a protocol error, a frame too big (1009)
         self._conn.closing = True
 
     def on_closed(self) -> None:

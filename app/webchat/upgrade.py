@@ -3,9 +3,10 @@
 aiohttp's WebSocketResponse keeps, for the whole session, the parsed request and its headers,
 the HTTP protocol and parser, a WebSocket reader, writer and queue, and two tasks: about 10 KiB
 of each idle client (docs/performance.md). Here aiohttp still parses and routes the request and
-runs the checks before the upgrade (web.py); this module checks the handshake, has aiohttp write
-the 101, gives the transport to another asyncio.Protocol (websocket.py), and once the handler
-has returned, aiohttp forgets the connection and frees everything it held for it.
+runs the checks before the upgrade (web.py, with this module's handshake check) and the join
+(node.py); this module has aiohttp write the 101, gives the transport to another
+asyncio.Protocol (websocket.py), and once the handler has returned, aiohttp forgets the
+connection and frees everything it held for it.
 
 The seams, all public names: `RequestHandler.set_parser` (aiohttp's own hand-over point after
 an upgrade: it passes on the bytes read after the request), the protocol's `transport` attribute
@@ -19,13 +20,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
 from aiohttp import web
-
-from webchat.protocol import error_body
 
 # RFC 6455 section 1.3: the server proves it read the key by hashing it with this GUID.
 WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -80,18 +78,11 @@ def handshake_problem(headers: Mapping[str, str]) -> str | None:
 async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.StreamResponse:
     """Answer the upgrade with 101 and give the socket to `protocol`; return the 101 at once.
 
-    A malformed handshake raises HTTPBadRequest with PROTOCOL.md's error body. Then
-    `protocol.connection_made(transport)` is called (unless the client is gone already), and
-    `data_received` with anything the client sent after its request. The handler should return
-    the response at once: aiohttp holds the request and its objects until then.
+    The request must be a valid handshake (`handshake_problem` found none). Then
+    `protocol.connection_made(transport)` is called (unless the client is gone already: then
+    never), and `data_received` with anything the client sent after its request. The handler
+    should return the response at once: aiohttp holds the request and its objects until then.
     """
-    problem = handshake_problem(request.headers)
-    if problem is not None:
-        raise web.HTTPBadRequest(
-            text=json.dumps(error_body("bad_request", problem)),
-            content_type="application/json",
-            headers={"Sec-WebSocket-Version": "13"},
-        )
     response = web.StreamResponse(
         status=101,
         headers={
@@ -101,7 +92,10 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.Str
         },
     )
     response.force_close()  # no HTTP request may follow on this connection
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionError:  # the client is gone (aiohttp answers nothing more, quietly)
+        return response
     handler = request.protocol
     transport = request.transport
     if transport is None or transport.is_closing():

@@ -25,6 +25,16 @@ _FRAMES_LOG.setLevel(logging.WARNING)
 # Bytes a client may send before its welcome is written, read and kept; past this, reading waits.
 EARLY_LIMIT: Final = 65536
 
+# The close codes with which websockets fails a connection the client broke (and 1011, a bug).
+_FAILURES: Final = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.INTERNAL_ERROR,
+    }
+)
+
 # After websockets ends the connection (the client's close answered, or a protocol error), the
 # client has this long to close its side before the socket is dropped; aiohttp waited as long.
 CLOSE_TIMEOUT: Final = 2.0
@@ -39,8 +49,11 @@ class Listener(Interface):
     def on_message(self, data: str | bytes) -> None:
         """A whole message: `str` for a text message, `bytes` for a binary one."""
 
-    def on_closing(self) -> None:
-        """The closing handshake is over (or failed): write nothing more to the transport."""
+    def on_closing(self, failed: bool) -> None:
+        """The closing handshake is over (or failed): write nothing more to the transport.
+
+        `failed`: the client broke the protocol (websockets closed with 1002, 1007 or 1009).
+        """
 
     def on_closed(self) -> None:
         """The TCP connection is gone. Called exactly once."""
@@ -80,6 +93,11 @@ class ServerSocket(asyncio.Protocol):
 
     # --- the owner's side ---------------------------------------------------------------
 
+    @property
+    def lost(self) -> bool:
+        """The TCP connection is gone."""
+        return self._lost
+
     def opening(self, task: asyncio.Task[None]) -> None:
         """Cancel `task` (the welcome being written) if the client goes before `start`."""
         self._opening = task
@@ -98,6 +116,7 @@ class ServerSocket(asyncio.Protocol):
             return
         if len(early) > EARLY_LIMIT:
             transport.resume_reading()
+        self._send()  # a close queued before the upgrade
         if early:
             self.data_received(early)
 
@@ -114,6 +133,7 @@ class ServerSocket(asyncio.Protocol):
         """Start the closing handshake: a close frame after everything already buffered.
 
         The connection ends when the client answers (or closes); the caller bounds the wait.
+        Before the upgrade, the close frame is the first thing written after the 101.
         """
         if self._ws.state is State.OPEN:
             self._ws.send_close(code, reason)
@@ -215,7 +235,8 @@ class ServerSocket(asyncio.Protocol):
         """Write what websockets wants sent; its end of stream means: half-close, then wait
         for the client to close its side (unless it has: then the transport closes now)."""
         transport = self.transport
-        assert transport is not None
+        if transport is None:
+            return  # not upgraded yet: `start` sends it
         for data in self._ws.data_to_send():
             if transport.is_closing():
                 continue
@@ -223,7 +244,8 @@ class ServerSocket(asyncio.Protocol):
                 transport.write(data)
                 continue
             if self._listener is not None:
-                self._listener.on_closing()
+                close = self._ws.close_sent
+                self._listener.on_closing(close is not None and close.code in _FAILURES)
             if peer_gone:
                 continue
             if transport.can_write_eof():

@@ -68,6 +68,17 @@ BAD_PARAMS = [
     {"since": "1" * 21 + "-0"},
     {"since": "0-" + "1" * 21},
     {"room": "ok", "name": "ok", "since": "1.5-0"},
+    # 1.1: format characters in a name, history out of range, malformed keys.
+    {"name": "\u200b"},
+    {"name": "\u200bzw"},  # U+200B is not White_Space: not trimmed, so refused
+    {"name": "al\u200dice"},
+    {"history": "501"},
+    {"history": "-1"},
+    {"history": "x"},
+    {"history": "5", "since": "x"},
+    {"key": "short"},
+    {"key": "k" * 129},
+    {"key": "k" * 20 + "!"},
 ]
 
 
@@ -91,7 +102,9 @@ async def test_valid_edge_parameters_are_accepted(server, session):
         ({"room": "_", "name": "\u3000\u00a0bob\u2003"}, "_", "bob"),
         ({"room": "r", "name": " " + "y" * 32 + " "}, "r", "y" * 32),  # counted after trimming
         ({"room": "r", "name": "a b"}, "r", "a b"),
-        ({"room": "r", "name": "\u200bzw"}, "r", "\u200bzw"),  # U+200B is not White_Space
+        ({"room": "r", "name": "\u05e9\u05dc\u05d5\u05dd"}, "r", "\u05e9\u05dc\u05d5\u05dd"),
+        ({"room": "r", "name": "n", "history": "500"}, "r", "n"),
+        ({"room": "r", "name": "k", "key": "A-z_0-9" * 3}, "r", "k"),
         ({"room": "r", "name": "n", "since": "0-0"}, "r", "n"),
         ({"room": "r", "name": "n", "since": "9" * 20 + "-" + "9" * 20}, "r", "n"),
     ]

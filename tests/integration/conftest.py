@@ -31,7 +31,7 @@ def parse_metric(text: str, series: str) -> float | None:
 
 @pytest.fixture
 def read_metric(wide_session: aiohttp.ClientSession) -> ReadMetric:
-    """`await read_metric(server, 'webchat_closes_total{reason="slow_client"}')`: value or None."""
+    """`await read_metric(server, 'webchat_connected_users')`: the value, or None if absent."""
 
     async def read(server: WebchatProcess, series: str) -> float | None:
         timeout = aiohttp.ClientTimeout(total=seconds(5))

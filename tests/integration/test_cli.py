@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import fields
 
 import aiohttp
 import pytest
@@ -19,11 +18,11 @@ from tests.support.client import ChatClient
 from tests.support.redis import RedisServer
 from tests.support.servers import ROOT, WebchatProcess, http_status, wait_until
 from tests.support.timing import poll, seconds
-from webchat.config import Config
+from webchat.config import OPTION_NAMES
 
 # Every option's environment variable: removed from the children's environment, so a
 # variable that happens to be set where the tests run cannot change their outcome.
-OPTION_VARIABLES = {f.name.upper() for f in fields(Config)}
+OPTION_VARIABLES = {name.upper() for name in OPTION_NAMES}
 
 
 def clean_env(**extra: str) -> dict[str, str]:

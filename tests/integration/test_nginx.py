@@ -267,7 +267,7 @@ async def test_a_draining_instance_is_skipped(make_server: MakeServer, make_ngin
     # nginx did offer clients to a (least connections: a had none) and moved on after its 503.
     async with session.get(a.url + "/metrics") as response:
         refused = parse_metric(
-            await response.text(), 'webchat_upgrade_refusals_total{status="503"}'
+            await response.text(), 'webchat_connections_total{status="unavailable"}'
         )
     assert refused is not None and refused >= 1
     await clients[0].send("still here")

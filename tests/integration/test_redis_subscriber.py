@@ -91,7 +91,8 @@ async def test_a_silently_dead_subscriber_is_detected_and_backfilled(
         # Instance a reaches Redis through the proxy (the later --redis-url wins), b directly.
         # Started in a thread: the proxy runs in this event loop, which must keep running.
         a = await asyncio.to_thread(make_server, *TRAFFIC, "--redis-url", proxy.url())
-        b = make_server(*TRAFFIC)
+        # b too: a blocked loop would stall the proxy, and a's health check with it.
+        b = await asyncio.to_thread(make_server, *TRAFFIC)
         rx = await connect(session, a, "rx")
         tx = await connect(session, b, "tx")
         await tx.client.send("before")

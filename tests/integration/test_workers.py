@@ -127,6 +127,19 @@ async def metrics_from(server: WebchatProcess, pid: int, pids: set[int]) -> str:
     raise AssertionError(f"64 connections and none reached worker {pid}")
 
 
+async def poll_text(server: WebchatProcess, pids: set[int], line: str) -> str:
+    """/metrics of either worker, once it holds `line` (for gauges sampled once a second)."""
+    pid = next(iter(pids))
+    texts: list[str] = []
+
+    async def has_line() -> bool:
+        texts.append(await metrics_from(server, pid, pids))
+        return line in texts[-1].splitlines()
+
+    await poll(has_line, 10, line)
+    return texts[-1]
+
+
 def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} not in\n{text}"
@@ -188,6 +201,21 @@ async def test_workers_share_a_port_talk_aggregate_metrics_and_drain(
         text = await metrics_from(server, pid, pids)
         assert metric(text, "webchat_connected_users") == len(clients)
         assert metric(text, "webchat_messages_total") == 2
+        accepted = 'webchat_connections_total{status="accepted"}'
+        assert metric(text, accepted) == len(clients)
+        assert metric(text, "webchat_message_latency_seconds_count") == 2
+        # Each worker is an instance to the broker: both deliver both messages to their own
+        # clients, one observation per message per worker, every frame counted once.
+        assert metric(text, "webchat_delivery_latency_seconds_count") == 4
+        assert metric(text, "webchat_fanout_recipients_count") == 4
+        assert metric(text, "webchat_fanout_recipients_sum") == 2 * len(clients)
+        assert metric(text, "webchat_deliveries_total") == 2 * len(clients)
+        # Gauges combined per their mode: one build, ready only if every worker is.
+        assert len(re.findall(r"^webchat_build_info\{", text, re.MULTILINE)) == 1, text
+        assert metric(text, "webchat_broker_ready") == 1
+    # Sampled once a second: the room has members on both workers, counted by each.
+    text = await poll_text(server, pids, "webchat_rooms_active 2.0")
+    assert metric(text, "webchat_event_loop_lag_seconds") < 1
 
     signalled = time.monotonic()
     server.signal(signal.SIGTERM)

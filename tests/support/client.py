@@ -26,12 +26,15 @@ class ChatClient:
         room: str | None = "lobby",
         name: str | None = None,
         since: str | None = None,
+        history: int | str | None = None,
+        key: str | None = None,
+        token: str | None = None,
         headers: dict[str, str] | None = None,
         expect_welcome: bool = True,
     ) -> ChatClient:
-        params = {
-            k: v for k, v in (("room", room), ("name", name), ("since", since)) if v is not None
-        }
+        given = (("room", room), ("name", name), ("since", since), ("history", history))
+        extra = (("key", key), ("token", token))
+        params = {k: str(v) for k, v in (*given, *extra) if v is not None}
         ws = await session.ws_connect(
             url, params=params, headers=headers, autoping=True, max_msg_size=0
         )

@@ -200,6 +200,7 @@ def render(
     upstream_ports: Sequence[int],
     prefix: Path,
     per_ip_limit: int | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Config:
     """Rewrite `config` (in place) for a test: ports, upstreams and file paths; nothing else.
 
@@ -243,6 +244,16 @@ def render(
 
     listen = config.one("listen")
     listen.args = [f"127.0.0.1:{port}", *listen.args[1:]]
+    if tls is not None:
+        # TLS ends here, as at a deployment's front: `tls` is (certificate, key) in PEM.
+        listen.args.append("ssl")
+        server = config.server
+        assert server.block is not None
+        at = server.block.index(listen) + 1
+        server.block[at:at] = [
+            Directive("ssl_certificate", [str(tls[0])]),
+            Directive("ssl_certificate_key", [str(tls[1])]),
+        ]
     if per_ip_limit is not None:
         config.one("limit_conn").args[1] = str(per_ip_limit)
     return config
@@ -259,30 +270,63 @@ def _accepts(port: int) -> bool:
 class NginxServer:
     """nginx in front of `upstream_ports`, on a free loopback port, for one test."""
 
-    def __init__(self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None):
+    def __init__(
+        self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None, tls: bool = False
+    ):
         self.port = free_port()
         self.upstream_ports = list(upstream_ports)
         self.dir = Path(tempfile.mkdtemp(prefix="webchat-nginx-"))
         self.conf_path = self.dir / "nginx.conf"
         self.error_log = self.dir / "error.log"
         self.binary = require_binary("nginx")
+        self.tls = tls
+        self.cert = self.dir / "cert.pem"
+        if tls:
+            self._make_certificate()
         config = render(
             load(),
             port=self.port,
             upstream_ports=self.upstream_ports,
             prefix=self.dir,
             per_ip_limit=per_ip_limit,
+            tls=(self.cert, self.dir / "key.pem") if tls else None,
         )
         self.conf_path.write_text(config.text())
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1, as a test deployment's front would have."""
+        subprocess.run(
+            [
+                require_binary("openssl"),
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(self.dir / "key.pem"),
+                "-out",
+                str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=seconds(30),
+        )
 
     def _command(self, *extra: str) -> list[str]:
         # -e: the error log before the configuration is read (else /var/log/nginx/error.log).

@@ -17,14 +17,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import fields
 from pathlib import Path
 
 from tests.support.timing import seconds
-from webchat.config import Config
+from webchat.config import OPTION_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTION_VARIABLES = {f.name.upper() for f in fields(Config)}
+OPTION_VARIABLES = {name.upper() for name in OPTION_NAMES}
 
 
 def free_port() -> int:
@@ -67,8 +66,17 @@ def http_status(url: str) -> int | None:
 class WebchatProcess:
     """A `webchat` process. `args` are extra CLI flags; the port is free unless given."""
 
-    def __init__(self, *args: str, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        module: str = "webchat",
+    ):
         self.port = port or free_port()
+        # `python -m <module>`: a test-only launcher (tests/support/lossy_webchat.py) that
+        # patches the service in its own process before running the real CLI.
+        self.module = module
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
         # A stray RATE or REDIS_URL in the test's environment must not change the server.
         inherited = {k: v for k, v in os.environ.items() if k not in OPTION_VARIABLES}
@@ -87,7 +95,7 @@ class WebchatProcess:
     def start(self, wait_ready: bool = True) -> WebchatProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webchat", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,

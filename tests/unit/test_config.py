@@ -3,12 +3,72 @@
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, fields
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from webchat.config import Config, ConfigError, build_parser, load_config
+from webchat.config import OPTION_NAMES, Config, ConfigError, build_parser, load_config
 
-ALL_OPTIONS = [f.name for f in fields(Config)]
+ALL_OPTIONS = list(OPTION_NAMES)
+
+
+def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, private: bool = False) -> bytes:
+    if private:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Key files for the auth options, written once: `{name}` in a value is replaced by one."""
+    folder: Path = tmp_path_factory.mktemp("keys")
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    contents = {
+        "secret": b"s3cret-" * 6 + b"\n",
+        "short_secret": b"0123456789\n",
+        "empty": b"",
+        "public_key": _pem(rsa_key),
+        "private_key": _pem(rsa_key, private=True),
+        "p384": _pem(ec.generate_private_key(ec.SECP384R1())),
+        "rsa1024": _pem(rsa.generate_private_key(65537, 1024)),
+        "not_pem": b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n",
+    }
+    paths = {}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+        paths[name] = str(folder / name)
+    return paths
+
+
+# Options that mean something only in authenticated mode are set with a key source.
+NEEDS_KEY_SOURCE = {"auth_audience", "auth_issuer", "auth_token_url"}
+
+
+@pytest.fixture
+def with_keys(key_files: dict[str, str]):
+    """(argv, env) of an option's raw value, `{name}` filled in with a key file, plus a key
+    source when the option needs one."""
+
+    def fill(name: str, raw: str) -> tuple[str, list[str], dict[str, str]]:
+        raw = raw.format(**key_files)
+        if name in NEEDS_KEY_SOURCE:
+            return raw, ["--auth-secret-file", key_files["secret"]], {}
+        return raw, [], {}
+
+    return fill
+
+
+def test_every_field_is_an_option_but_the_tracing_switch():
+    # `tracing` is derived from OpenTelemetry's own variables (test_observability.py).
+    assert {f.name for f in fields(Config)} == {*OPTION_NAMES, "tracing"}
 
 
 def flag(name: str) -> str:
@@ -64,6 +124,16 @@ GOOD = {
     "max_frame": ("32768", 32768),
     "heartbeat": ("10", 10.0),
     "log_level": ("DEBUG", "debug"),
+    "auth_secret_file": ("{secret}", "{secret}"),
+    "auth_public_key_file": (" {public_key} ", "{public_key}"),
+    "auth_jwks_url": (
+        "https://id.example/.well-known/jwks.json",
+        "https://id.example/.well-known/jwks.json",
+    ),
+    "auth_audience": ("webchat", "webchat"),
+    "auth_issuer": ("https://id.example/", "https://id.example/"),
+    "auth_leeway": ("5", 5.0),
+    "auth_token_url": ("/auth/token?for=chat", "/auth/token?for=chat"),
 }
 
 
@@ -72,16 +142,22 @@ def test_every_option_is_tested():
 
 
 @pytest.mark.parametrize("name", ALL_OPTIONS)
-def test_every_option_has_a_flag(name):
+def test_every_option_has_a_flag(name, with_keys, key_files):
     raw, value = GOOD[name]
-    assert getattr(load_config([flag(name), raw], {}), name) == value
-    assert getattr(load_config([f"{flag(name)}={raw}"], {}), name) == value
+    raw, argv, _ = with_keys(name, raw)
+    if isinstance(value, str):
+        value = value.format(**key_files)
+    assert getattr(load_config([*argv, flag(name), raw], {}), name) == value
+    assert getattr(load_config([*argv, f"{flag(name)}={raw}"], {}), name) == value
 
 
 @pytest.mark.parametrize("name", ALL_OPTIONS)
-def test_every_option_has_an_env_variable(name):
+def test_every_option_has_an_env_variable(name, with_keys, key_files):
     raw, value = GOOD[name]
-    assert getattr(load_config([], {name.upper(): raw}), name) == value
+    raw, argv, _ = with_keys(name, raw)
+    if isinstance(value, str):
+        value = value.format(**key_files)
+    assert getattr(load_config(argv, {name.upper(): raw}), name) == value
 
 
 @pytest.mark.parametrize("name", ALL_OPTIONS)
@@ -180,20 +256,76 @@ BAD: dict[str, list[str]] = {
     "max_frame": ["63", "0", "big"],
     "heartbeat": ["0", "0.5", "nan", "x"],
     "log_level": ["trace", "", "critical", "verbose"],
+    "auth_secret_file": ["/nonexistent/secret", "{short_secret}", "{empty}", "a\x01b"],
+    "auth_public_key_file": [
+        "/nonexistent/key.pem",
+        "{secret}",
+        "{not_pem}",
+        "{private_key}",
+        "{p384}",
+        "{rsa1024}",
+    ],
+    "auth_jwks_url": ["ftp://id.example/jwks", "http://", "jwks.json", "https://h:port/jwks"],
+    "auth_audience": ["a\x01b"],
+    "auth_issuer": ["iss\x7f"],
+    "auth_leeway": ["-1", "nan", "x"],
+    "auth_token_url": ["auth/token", "//evil.example/token", "https://x/token", "/a b", '/a"b'],
 }
 BAD_CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
 
 
 @pytest.mark.parametrize(("name", "raw"), BAD_CASES)
-def test_bad_flag_value(name, raw):
-    text = refused([f"{flag(name)}={raw}"])
+def test_bad_flag_value(name, raw, key_files):
+    text = refused([f"{flag(name)}={raw.format(**key_files)}"])
     assert text.startswith(f"{flag(name)}:"), text
 
 
 @pytest.mark.parametrize(("name", "raw"), BAD_CASES)
-def test_bad_env_value(name, raw):
-    text = refused([], {name.upper(): raw})
+def test_bad_env_value(name, raw, key_files):
+    text = refused([], {name.upper(): raw.format(**key_files)})
     assert text.startswith(f"{name.upper()}:"), text
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("auth_secret_file", "{short_secret}", "at least 32"),
+        ("auth_secret_file", "/nonexistent/secret", "No such file"),
+        ("auth_public_key_file", "{private_key}", "private key"),
+        ("auth_public_key_file", "{p384}", "P-256"),
+        ("auth_public_key_file", "{rsa1024}", "2048"),
+        ("auth_public_key_file", "{not_pem}", "not a PEM"),
+    ],
+)
+def test_a_bad_key_file_says_why(name, raw, says, key_files):
+    assert says in refused([f"{flag(name)}={raw.format(**key_files)}"])
+
+
+def test_one_key_source_at_most(key_files):
+    text = refused(
+        ["--auth-secret-file", key_files["secret"], "--auth-jwks-url", "https://id.example/j"]
+    )
+    assert text.startswith("--auth-secret-file and --auth-jwks-url:"), text
+    assert "AUTH_PUBLIC_KEY_FILE" in refused(
+        ["--auth-secret-file", key_files["secret"]],
+        {"AUTH_PUBLIC_KEY_FILE": key_files["public_key"]},
+    )
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_KEY_SOURCE))
+def test_auth_options_without_a_key_source_are_refused(name):
+    # Otherwise a misspelt key variable would leave the service open (anonymous mode).
+    raw = GOOD[name][0]
+    text = refused([f"{flag(name)}={raw}"])
+    assert text.startswith(f"{flag(name)}:") and "authenticated mode" in text, text
+
+
+def test_authenticated_mode_is_any_key_source(key_files):
+    assert not Config().authenticated
+    assert load_config(["--auth-public-key-file", key_files["public_key"]], {}).authenticated
+    assert load_config([], {"AUTH_JWKS_URL": "http://127.0.0.1:1/jwks"}).authenticated
+    config = load_config([], {"AUTH_SECRET_FILE": key_files["secret"]})
+    assert config.authenticated and config.auth_leeway == 30.0
 
 
 @pytest.mark.parametrize("raw", ["1\n2", "x\ny", "a\n\nb"])

@@ -1,4 +1,5 @@
-"""broker/memory.py's pure parts: select_history (PROTOCOL.md's history rule) and IdClock."""
+"""broker/memory.py's pure parts: select_history and select_before (PROTOCOL.md's history
+rules) and IdClock; base.rank_rooms (the room list's rule)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import random
 
 import pytest
 
-from webchat.broker.base import Message
-from webchat.broker.memory import IdClock, select_history
+from webchat.broker.base import ROOM_ACTIVITY_SECONDS, Message, RoomInfo, rank_rooms
+from webchat.broker.memory import IdClock, select_before, select_history
 from webchat.protocol import parse_id
 
 
@@ -155,3 +156,66 @@ def test_ts_is_the_id_millisecond():
     for now in (5, 5, 3, 9):
         message_id, ts = clock.next(now)
         assert parse_id(message_id)[0] == ts
+
+
+# --- before: a page of scroll-back ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "limit", "expected"),
+    [
+        ("100-0", 2, ["10-0", "10-1"]),  # the newest `limit` older than before, oldest first
+        ("100-0", 500, ["9-0", "9-2", "9-10", "10-0", "10-1"]),
+        ("10-0", 500, ["9-0", "9-2", "9-10"]),  # numeric order: 9-10 < 10-0
+        ("9-10", 1, ["9-2"]),
+        ("9-5", 10, ["9-0", "9-2"]),  # between two ids
+        ("9-0", 10, []),  # nothing older than the oldest
+        ("1-0", 10, []),
+        ("0-0", 10, []),
+        ("101-0", 1, ["100-0"]),  # after the newest: the newest
+        ("9" * 20 + "-" + "9" * 20, 3, ["10-0", "10-1", "100-0"]),
+    ],
+)
+def test_before(before, limit, expected):
+    history = select_before(HELD, before, limit)
+    assert ids(history) == expected
+    assert history.gap is False
+
+
+def test_paging_back_with_before_reaches_the_first_message():
+    held = msgs(*(f"{1000 + n // 3}-{n % 3}" for n in range(300)))
+    pages, before = [], held[-1].id
+    shown = [held[-1].id]
+    while True:
+        page = ids(select_before(held, before, 50))
+        pages.append(page)
+        shown = page + shown
+        if len(page) < 50:
+            break
+        before = page[0]
+    assert shown == [m.id for m in held]
+    assert [len(p) for p in pages] == [50, 50, 50, 50, 50, 49]
+
+
+# --- the room list --------------------------------------------------------------------------
+
+NOW = 1_732_650_000_000
+DAY = ROOM_ACTIVITY_SECONDS * 1000
+
+
+def test_rooms_with_members_or_a_message_in_the_last_24_hours():
+    rooms = [
+        RoomInfo("quiet", 0, NOW - DAY - 1),  # a message just over 24 h ago, nobody here
+        RoomInfo("empty", 0, None),
+        RoomInfo("recent", 0, NOW - DAY),
+        RoomInfo("old-but-busy", 2, NOW - 10 * DAY),
+        RoomInfo("no-messages", 1, None),
+        RoomInfo("busiest", 5, NOW - 5),
+        RoomInfo("b-tie", 2, NOW - 100),
+        RoomInfo("a-tie", 2, NOW - 100),
+    ]
+    ranked = [r.room for r in rank_rooms(rooms, NOW, 200)]
+    # Most members first, then the most recently active, then by name.
+    assert ranked == ["busiest", "a-tie", "b-tie", "old-but-busy", "no-messages", "recent"]
+    assert [r.room for r in rank_rooms(rooms, NOW, 2)] == ["busiest", "a-tie"]
+    assert rank_rooms([], NOW, 200) == []

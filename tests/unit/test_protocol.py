@@ -5,8 +5,10 @@ Pure functions, so no sockets and no event loop; each case names the PROTOCOL.md
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import unicodedata
 
 import pytest
 
@@ -15,6 +17,7 @@ from webchat.protocol import (
     GAP,
     MAX_NAME,
     MAX_NONCE,
+    NO_KEY,
     WHITE_SPACE,
     ConnectParams,
     ProtocolError,
@@ -23,6 +26,7 @@ from webchat.protocol import (
     encode_presence,
     encode_welcome,
     error_body,
+    key_holder,
     message_dict,
     parse_client_frame,
     parse_connect_params,
@@ -93,8 +97,9 @@ def test_invalid_rooms(room):
         ("x" * MAX_NAME, "x" * MAX_NAME),
         (" " + "x" * MAX_NAME + " ", "x" * MAX_NAME),  # counted after trimming
         ("😀" * MAX_NAME, "😀" * MAX_NAME),  # characters, not bytes
-        ("\u200balice", "\u200balice"),  # ZERO WIDTH SPACE is not White_Space
         ("é", "é"),
+        ("\u05e9\u05dc\u05d5\u05dd", "\u05e9\u05dc\u05d5\u05dd"),  # right to left
+        ("e\u0301", "e\u0301"),  # a combining mark (Mn) is not a format character
     ],
 )
 def test_valid_names_are_trimmed(raw, name):
@@ -117,6 +122,14 @@ def test_valid_names_are_trimmed(raw, name):
         "a\x9fb",
         "\x1calice",  # not White_Space, so not trimmed: a control character
         "a\nb",
+        # 1.1: no format characters (Cf): invisible, so "al\u200bice" would pass for "alice".
+        "\u200b",
+        "\u200b\u200c\u200d\u2060\ufeff",
+        "\u200balice",  # ZERO WIDTH SPACE is not White_Space: not trimmed, refused
+        "al\u200bice",
+        "alice\u2060",
+        "\u202eecila",  # RIGHT-TO-LEFT OVERRIDE
+        "a\U000e0041",  # a TAG character
     ],
 )
 def test_invalid_names(raw):
@@ -141,6 +154,30 @@ def test_default_names_are_random():
 def test_connect_params_given():
     params = parse_connect_params({"room": "r1", "name": " bob ", "since": "1732650000000-7"})
     assert params == ConnectParams("r1", "bob", "1732650000000-7")
+    assert (params.history, params.holder) == (0, NO_KEY)
+
+
+@pytest.mark.parametrize(("raw", "history"), [("0", 0), ("1", 1), ("50", 50), ("500", 500)])
+def test_history(raw, history):
+    assert parse_connect_params({"history": raw}).history == history
+
+
+def test_history_is_ignored_with_since():
+    params = parse_connect_params({"history": "50", "since": "1-0"})
+    assert (params.since, params.history) == ("1-0", 0)
+
+
+KEY = "k" * 16
+
+
+def test_key_is_kept_only_as_a_hash():
+    key = "Zm9vYmFy_-0123456789abcdefABCDEF"
+    params = parse_connect_params({"key": key})
+    assert params.holder == hashlib.sha256(key.encode()).hexdigest() == key_holder(key)
+    assert key not in repr(params)
+    assert key_holder(None) == NO_KEY != key_holder(KEY)
+    assert key_holder(KEY) != key_holder(KEY + "x")
+    assert parse_connect_params({"key": "a" * 128}).holder == key_holder("a" * 128)
 
 
 @pytest.mark.parametrize(
@@ -164,10 +201,26 @@ def test_connect_params_given():
         {"since": "1" * 21 + "-0"},
         {"since": "0-" + "1" * 21},
         {"since": "\u0661-\u0662"},  # Arabic-Indic digits are not [0-9]
+        {"history": ""},
+        {"history": "-1"},
+        {"history": "501"},
+        {"history": "1.5"},
+        {"history": " 5"},
+        {"history": "\u0665"},
+        {"history": "9" * 5000},
+        {"history": "abc", "since": "1-0"},  # validated even when since makes it irrelevant
+        {"key": ""},
+        {"key": "k" * 15},
+        {"key": "k" * 129},
+        {"key": "k" * 15 + "="},
+        {"key": "k" * 15 + " "},
+        {"key": "k" * 15 + "\u00e9"},
     ],
 )
 def test_bad_connect_params(query):
-    bad("bad_request", parse_connect_params, query)
+    error = bad("bad_request", parse_connect_params, query)
+    if query.get("key"):
+        assert query["key"] not in error.message  # a secret is never echoed
 
 
 @pytest.mark.parametrize("since", ["0-0", "1-0", "1732650000000-0", "9" * 20 + "-" + "9" * 20])
@@ -176,6 +229,11 @@ def test_valid_since(since):
 
 
 # --- ids -----------------------------------------------------------------------------------
+
+
+def test_a_bad_id_names_its_parameter():
+    assert "before must look like" in bad("bad_request", parse_id, "x", "before").message
+    assert "since must look like" in bad("bad_request", parse_id, "x").message
 
 
 def test_ids_order_as_two_integers():
@@ -287,10 +345,27 @@ def test_bad_type(data):
         {"text": "hi", "nonce": ["n"]},
         {"text": "hi", "nonce": "n" * (MAX_NONCE + 1)},
         {"text": "hi", "nonce": "😀" * (MAX_NONCE + 1)},
+        # 1.1: made only of format characters (after trimming White_Space).
+        {"text": "\u200b"},
+        {"text": " \u200b\u200c\u200d\u2060\ufeff\n"},
+        {"text": "\U000e0041\U000e007f"},
     ],
 )
 def test_bad_message(fields):
     bad("bad_message", parse_client_frame, frame(**fields), 10)
+
+
+@pytest.mark.parametrize("text", ["\u200bx", "\u200b \u200b", "\u200d\U0001f600", "x\u200f"])
+def test_format_characters_among_others_are_kept(text):
+    assert parse_client_frame(frame(text=text), 10).text == text
+
+
+def test_every_format_character_alone_is_refused():
+    every_cf = "".join(c for c in map(chr, range(0x110000)) if unicodedata.category(c) == "Cf")
+    assert len(every_cf) > 150
+    bad("bad_message", parse_client_frame, frame(text=every_cf), len(every_cf))
+    for c in every_cf:
+        bad("bad_request", validate_name, f"a{c}b")
 
 
 def test_max_text_counts_code_points_after_trimming():
@@ -437,3 +512,17 @@ def test_ws_text_frame_lengths(size, header):
     data = ws_text_frame(payload)
     assert data == header + payload
     assert decode_frame(data) == (0x1, payload)
+
+
+def test_rooms_body():
+    from webchat.broker.base import RoomInfo
+    from webchat.protocol import encode_rooms
+
+    body = encode_rooms([RoomInfo("lobby", 3, 1732650000000), RoomInfo("שלום", 1, None)])
+    assert json.loads(body) == {
+        "rooms": [
+            {"room": "lobby", "member_count": 3, "last_ts": 1732650000000},
+            {"room": "שלום", "member_count": 1, "last_ts": None},
+        ]
+    }
+    assert json.loads(encode_rooms([])) == {"rooms": []}

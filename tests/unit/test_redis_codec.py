@@ -13,6 +13,8 @@ from webchat.broker.redis_codec import (
     channel,
     decode_event,
     dedupe_key,
+    end_before,
+    index_keys,
     message_from_entry,
     presence_keys,
     room_of_channel,
@@ -20,6 +22,7 @@ from webchat.broker.redis_codec import (
     stream_key,
 )
 from webchat.broker.redis_rooms import BACKOFF_CAP, Cursor, Read, RoomSub, State, backoff_delay
+from webchat.protocol import ROOM_RE
 
 
 def test_a_rooms_keys_share_one_hash_tag():
@@ -27,6 +30,13 @@ def test_a_rooms_keys_share_one_hash_tag():
     keys += presence_keys("lobby")
     assert all(key.startswith("wc:{lobby}:") for key in keys)
     assert len(set(keys)) == len(keys)
+
+
+def test_the_room_index_is_one_slot_apart_from_every_room():
+    keys = index_keys()
+    assert all(key.startswith("wc:{#index}:") for key in keys) and len(set(keys)) == 3
+    # '#' is never in a room name, so no room's keys share the index's hash tag.
+    assert not ROOM_RE.fullmatch("#index")
 
 
 def test_dedupe_keys_are_unambiguous():
@@ -57,6 +67,15 @@ def test_decode_message_and_presence_payloads():
         decode_event("r", b'{"k":"z"}')
 
 
+def test_acceptance_time_in_microseconds_is_kept_and_never_fatal():
+    timed = {"k": "m", "i": "17-0", "n": "a", "t": "hi", "a": "1732650000123456"}
+    assert decode_event("r", json.dumps(timed).encode()).accepted_us == 1732650000123456
+    for bad in ("soon", None, [1]):
+        message = decode_event("r", json.dumps({**timed, "a": bad}).encode())
+        assert isinstance(message, Message) and message.accepted_us is None
+        assert message.text == "hi"
+
+
 def test_message_from_a_stream_entry():
     entry = {b"n": "é".encode(), b"t": b"text", b"o": b"n1"}
     assert message_from_entry("r", b"5-0", entry) == Message("5-0", "r", "é", "text", 5, "n1")
@@ -68,6 +87,15 @@ def test_start_after_of_a_history_read():
     assert start_after((5, MAX_ID_PART + 7)) == "6-0"
     assert start_after((MAX_ID_PART, MAX_ID_PART)) is None
     assert start_after((MAX_ID_PART + 1, 0)) is None
+
+
+def test_end_before_of_a_scroll_back_read():
+    assert end_before((5, 2)) == "(5-2"
+    assert end_before((5, 0)) == "(5-0"  # Redis steps back to 4-<max>
+    assert end_before((0, 1)) == "(0-1"
+    assert end_before((0, 0)) is None  # nothing precedes 0-0
+    assert end_before((5, MAX_ID_PART + 1)) == f"5-{MAX_ID_PART}"  # past every seq of ms 5
+    assert end_before((MAX_ID_PART + 1, 0)) == "+"  # past every stream id
 
 
 def message(message_id: str) -> Message:

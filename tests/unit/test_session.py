@@ -48,9 +48,10 @@ class Recorder:
         await asyncio.gather(*self.tasks)
 
 
-def make_session() -> tuple[Session, Recorder, Connection]:
+def make_session(ended: list[str] | None = None) -> tuple[Session, Recorder, Connection]:
     socket = ServerSocket(max_size=1024)  # never connected: pausing its reading does nothing
-    conn = Connection(socket, None, "room", "name", 1024, lambda: None, heartbeat=25)  # type: ignore[arg-type]
+    reasons = ended if ended is not None else []
+    conn = Connection(socket, None, "room", "name", 1024, 25, reasons.append)  # type: ignore[arg-type]
     recorder = Recorder()
     session = Session(recorder, conn, socket, TokenBucket(10, 20, 0.0))
     return session, recorder, conn
@@ -83,7 +84,7 @@ async def test_a_closing_connection_handles_nothing_more():
     session, recorder, conn = make_session()
     session.on_message("slow-1")
     session.on_message("queued")
-    session.on_closing()  # the closing handshake is over
+    session.on_closing(False)  # the closing handshake is over
     assert conn.closing
     recorder.gates["slow-1"].set()
     await recorder.settle()
@@ -99,3 +100,20 @@ async def test_activity_and_the_end_reach_the_connection_and_the_handler():
     assert conn.last_seen >= before
     session.on_closed()
     assert recorder.ended == [conn]
+
+
+async def test_a_connection_the_client_broke_ends_as_an_error():
+    reasons: list[str] = []
+    session, _, conn = make_session(reasons)
+    session.on_closing(True)  # websockets failed it (1002, 1007, 1009)
+    assert conn.closing and reasons == ["error"]
+    session.on_closed()
+    conn.mark_ended("client")  # what node.session_ended records last
+    assert reasons == ["error"], "the first reason wins"
+
+
+async def test_a_clean_close_leaves_the_reason_to_whoever_ends_it():
+    reasons: list[str] = []
+    session, _, conn = make_session(reasons)
+    session.on_closing(False)
+    assert conn.closing and reasons == []

@@ -7,30 +7,53 @@ The hub never learns which broker it talks to; the broker never sees a socket.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 DEDUPE_SECONDS = 300.0
+ROOM_ACTIVITY_SECONDS = 24 * 3600  # GET /api/rooms lists rooms with a message this recent
+ROOMS_LIMIT = 200  # ... and at most this many
 
 
 class BrokerUnavailable(Exception):
     """The broker cannot be reached; the caller answers `unavailable` and accepts nothing."""
 
 
+class NameTaken(Exception):
+    """The name is present in the room under another holder (another key); nothing joined."""
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A message as a client sent it, before the broker accepts it."""
+    """A message as a client sent it, before the broker accepts it.
+
+    `user` is the sender's `sub` in authenticated mode (None in anonymous mode); idempotent
+    sends are keyed on it then, not on the display name (`sender`).
+    """
 
     name: str
     text: str
     nonce: str | None
     trace: dict[str, str] | None = None
+    user: str | None = None
+
+    @property
+    def sender(self) -> str:
+        """Who a nonce belongs to: the name, or the user (a control character first, which
+        no name holds, so a name and a `sub` never share a dedupe key)."""
+        return self.name if self.user is None else f"\x1f{self.user}"
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An accepted message: `id` orders it within its room, `ts` is acceptance time (ms)."""
+    """An accepted message: `id` orders it within its room, `ts` is acceptance time (ms).
+
+    `accepted_us` is the broker's acceptance time in microseconds since the epoch (its
+    clock: Redis's `TIME`, or this process's), for delivery latency; it is not part of the
+    wire frame, and None where the broker did not say (history and backfill reads). `user`
+    is the sender's `sub` (authenticated mode), carried into history and the frame.
+    """
 
     id: str
     room: str
@@ -39,6 +62,8 @@ class Message:
     ts: int
     nonce: str | None
     trace: dict[str, str] | None = None
+    accepted_us: int | None = field(default=None, compare=False)
+    user: str | None = None  # the sender's `sub` in authenticated mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +78,31 @@ class Published:
 class History:
     messages: Sequence[Message]
     gap: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """A room as GET /api/rooms lists it; `last_ts` is its newest message's ts, if any."""
+
+    room: str
+    member_count: int
+    last_ts: int | None
+
+
+def rank_rooms(rooms: Iterable[RoomInfo], now_ms: int, limit: int) -> list[RoomInfo]:
+    """PROTOCOL.md's room list: rooms with members or a message in the last 24 hours, most
+    members first (then the most recently active, then by name), at most `limit`."""
+    since = now_ms - ROOM_ACTIVITY_SECONDS * 1000
+    listed = [
+        r for r in rooms if r.member_count > 0 or (r.last_ts is not None and r.last_ts >= since)
+    ]
+    listed.sort(key=room_order)
+    return listed[:limit]
+
+
+def room_order(room: RoomInfo) -> tuple[int, int, str]:
+    """Most members first, then the most recently active, then by name."""
+    return (-room.member_count, -(room.last_ts or 0), room.room)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +133,24 @@ class EventHandler(Protocol):
 
 
 class Presence(Protocol):
-    """Which names are in which room, across every node."""
+    """Which names are in which room, across every node, and who holds each name.
 
-    async def join(self, room: str, name: str) -> None:
-        """This node holds `name` in `room`; announces a join if no node held it before."""
+    `name` and `holder` are opaque to presence. A name is a member as protocol.member_key
+    makes it: the name itself in anonymous mode, the display name with the user's `sub` in
+    authenticated mode. `holder` is whoever may use the name (a hash of the client's key in
+    anonymous mode, "" for no key; a hash of the `sub` in authenticated mode). A name keeps
+    the holder of its first join until it leaves.
+    """
+
+    async def join(self, room: str, name: str, holder: str = "") -> None:
+        """This node holds `name` in `room`; announces a join if no node held it before.
+
+        Raises NameTaken, joining nothing, if the name is present under another holder: on
+        any node, decided atomically, so of two first joins with different holders one wins.
+        """
+
+    async def holder(self, room: str, name: str) -> str | None:
+        """Who holds `name` in `room` now, or None if it is free. A read, for diagnostics."""
 
     async def leave(self, room: str, name: str) -> None:
         """This node no longer holds `name`; announces a leave if no node holds it now."""
@@ -122,3 +186,12 @@ class Broker(Protocol):
 
     async def history(self, room: str, since: str | None, limit: int) -> History:
         """Messages after `since` (oldest first), or the newest `limit` without `since`."""
+
+    async def history_before(self, room: str, before: str, limit: int) -> History:
+        """The newest `limit` messages older than `before`, oldest first; `gap` is False."""
+
+    async def rooms(self, limit: int) -> list[RoomInfo]:
+        """Rooms with members or a recent message, as `rank_rooms` orders them.
+
+        Bounded work whatever the number of rooms; callers still cache it (it is polled).
+        """

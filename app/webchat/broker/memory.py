@@ -20,8 +20,11 @@ from webchat.broker.base import (
     EventHandler,
     History,
     Message,
+    NameTaken,
     PresenceEvent,
     Published,
+    RoomInfo,
+    rank_rooms,
 )
 from webchat.protocol import parse_id
 
@@ -35,15 +38,27 @@ def select_history(messages: Sequence[Message], since: str | None, limit: int) -
     key = parse_id(since)
     if not messages or key < parse_id(messages[0].id):
         return History(list(messages[:limit]), gap=True)
-    # Binary search for the first message after `since`.
+    low = _bisect(messages, key, strictly_after=True)
+    return History(list(messages[low : low + limit]), gap=False)
+
+
+def select_before(messages: Sequence[Message], before: str, limit: int) -> History:
+    """The newest `limit` messages older than `before`, oldest first (a page of scroll-back)."""
+    end = _bisect(messages, parse_id(before, "before"), strictly_after=False)
+    return History(list(messages[max(0, end - limit) : end]), gap=False)
+
+
+def _bisect(messages: Sequence[Message], key: tuple[int, int], *, strictly_after: bool) -> int:
+    """The index of the first message after `key` (strictly_after) or at or after it."""
     low, high = 0, len(messages)
     while low < high:
         mid = (low + high) // 2
-        if parse_id(messages[mid].id) <= key:
+        mid_key = parse_id(messages[mid].id)
+        if mid_key < key or (strictly_after and mid_key == key):
             low = mid + 1
         else:
             high = mid
-    return History(list(messages[low : low + limit]), gap=False)
+    return low
 
 
 class IdClock:
@@ -67,12 +82,23 @@ class MemoryPresence:
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
         self._rooms: dict[str, Counter[str]] = {}
+        self._holders: dict[str, dict[str, str]] = {}  # room -> name -> holder, while present
 
-    async def join(self, room: str, name: str) -> None:
+    async def join(self, room: str, name: str, holder: str = "") -> None:
+        holders = self._holders.setdefault(room, {})
+        if holders.setdefault(name, holder) != holder:
+            raise NameTaken(f"{name!r} is held by another key in {room}")
         names = self._rooms.setdefault(room, Counter())
         names[name] += 1
         if names[name] == 1:
             self._broker.announce(PresenceEvent(room, "join", name, len(names)))
+
+    async def holder(self, room: str, name: str) -> str | None:
+        return self._holders.get(room, {}).get(name)
+
+    def counts(self) -> dict[str, int]:
+        """Names present per room."""
+        return {room: len(names) for room, names in self._rooms.items()}
 
     async def leave(self, room: str, name: str) -> None:
         names = self._rooms.get(room)
@@ -81,9 +107,12 @@ class MemoryPresence:
         names[name] -= 1
         if names[name] == 0:
             del names[name]
+            holders = self._holders.get(room, {})
+            holders.pop(name, None)
             self._broker.announce(PresenceEvent(room, "leave", name, len(names)))
             if not names:
                 del self._rooms[room]
+                self._holders.pop(room, None)
 
     async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
         names = self._rooms.get(room, Counter())
@@ -130,15 +159,26 @@ class MemoryBroker:
         self._subscribed.discard(room)
 
     async def publish(self, room: str, draft: Draft) -> Published:
-        now = time.time()
-        key = (room, draft.name, draft.nonce) if draft.nonce is not None else None
+        now_ns = time.time_ns()
+        now = now_ns / 1e9
+        key = (room, draft.sender, draft.nonce) if draft.nonce is not None else None
         if key is not None:
             self._forget_expired(now)
             seen = self._seen.get(key)
             if seen is not None:
                 return Published(seen[1], duplicate=True)
         message_id, ts = self._clock.next(int(now * 1000))
-        message = Message(message_id, room, draft.name, draft.text, ts, draft.nonce, draft.trace)
+        message = Message(
+            message_id,
+            room,
+            draft.name,
+            draft.text,
+            ts,
+            draft.nonce,
+            draft.trace,
+            accepted_us=now_ns // 1000,
+            user=draft.user,
+        )
         history = self._rooms.get(room)
         if history is None:
             history = self._rooms[room] = deque(maxlen=self._history_size)
@@ -151,6 +191,21 @@ class MemoryBroker:
     async def history(self, room: str, since: str | None, limit: int) -> History:
         messages = self._rooms.get(room)
         return select_history(list(messages) if messages else [], since, limit)
+
+    async def history_before(self, room: str, before: str, limit: int) -> History:
+        messages = self._rooms.get(room)
+        return select_before(list(messages) if messages else [], before, limit)
+
+    async def rooms(self, limit: int) -> list[RoomInfo]:
+        # One pass over every room this process knows: the node caches the answer, and one
+        # process holds few enough rooms for that.
+        counts = self._presence.counts()
+        infos = [
+            RoomInfo(room, counts.get(room, 0), messages[-1].ts if messages else None)
+            for room, messages in self._rooms.items()
+        ]
+        infos += [RoomInfo(room, n, None) for room, n in counts.items() if room not in self._rooms]
+        return rank_rooms(infos, int(time.time() * 1000), limit)
 
     def announce(self, event: PresenceEvent) -> None:
         if self._handler is not None and event.room in self._subscribed:

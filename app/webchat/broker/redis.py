@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -36,6 +36,7 @@ from webchat.broker.base import (
     History,
     Message,
     Published,
+    RoomInfo,
 )
 from webchat.broker.redis_codec import (
     channel,
@@ -43,17 +44,24 @@ from webchat.broker.redis_codec import (
     dedupe_key,
     describe,
     encode_trace,
+    end_before,
     id_key,
     message_from_entry,
     start_after,
     stream_key,
 )
+from webchat.broker.redis_index import RoomIndex
+from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
 from webchat.broker.redis_rooms import BACKOFF_CAP
 from webchat.broker.redis_scripts import PUBLISH
 from webchat.broker.redis_subscriber import Subscriber
 from webchat.config import Config
+from webchat.metrics import Metrics
 from webchat.protocol import parse_id
+
+if TYPE_CHECKING:
+    from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +102,18 @@ class RedisBroker:
     nothing to share is served more cheaply by MemoryBroker. Create it with the node's id,
     `start` it with the node's event handler (it returns even while Redis is down: watch
     `ready`), and `close` it after the hub has left its rooms.
+
+    Every Redis call is timed and counted by kind (`webchat_redis_*` in `metrics`, a fresh
+    set when none is given) and traced as a CLIENT span inside a sampled trace (`tracing`).
     """
 
-    def __init__(self, config: Config, node_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        node_id: str,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._url = config.redis_url
         self._history_size = config.history_size
         self._node_id = node_id
@@ -116,12 +133,25 @@ class RedisBroker:
             protocol=2,
         )
         self._client = Redis.from_pool(pool)
+        self._metrics = metrics or Metrics()
+        self._ops = RedisOps(self._metrics, tracing, config.redis_url)
         self._publish = self._client.register_script(PUBLISH)
+        self._index = RoomIndex(self._client, config.presence_timeout, self._ops)
         self._presence = RedisPresence(
-            self._client, node_id, config.presence_timeout, lambda: self._client_ok
+            self._client,
+            node_id,
+            config.presence_timeout,
+            lambda: self._client_ok,
+            self._ops,
+            self._index.counted,
         )
         self._subscriber = Subscriber(
-            self._client, node_id, self._readiness_changed, f"webchat-{node_id}-sub"
+            self._client,
+            node_id,
+            self._readiness_changed,
+            f"webchat-{node_id}-sub",
+            self._ops,
+            on_reconnect=self._metrics.broker_reconnects.inc,
         )
         self._client_ok = False
         self._closing = False
@@ -151,6 +181,7 @@ class RedisBroker:
             ("health", self._health_loop),
             ("presence refresh", self._presence.refresh_loop),
             ("presence reaper", lambda: self._presence.reap_loop(lambda: self._subscriber.rooms)),
+            ("room index", self._index.flush_loop),
         ]
         self._tasks = [asyncio.create_task(_owned(name, loop)) for name, loop in loops]
         try:
@@ -190,17 +221,19 @@ class RedisBroker:
             draft.name,
             draft.text,
             encode_trace(draft.trace),
+            draft.user or "",
         ]
         if draft.nonce is not None:
-            keys.append(dedupe_key(room, draft.name, draft.nonce))
+            keys.append(dedupe_key(room, draft.sender, draft.nonce))
             args.append(draft.nonce)
         try:
-            duplicate, value = await self._publish(keys=keys, args=args)
+            duplicate, value = await self._ops.call("publish", self._publish(keys=keys, args=args))
         except (RedisError, OSError) as exc:
             raise self._unavailable("publish", exc) from exc
         if duplicate:
             return Published(decode_message(room, value), duplicate=True)
         message_id = value.decode()
+        self._index.published(room, id_key(message_id)[0])
         message = Message(
             message_id,
             room,
@@ -209,6 +242,7 @@ class RedisBroker:
             id_key(message_id)[0],
             draft.nonce,
             draft.trace,
+            user=draft.user,
         )
         return Published(message, duplicate=False)
 
@@ -217,7 +251,9 @@ class RedisBroker:
         key = stream_key(room)
         try:
             if since is None:
-                entries: Any = await self._client.xrevrange(key, count=limit)
+                entries: Any = await self._ops.call(
+                    "history", self._client.xrevrange(key, count=limit)
+                )
                 entries.reverse()
                 return History(self._messages(room, entries), gap=False)
             after = parse_id(since)
@@ -226,13 +262,30 @@ class RedisBroker:
                 start = start_after(after)
                 if start is not None:
                     pipe.xrange(key, min=start, count=limit)
-                results: list[Any] = await pipe.execute()
+                results: list[Any] = await self._ops.call("history", pipe.execute())
         except (RedisError, OSError) as exc:
             raise self._unavailable("history", exc) from exc
         first = results[0]
         entries = results[1] if start is not None else []
         gap = not first or after < id_key(first[0][0].decode())
         return History(self._messages(room, entries), gap=gap)
+
+    async def history_before(self, room: str, before: str, limit: int) -> History:
+        """memory.select_before's rule: one XREVRANGE with an exclusive end."""
+        end = end_before(parse_id(before, "before"))
+        if end is None:
+            return History([], gap=False)
+        try:
+            entries: Any = await self._ops.call(
+                "history", self._client.xrevrange(stream_key(room), max=end, count=limit)
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("history", exc) from exc
+        entries.reverse()
+        return History(self._messages(room, entries), gap=False)
+
+    async def rooms(self, limit: int) -> list[RoomInfo]:
+        return await self._index.rooms(limit)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -273,8 +326,10 @@ class RedisBroker:
             seq += 1
             token = self._subscriber.ping_token()
             try:
-                async with asyncio.timeout(HEALTH_TIMEOUT):
-                    receivers = await self._client.publish(ping_channel, seq)
+                receivers = await self._ops.call(
+                    "ping",
+                    asyncio.wait_for(self._client.publish(ping_channel, seq), HEALTH_TIMEOUT),
+                )
             except (TimeoutError, RedisError, OSError) as exc:
                 if self._client_ok:
                     log.warning("Redis unreachable (health check: %s)", describe(exc))

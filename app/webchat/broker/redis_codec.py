@@ -7,15 +7,24 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 |---------------------------------|--------|-----------------------------------------------------|
 | `wc:{room}:h`                   | stream | history; the entry id is the message id             |
 | `wc:{room}:c`                   | pubsub | live messages and presence events of the room        |
-| `wc:{room}:n:<len>:<name><nonce>` | string | a deduped send: the message as published, 5 minutes |
+| `wc:{room}:n:<len>:<sender><nonce>` | string | a deduped send (sender: the name, or `\x1f<sub>`) |
 | `wc:{room}:p`                   | hash   | name -> how many nodes hold it                       |
 | `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
 | `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
+| `wc:{room}:k`                   | hash   | name -> its holder (SHA-256 of the key, or "")       |
 | `wc:node:<node>`                | pubsub | this node's self-ping, proving its subscriber alive  |
+| `wc:{#index}:members`           | zset   | room -> names present (GET /api/rooms)               |
+| `wc:{#index}:seen`              | zset   | room -> when a live node last confirmed that count   |
+| `wc:{#index}:active`            | zset   | room -> ts of its last message, for 24 hours         |
 
-Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce) and `x` (trace
-context as JSON); `ts` is the entry id's millisecond part. Channel payloads are JSON objects
-written by cjson in Lua: `{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..}` for a message and
+The index keys share one hash tag that no room name can have (`#`), so the index is one
+slot and never collides with a room's keys.
+
+Stream entries have fields `n` (name), `t` (text), optionally `o` (nonce), `x` (trace
+context as JSON) and `u` (the sender's `sub`, authenticated mode); `ts` is the entry id's
+millisecond part. Channel payloads are JSON objects written by cjson in Lua:
+`{"k":"m","i":id,"n":..,"t":..,"o":..,"x":..,"u":..,"a":..}` for a message
+(`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
 """
@@ -56,8 +65,19 @@ def dedupe_key(room: str, name: str, nonce: str) -> str:
 
 
 def presence_keys(room: str) -> list[str]:
-    """The names hash, holders zset and presence stream of `room`, as the Lua scripts take them."""
-    return [f"{PREFIX}:{{{room}}}:p", f"{PREFIX}:{{{room}}}:e", presence_stream_key(room)]
+    """The names hash, holders zset, presence stream and name holders hash of `room`, as the
+    Lua scripts take them."""
+    return [
+        f"{PREFIX}:{{{room}}}:p",
+        f"{PREFIX}:{{{room}}}:e",
+        presence_stream_key(room),
+        f"{PREFIX}:{{{room}}}:k",
+    ]
+
+
+def index_keys() -> list[str]:
+    """The room index: member counts, when they were confirmed, last message times."""
+    return [f"{PREFIX}:{{#index}}:{part}" for part in ("members", "seen", "active")]
 
 
 def presence_stream_key(room: str) -> str:
@@ -88,6 +108,15 @@ def _trace(raw: Any) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
 
 
+def _micros(raw: Any) -> int | None:
+    """The acceptance time `a`; None when absent (an older version's payload) or malformed:
+    a message is never dropped for its timing."""
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def encode_trace(trace: dict[str, str] | None) -> str:
     return json.dumps(trace, separators=(",", ":")) if trace else ""
 
@@ -114,6 +143,8 @@ def decode_event(room: str, payload: bytes) -> Message | Announced:
             id_key(message_id)[0],
             data.get("o"),
             _trace(data.get("x")),
+            accepted_us=_micros(data.get("a")),
+            user=data.get("u"),
         )
     if kind == "p":
         return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))
@@ -138,6 +169,7 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
     message_id = entry_id.decode()
     nonce = fields.get(b"o")
     trace = fields.get(b"x")
+    user = fields.get(b"u")
     return Message(
         message_id,
         room,
@@ -146,7 +178,20 @@ def message_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -
         id_key(message_id)[0],
         nonce.decode() if nonce is not None else None,
         _trace(trace),
+        user=user.decode() if user is not None else None,
     )
+
+
+def end_before(before: tuple[int, int]) -> str | None:
+    """The XREVRANGE end of the entries before `before`; None if no stream id precedes it."""
+    ms, seq = before
+    if ms > MAX_ID_PART:
+        return "+"
+    if seq > MAX_ID_PART:
+        return f"{ms}-{MAX_ID_PART}"
+    if (ms, seq) == (0, 0):
+        return None
+    return f"({ms}-{seq}"
 
 
 def start_after(after: tuple[int, int]) -> str | None:

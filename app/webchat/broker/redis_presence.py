@@ -4,8 +4,13 @@ Each node holds the names of its local members (the hub calls join/leave once pe
 room, not per connection) as `<node>:<name>` entries with an expiry, and refreshes them three
 times per expiry. A per-room count of holding nodes decides when a name joins (count 0 -> 1)
 or leaves (1 -> 0). Expired holders (a node killed without leaving) are reaped every second by
-each node in the rooms it subscribes to, and before every member listing; the expiry is the
-presence timeout less one reap interval, so their names leave within the presence timeout.
+each node in the rooms it subscribes to, and before every member listing and join; the expiry
+is the presence timeout less one reap interval, so their names leave within the presence
+timeout.
+
+A name's holder (the hash of its first connection's key) is stored with it by the join script:
+a join under another holder is refused there, atomically, on whichever node it comes.
+The names present after each change are reported to `on_count`, for the room index.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from webchat.broker.base import BrokerUnavailable
+from webchat.broker.base import BrokerUnavailable, NameTaken
 from webchat.broker.redis_codec import channel, describe, presence_keys
-from webchat.broker.redis_scripts import JOIN, LEAVE, MEMBERS, REAP, REFRESH
+from webchat.broker.redis_ops import RedisOps
+from webchat.broker.redis_scripts import HOLDER, JOIN, LEAVE, MEMBERS, REAP, REFRESH
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +50,18 @@ class RedisPresence:
     """The Presence protocol over Redis; the broker owns it and runs its loops."""
 
     def __init__(
-        self, client: Redis, node_id: str, timeout: float, reachable: Callable[[], bool]
+        self,
+        client: Redis,
+        node_id: str,
+        timeout: float,
+        reachable: Callable[[], bool],
+        ops: RedisOps,
+        on_count: Callable[[str, int], None] = lambda room, count: None,
     ) -> None:
         self._client = client
+        self._ops = ops
         self._reachable = reachable
+        self._on_count = on_count
         self._node = node_id
         # A dead node's hold expires at most `hold` after it died and is reaped at most one
         # reap interval later: within the presence timeout.
@@ -58,8 +72,10 @@ class RedisPresence:
         # Names this node holds: the hub's join/leave calls counted, so a leave that races a
         # join of the same name (grace over, then a reconnect) ends with the name held.
         self._held: dict[str, Counter[str]] = {}
+        self._holders: dict[str, dict[str, str]] = {}  # the holder of each name held here
         self._locks: dict[str, _RoomLock] = {}
         self._join = client.register_script(JOIN)
+        self._holder = client.register_script(HOLDER)
         self._refresh = client.register_script(REFRESH)
         self._leave = client.register_script(LEAVE)
         self._reap = client.register_script(REAP)
@@ -69,18 +85,38 @@ class RedisPresence:
 
     # --- the Presence protocol --------------------------------------------------------
 
-    async def join(self, room: str, name: str) -> None:
+    async def join(self, room: str, name: str, holder: str = "") -> None:
+        holders = self._holders.setdefault(room, {})
+        if holders.setdefault(name, holder) != holder:
+            # Held here still, by another key: a leave of it has not reached Redis yet.
+            raise NameTaken(f"{name!r} is held by another key in {room}")
         names = self._held.setdefault(room, Counter())
         names[name] += 1
         if names[name] > 1:
             return
         try:
             await self._apply(room, name)
+        except NameTaken:
+            self._release(room, name)
+            raise
         except (RedisError, OSError) as exc:
             # The hub detaches the connection without a leave; forget the hold again. If the
             # script ran after all, the holder expires and is reaped.
             self._release(room, name)
             raise BrokerUnavailable(f"presence join failed: {describe(exc)}") from exc
+
+    async def holder(self, room: str, name: str) -> str | None:
+        held = self._holders.get(room, {}).get(name)
+        if held is not None:
+            return held
+        try:
+            value = await self._ops.call(
+                "presence_holder",
+                self._holder(keys=presence_keys(room), args=[channel(room), name]),
+            )
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"presence read failed: {describe(exc)}") from exc
+        return None if value is None else bytes(value).decode()
 
     async def leave(self, room: str, name: str) -> None:
         if not self._release(room, name):
@@ -100,8 +136,9 @@ class RedisPresence:
 
     async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
         try:
-            count, names = await self._members(
-                keys=presence_keys(room), args=[channel(room), limit, include]
+            count, names = await self._ops.call(
+                "presence_members",
+                self._members(keys=presence_keys(room), args=[channel(room), limit, include]),
             )
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"presence listing failed: {describe(exc)}") from exc
@@ -163,19 +200,28 @@ class RedisPresence:
                     args=[self._node, self._timeout_ms, *names],
                     client=pipe,
                 )
-            results: list[Any] = await pipe.execute()
-            for (room, _), missing in zip(chunk, results, strict=True):
+            results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
+            for (room, _), (count, missing) in zip(chunk, results, strict=True):
+                self._on_count(room, int(count))
                 for raw in missing:
                     name = raw.decode()
                     log.info("re-joining %r in %s: its hold had expired", name, room)
-                    await self._apply(room, name)
+                    try:
+                        await self._apply(room, name)
+                    except NameTaken:
+                        # Another key took the name while this node could not refresh it.
+                        log.warning("%r in %s is now held by another key", name, room)
 
     async def _reap_rooms(self, rooms: list[str]) -> None:
         for start in range(0, len(rooms), _CHUNK):
+            chunk = rooms[start : start + _CHUNK]
             pipe = self._client.pipeline(transaction=False)
-            for room in rooms[start : start + _CHUNK]:
+            for room in chunk:
                 await self._reap(keys=presence_keys(room), args=[channel(room)], client=pipe)
-            await pipe.execute()
+            results: list[Any] = await self._ops.call("presence_reap", pipe.execute())
+            for room, count in zip(chunk, results, strict=True):
+                if int(count) >= 0:
+                    self._on_count(room, int(count))
 
     # --- internals ----------------------------------------------------------------------
 
@@ -188,6 +234,11 @@ class RedisPresence:
         if names[name] > 0:
             return False
         del names[name]
+        holders = self._holders.get(room)
+        if holders is not None:
+            holders.pop(name, None)
+            if not holders:
+                del self._holders[room]
         if not names:
             del self._held[room]
         return True
@@ -206,11 +257,22 @@ class RedisPresence:
             async with entry.lock:
                 keys = presence_keys(room)
                 if name in self._held.get(room, ()):
-                    await self._join(
-                        keys=keys, args=[channel(room), self._node, self._timeout_ms, name]
+                    holder = self._holders.get(room, {}).get(name, "")
+                    joined, count = await self._ops.call(
+                        "presence_join",
+                        self._join(
+                            keys=keys,
+                            args=[channel(room), self._node, self._timeout_ms, name, holder],
+                        ),
                     )
+                    if not joined:
+                        raise NameTaken(f"{name!r} is held by another key in {room}")
                 else:
-                    await self._leave(keys=keys, args=[channel(room), self._node, name])
+                    count = await self._ops.call(
+                        "presence_leave",
+                        self._leave(keys=keys, args=[channel(room), self._node, name]),
+                    )
+                self._on_count(room, int(count))
         finally:
             entry.users -= 1
             if entry.users == 0:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Final
 
 # KEYS[1] the room's stream; KEYS[2] the dedupe key, only when the draft has a nonce.
-# ARGV: channel, history size, dedupe seconds, name, text, trace JSON or '', [nonce].
+# ARGV: channel, history size, dedupe seconds, name, text, trace JSON or '', user ('' in
+# anonymous mode), [nonce].
 # Returns {0, id} for an accepted message, {1, payload} for a duplicate: the original message.
 # The stream id is the message id, and PUBLISH follows XADD inside one script, so publish
 # order equals history order on every node.
@@ -19,13 +20,18 @@ if dedupe then
   local seen = redis.call('GET', dedupe)
   if seen then return {1, seen} end
 end
-local name, text, trace = ARGV[4], ARGV[5], ARGV[6]
+local name, text, trace, user = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local fields = {'n', name, 't', text}
 local event = {k = 'm', n = name, t = text}
 if dedupe then
   fields[#fields + 1] = 'o'
-  fields[#fields + 1] = ARGV[7]
-  event.o = ARGV[7]
+  fields[#fields + 1] = ARGV[8]
+  event.o = ARGV[8]
+end
+if user ~= '' then
+  fields[#fields + 1] = 'u'
+  fields[#fields + 1] = user
+  event.u = user
 end
 if trace ~= '' then
   fields[#fields + 1] = 'x'
@@ -34,6 +40,10 @@ if trace ~= '' then
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
 event.i = id
+-- Acceptance time in microseconds, for delivery latency: a string, since cjson writes numbers
+-- with 14 significant digits. Only on the channel: history readers need no more than `ts`.
+local now = redis.call('TIME')
+event.a = now[1] .. string.format('%06d', tonumber(now[2]))
 local payload = cjson.encode(event)
 if dedupe then redis.call('SET', dedupe, payload, 'EX', ARGV[3]) end
 redis.call('PUBLISH', ARGV[1], payload)
@@ -41,10 +51,13 @@ return {0, id}
 """
 
 # Presence keys: KEYS[1] names hash (name -> number of nodes holding it), KEYS[2] holders zset
-# (`<node>:<name>` scored by expiry in ms), KEYS[3] presence stream. A name is present while its
+# (`<node>:<name>` scored by expiry in ms), KEYS[3] presence stream, KEYS[4] name keys hash
+# (name -> the holder its first join gave: a key's hash, or ''). A name is present while its
 # hash count is > 0; a join is announced when a name's count becomes 1 and a leave when it
 # drops to 0: appended to the presence stream (so a node that was disconnected backfills it,
-# as it does messages) and published on the room's channel with the stream id.
+# as it does messages) and published on the room's channel with the stream id. The name's
+# holder is set with its first join and dropped with its leave, in the same script, so two
+# first joins with different keys on two nodes cannot both succeed.
 
 PRESENCE_HISTORY: Final = 1000  # presence events a reconnecting node can still catch up on
 PRESENCE_HISTORY_MS: Final = 24 * 3600 * 1000  # kept this long after the room's last event
@@ -64,66 +77,16 @@ end
 local function drop(names, channel, name)
   if redis.call('HINCRBY', names, name, -1) <= 0 then
     redis.call('HDEL', names, name)
+    redis.call('HDEL', KEYS[4], name)
     announce(channel, 'leave', name, names)
   end
 end
 local function keep_alive(ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
 end
 """
-
-# ARGV: channel, node id, timeout ms, name... Holds each name on this node until now + timeout.
-# Idempotent: a name this node already holds only gets its expiry pushed back.
-JOIN: Final = (
-    _NOW
-    + """
-local expiry = now_ms() + tonumber(ARGV[3])
-for i = 4, #ARGV do
-  local name = ARGV[i]
-  if redis.call('ZADD', KEYS[2], expiry, ARGV[2] .. ':' .. name) == 1 then
-    if redis.call('HINCRBY', KEYS[1], name, 1) == 1 then
-      announce(ARGV[1], 'join', name, KEYS[1])
-    end
-  end
-end
-keep_alive(tonumber(ARGV[3]) * 3)
-return 1
-"""
-)
-
-# ARGV: node id, timeout ms, name... Pushes back the expiry of names this node still holds and
-# returns those it no longer holds (reaped while this node could not refresh, or lost with
-# Redis's data): the node re-joins them under its room lock, so a refresh never races a leave.
-REFRESH: Final = (
-    _NOW
-    + """
-local expiry = now_ms() + tonumber(ARGV[2])
-local missing = {}
-for i = 3, #ARGV do
-  local holder = ARGV[1] .. ':' .. ARGV[i]
-  if redis.call('ZSCORE', KEYS[2], holder) then
-    redis.call('ZADD', KEYS[2], 'XX', expiry, holder)
-  else
-    missing[#missing + 1] = ARGV[i]
-  end
-end
-keep_alive(tonumber(ARGV[2]) * 3)
-return missing
-"""
-)
-
-# ARGV: channel, node id, name. This node no longer holds the name.
-LEAVE: Final = (
-    _NOW
-    + """
-if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
-  drop(KEYS[1], ARGV[1], ARGV[3])
-  return 1
-end
-return 0
-"""
-)
 
 # Removes holders whose expiry passed (their node died or lost Redis for the presence timeout)
 # and announces the names that thereby leave.
@@ -138,8 +101,80 @@ local function reap(channel)
 end
 """
 
-# ARGV: channel.
-REAP: Final = _NOW + _REAP + "return reap(ARGV[1])\n"
+# ARGV: channel, node id, timeout ms, name, holder. Holds the name on this node until now +
+# timeout, unless it is present under another holder: then nothing changes. Reaps first, so a
+# dead node's names do not stay taken. Idempotent: a name this node already holds only gets
+# its expiry pushed back. Returns {1 joined or 0 taken, names present}.
+JOIN: Final = (
+    _NOW
+    + _REAP
+    + """
+reap(ARGV[1])
+local name, holder = ARGV[4], ARGV[5]
+local held_by = redis.call('HGET', KEYS[4], name)
+if held_by and held_by ~= holder then
+  return {0, redis.call('HLEN', KEYS[1])}
+end
+local expiry = now_ms() + tonumber(ARGV[3])
+if redis.call('ZADD', KEYS[2], expiry, ARGV[2] .. ':' .. name) == 1 then
+  if redis.call('HINCRBY', KEYS[1], name, 1) == 1 then
+    redis.call('HSET', KEYS[4], name, holder)
+    announce(ARGV[1], 'join', name, KEYS[1])
+  end
+end
+keep_alive(tonumber(ARGV[3]) * 3)
+return {1, redis.call('HLEN', KEYS[1])}
+"""
+)
+
+# ARGV: channel, name. Who holds the name ('' for no key), or nil when it is free. Reaps
+# first, as JOIN does, so that it answers what a JOIN would find.
+HOLDER: Final = (
+    _NOW
+    + _REAP
+    + """
+reap(ARGV[1])
+return redis.call('HGET', KEYS[4], ARGV[2])
+"""
+)
+
+# ARGV: node id, timeout ms, name... Pushes back the expiry of names this node still holds and
+# returns {names present, the names it no longer holds} (reaped while this node could not
+# refresh, or lost with Redis's data): the node re-joins those under its room lock, so a
+# refresh never races a leave.
+REFRESH: Final = (
+    _NOW
+    + """
+local expiry = now_ms() + tonumber(ARGV[2])
+local missing = {}
+for i = 3, #ARGV do
+  local holder = ARGV[1] .. ':' .. ARGV[i]
+  if redis.call('ZSCORE', KEYS[2], holder) then
+    redis.call('ZADD', KEYS[2], 'XX', expiry, holder)
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+keep_alive(tonumber(ARGV[2]) * 3)
+return {redis.call('HLEN', KEYS[1]), missing}
+"""
+)
+
+# ARGV: channel, node id, name. This node no longer holds the name. Returns the names present.
+LEAVE: Final = (
+    _NOW
+    + """
+if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
+  drop(KEYS[1], ARGV[1], ARGV[3])
+end
+return redis.call('HLEN', KEYS[1])
+"""
+)
+
+# ARGV: channel. Returns the names present if any holder was reaped, else -1.
+REAP: Final = (
+    _NOW + _REAP + "if reap(ARGV[1]) > 0 then return redis.call('HLEN', KEYS[1]) end\nreturn -1\n"
+)
 
 # ARGV: channel, limit, include. Reaps first, so a dead node's names are never listed.
 # Returns {count, {name...}}: every name when count <= limit, else `limit` of them with
@@ -173,5 +208,83 @@ repeat
   end
 until cursor == '0' or #listed >= limit
 return {count, listed}
+"""
+)
+
+
+# The room index (GET /api/rooms). KEYS: the index's members, seen and active zsets (one slot).
+
+# ARGV: n, then n pairs (room, names present), then pairs (room, ts of its newest message),
+# then the activity window in ms (last). Counts are confirmed with Redis's time; rooms with no
+# message in the window are dropped from `active`.
+INDEX: Final = (
+    _NOW
+    + """
+local now = now_ms()
+local n = tonumber(ARGV[1])
+for i = 2, 2 * n, 2 do
+  local room, count = ARGV[i], tonumber(ARGV[i + 1])
+  if count > 0 then
+    redis.call('ZADD', KEYS[1], count, room)
+    redis.call('ZADD', KEYS[2], now, room)
+  else
+    redis.call('ZREM', KEYS[1], room)
+    redis.call('ZREM', KEYS[2], room)
+  end
+end
+for i = 2 * n + 2, #ARGV - 1, 2 do
+  redis.call('ZADD', KEYS[3], 'GT', ARGV[i + 1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[#ARGV])))
+return 1
+"""
+)
+
+# ARGV: limit, staleness ms, activity window ms. The rooms with most members (counts not
+# confirmed within the staleness, from nodes that died, are dropped on the way: at most a few
+# pages are read), then rooms with a message in the window, up to `limit`. Returns a flat list
+# room, names present, ts of its newest message or '' (unknown: older than the window).
+ROOMS: Final = (
+    _NOW
+    + """
+local now = now_ms()
+local limit = tonumber(ARGV[1])
+local fresh = now - tonumber(ARGV[2])
+local out, listed, k = {}, {}, 0
+local function add(room, count, ts)
+  listed[room] = true
+  k = k + 1
+  out[#out + 1] = room
+  out[#out + 1] = count
+  out[#out + 1] = ts
+end
+for round = 1, 4 do
+  if k >= limit then break end
+  -- the first k by rank are listed already: evicted ones are gone from the zset
+  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(0', 'WITHSCORES',
+    'LIMIT', k, limit - k)
+  local evicted = false
+  for i = 1, #page, 2 do
+    local room = page[i]
+    local seen = tonumber(redis.call('ZSCORE', KEYS[2], room) or '0')
+    if seen < fresh then
+      redis.call('ZREM', KEYS[1], room)
+      redis.call('ZREM', KEYS[2], room)
+      evicted = true
+    else
+      add(room, page[i + 1], redis.call('ZSCORE', KEYS[3], room) or '')
+    end
+  end
+  if not evicted then break end
+end
+if k < limit then
+  local recent = redis.call('ZREVRANGEBYSCORE', KEYS[3], '+inf', now - tonumber(ARGV[3]),
+    'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #recent, 2 do
+    if k >= limit then break end
+    if not listed[recent[i]] then add(recent[i], '0', recent[i + 1]) end
+  end
+end
+return out
 """
 )

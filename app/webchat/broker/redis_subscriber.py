@@ -42,6 +42,7 @@ from webchat.broker.redis_codec import (
     room_of_channel,
     stream_key,
 )
+from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_rooms import RoomSub, State, backoff_delay
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,18 @@ class Subscriber:
     """The pub/sub connection, the subscribed rooms and their backfill. Owned by RedisBroker."""
 
     def __init__(
-        self, client: Redis, node_id: str, on_change: Callable[[], None], name: str
+        self,
+        client: Redis,
+        node_id: str,
+        on_change: Callable[[], None],
+        name: str,
+        ops: RedisOps,
+        on_reconnect: Callable[[], None],
     ) -> None:
         self._client = client
         self._on_change = on_change
+        self._ops = ops
+        self._on_reconnect = on_reconnect
         self._client_name = name
         self.handler: EventHandler | None = None
         self.rooms: dict[str, RoomSub] = {}
@@ -83,6 +92,10 @@ class Subscriber:
     # --- subscriptions ------------------------------------------------------------------
 
     async def subscribe(self, room: str) -> None:
+        """Subscribe to `room`'s channel; returns once Redis confirmed (timed as one call)."""
+        await self._ops.call("subscribe", self._subscribe(room))
+
+    async def _subscribe(self, room: str) -> None:
         conn = self._conn
         if not self.live or conn is None:
             raise BrokerUnavailable("not subscribed to Redis (reconnecting)")
@@ -129,7 +142,7 @@ class Subscriber:
         if conn is None:
             return
         try:
-            await self._send(conn, "UNSUBSCRIBE", channel(room))
+            await self._ops.call("unsubscribe", self._send(conn, "UNSUBSCRIBE", channel(room)))
         except (TimeoutError, RedisError, OSError) as exc:
             # Its messages are dropped (the room is gone) until the connection is replaced.
             log.debug("UNSUBSCRIBE %s failed: %s", room, exc)
@@ -351,6 +364,8 @@ class Subscriber:
             return
         self.live = True
         self._epoch += 1
+        if self._epoch > 1:  # the first connection is not a reconnection
+            self._on_reconnect()
         self._live_event.set()
         self.attempted.set()
         self._attempt = 0
@@ -383,7 +398,9 @@ class Subscriber:
             for start in range(0, len(todo), BACKFILL_ROOMS):
                 chunk = todo[start : start + BACKFILL_ROOMS]
                 try:
-                    reads = await read_after(self._client, [(r, s) for r, s, _ in chunk])
+                    reads = await self._ops.call(
+                        "backfill", read_after(self._client, [(r, s) for r, s, _ in chunk])
+                    )
                 except (RedisError, OSError) as exc:
                     # Retried on the next connection, which re-confirms every room.
                     self.fail(f"backfill failed: {describe(exc)}")

@@ -1,0 +1,244 @@
+"""The roles' templates, rendered for an inventory, pass their own checkers.
+
+render.yml renders them on the control node for an inventory of one lb, two web hosts (one
+with two instances), Redis and monitoring; then:
+nginx.conf passes `nginx -t` (only file paths rewritten for this machine: pid, logs, cache,
+certificate) and balances every port of every web host with a shared zone; the Prometheus
+targets pass `promtool check config` (which reads file_sd files) and list every instance and
+exporter; the environment files and the unit say what the service needs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
+from tests.support import nginx as nginxconf
+from tests.support.servers import ROOT, require_binary
+from tests.support.timing import seconds
+
+HOSTS = {
+    "lb": {"lb1": "10.9.0.10"},
+    "web": {"web1": "10.9.0.11", "web2": "10.9.0.12"},
+    "redis": {"redis1": "10.9.0.13"},
+    "monitoring": {"mon1": "10.9.0.14"},
+}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("render")
+    groups = {
+        group: {
+            "hosts": {
+                n: {"ansible_host": a, "webchat_private_address": a} for n, a in hosts.items()
+            }
+        }
+        for group, hosts in HOSTS.items()
+    }
+    # web2 runs two instances: every port of every host is balanced and scraped.
+    groups["web"]["hosts"]["web2"]["webchat_ports"] = [8081, 8082]
+    inventory = {
+        "all": {
+            "vars": {
+                "redis_password": "p" * 32,
+                "webchat_redis_password": "p" * 32,
+                "webchat_otel": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://10.9.0.14:4318"},
+            },
+            "children": groups,
+        }
+    }
+    (base / "hosts.yml").write_text(json.dumps(inventory))
+    monitoring = ROOT / "monitoring" / "prometheus"
+    extra = {
+        "render_dir": str(base),
+        "ansible_dir": str(ANSIBLE_DIR),
+        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
+        "prometheus_rules_src_dir": str(monitoring / "rules"),
+    }
+    run = run_playbook(
+        str(Path(__file__).with_name("render.yml")),
+        base / "hosts.yml",
+        "-e",
+        json.dumps(extra),
+        timeout=120,
+    )
+    assert run.returncode == 0, run.output
+    return base
+
+
+def test_nginx_conf_passes_nginx_t(rendered: Path, tmp_path: Path):
+    config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
+    # Only paths differ on this machine: where nginx writes, and a certificate made here.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds(30),
+    )
+    for directive in config.root.walk():
+        if directive.name == "pid":
+            directive.args = [str(tmp_path / "nginx.pid")]
+        elif directive.name == "error_log":
+            directive.args = [str(tmp_path / "error.log")]
+        elif directive.name == "user":
+            directive.args = ["root"]
+        elif directive.name == "proxy_cache_path":
+            directive.args = [str(tmp_path / "cache"), *directive.args[1:]]
+        elif directive.name == "ssl_certificate":
+            directive.args = [str(cert)]
+        elif directive.name == "ssl_certificate_key":
+            directive.args = [str(key)]
+    (tmp_path / "nginx.conf").write_text(config.text())
+    result = subprocess.run(
+        [
+            require_binary("nginx"),
+            "-t",
+            "-p",
+            f"{tmp_path}/",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            str(tmp_path / "error.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds(10),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_balances_every_port_of_every_web_host(rendered: Path):
+    config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
+    upstream = config.one("upstream")
+    servers = [d.values[0] for d in upstream.children("server")]
+    assert servers == ["10.9.0.11:8081", "10.9.0.12:8081", "10.9.0.12:8082"]
+    # Without a shared zone, least_conn balances per worker only.
+    assert upstream.child("zone").values[0] == "webchat_upstream"
+    assert upstream.child("least_conn")
+    ws = config.location("=", "/ws")
+    headers = {d.values[0]: d.values[1] for d in ws.children("proxy_set_header")}
+    assert headers["Host"] == "$http_host", "browsers get 403 without the Host header"
+    assert headers["Upgrade"] == "$http_upgrade"
+    assert config.location("=", "/metrics").child("return").values == ["404"]
+
+
+def test_nginx_redirects_http_and_serves_stub_status_on_loopback(rendered: Path):
+    config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
+    servers = [d for d in config.one("http").children("server") if d.block is not None]
+    plain = next(s for s in servers if s.children("listen")[0].values[0] == "80")
+    redirect = plain.child("location").child("return").values
+    assert redirect == ["301", "https://$host$request_uri"], redirect
+    tls = next(s for s in servers if s.children("listen")[0].values[:2] == ["443", "ssl"])
+    assert tls.child("ssl_certificate").values == ["/etc/nginx/tls/webchat.crt"]
+    status = next(s for s in servers if s.children("listen")[0].values[0].startswith("127.0.0.1:"))
+    assert any(d.name == "stub_status" for d in status.walk())
+    assert len(servers) == 3
+
+
+def test_prometheus_targets_pass_promtool_and_list_every_instance(rendered: Path, tmp_path: Path):
+    targets = rendered / "mon1" / "targets"
+    found = {
+        job: yaml.safe_load((targets / f"{job}.yml").read_text())
+        for job in ("webchat", "redis", "nginx", "node")
+    }
+    addresses = {
+        job: sorted(t for group in groups for t in group["targets"])
+        for job, groups in found.items()
+    }
+    assert addresses == {
+        "webchat": ["10.9.0.11:8081", "10.9.0.12:8081", "10.9.0.12:8082"],
+        "redis": ["10.9.0.13:9121"],
+        "nginx": ["10.9.0.10:9113"],
+        "node": sorted(f"{a}:9100" for hosts in HOSTS.values() for a in hosts.values()),
+    }
+    config = {
+        "scrape_configs": [
+            {"job_name": job, "file_sd_configs": [{"files": [str(targets / f"{job}.yml")]}]}
+            for job in found
+        ]
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=seconds(30),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_environment_files_and_unit(rendered: Path):
+    env = (rendered / "web2" / "8082.env").read_text()
+    values = dict(
+        line.split("=", 1) for line in env.splitlines() if line and not line.startswith("#")
+    )
+    assert values["HOST"] == '"10.9.0.12"'
+    assert values["PORT"] == '"8082"'
+    assert values["WORKERS"] == '"1"'
+    assert values["REDIS_URL"] == f'"redis://:{"p" * 32}@10.9.0.13:6379/0"'
+    assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == '"http://10.9.0.14:4318"'
+    unit = (rendered / "web1" / "webchat@.service").read_text()
+    for setting in (
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "Restart=on-failure",
+        "LimitNOFILE=1048576",
+        "User=webchat",
+        "EnvironmentFile=/etc/webchat/%i.env",
+    ):
+        assert setting in unit.splitlines(), setting
+
+
+def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
+    """One host in every group: it balances to itself, scrapes itself, checks pass."""
+    host = {"chat1": {"ansible_host": "10.9.1.5", "webchat_private_address": "10.9.1.5"}}
+    inventory = {
+        "all": {
+            "vars": {"redis_password": "p" * 32, "webchat_redis_password": "p" * 32},
+            "hosts": host,
+            "children": {g: {"hosts": {"chat1": {}}} for g in ("lb", "web", "redis", "monitoring")},
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
+    monitoring = ROOT / "monitoring" / "prometheus"
+    extra = {
+        "render_dir": str(tmp_path),
+        "ansible_dir": str(ANSIBLE_DIR),
+        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
+        "prometheus_rules_src_dir": str(monitoring / "rules"),
+    }
+    render = str(Path(__file__).with_name("render.yml"))
+    run = run_playbook(render, tmp_path / "hosts.yml", "-e", json.dumps(extra), timeout=120)
+    assert run.returncode == 0, run.output
+    config = nginxconf.parse((tmp_path / "chat1" / "nginx.conf").read_text())
+    assert [d.values[0] for d in config.one("upstream").children("server")] == ["10.9.1.5:8081"]
+    env = (tmp_path / "chat1" / "8081.env").read_text()
+    assert 'REDIS_URL="redis://:' + "p" * 32 + '@10.9.1.5:6379/0"' in env
+    node = yaml.safe_load((tmp_path / "chat1" / "targets" / "node.yml").read_text())
+    assert [t for group in node for t in group["targets"]] == ["10.9.1.5:9100"]

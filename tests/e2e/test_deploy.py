@@ -1,0 +1,398 @@
+"""`ansible-playbook deploy.yml` for real, onto booted Debian 12 hosts, checked from outside.
+
+Five systemd-nspawn containers (tests/support/nspawn.py) on a private bridge: lb1, web1,
+web2, redis1, mon1, reached over SSH; they install Debian packages through an apt proxy on
+the bridge that passes Debian's archive only (so Grafana's repository is unreachable, as the
+issue requires). The inventory lists these hosts and uses the example inventory's group_vars
+exactly as they are. One deployment, checked in order:
+
+converge -> chat through Nginx over TLS on both web hosts, one history -> every Prometheus
+target up -> Redis refuses a client without the password -> hardened units -> a second run
+changes nothing -> --check --diff reports nothing -> upgrade.yml under live traffic loses and
+duplicates nothing -> a web host's service killed mid-traffic: its clients move, nothing lost.
+
+The test's clients run on this machine and reach Nginx at the lb container's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.deploy.ansible import ANSIBLE_DIR, Run, run_playbook
+from tests.support.nginx import locate
+from tests.support.nspawn import Cluster
+from tests.support.reconnecting import ReconnectingClient
+from tests.support.redis import fetch_history
+from tests.support.servers import ROOT
+from tests.support.timing import poll, seconds
+
+GROUPS = {"lb": ["lb1"], "web": ["web1", "web2"], "redis": ["redis1"], "monitoring": ["mon1"]}
+HOSTS = [h for hosts in GROUPS.values() for h in hosts]
+PORT = 8081  # webchat_ports of the example group_vars
+WINDOW = 4  # unacknowledged messages a sender may have in flight
+
+# The deployment takes minutes (cold: debootstrap and first downloads), the checks less.
+pytestmark = pytest.mark.timeout(seconds(1200))
+
+
+@dataclass
+class Instance:
+    """One webchat instance as the test reaches it directly (for its /metrics)."""
+
+    url: str
+
+
+@dataclass
+class Deployment:
+    cluster: Cluster
+    inventory: Path
+    extra: str  # the extra variables of every run: where the control node builds
+    first: Run
+
+    def address(self, host: str) -> str:
+        return self.cluster.hosts[host].address
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address('lb1')}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://{self.address('lb1')}/ws"
+
+    @property
+    def instances(self) -> list[Instance]:
+        return [Instance(f"http://{self.address(h)}:{PORT}") for h in GROUPS["web"]]
+
+    def run(self, playbook: str, *args: str) -> Run:
+        return run_playbook(playbook, self.inventory, "-e", self.extra, *args, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    cluster = Cluster(HOSTS).start()
+    try:
+        inventory = tmp_path_factory.mktemp("inventory")
+        groups = {**GROUPS, "compose": []}  # as in the example: no Compose host
+        (inventory / "hosts.yml").write_text(json.dumps(cluster.inventory(groups), indent=2))
+        # The example's group_vars as they are: secrets are generated in this inventory.
+        (inventory / "group_vars").symlink_to(ANSIBLE_DIR / "inventories/example/group_vars")
+        extra = json.dumps({"webchat_build_dir": str(inventory / "build")})
+        deployment = Deployment(cluster, inventory, extra, Run(1, ""))
+        deployment.first = deployment.run("deploy.yml")
+        yield deployment
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    # The certificate is the self-signed one the nginx role generated on lb1.
+    connector = aiohttp.TCPConnector(ssl=False, limit=0)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        yield s
+
+
+def test_first_run_converges(deployment: Deployment):
+    run = deployment.first
+    assert run.returncode == 0, run.output[-6000:]
+    assert set(run.recap) == {h for hosts in GROUPS.values() for h in hosts}
+    assert run.total("failed") == 0 and run.total("unreachable") == 0
+    # What a container may not do is a warning, not a failure...
+    assert "kernel parameter vm.overcommit_memory stays" in run.output
+    # ...and so is Grafana's repository being out of reach: nothing installed, files provisioned.
+    assert "Grafana was NOT installed" in run.output
+    files = deployment.cluster.ssh(
+        "mon1", "ls /etc/grafana/provisioning/datasources /var/lib/grafana/dashboards"
+    ).stdout
+    assert "prometheus.yml" in files and ".json" in files
+    assert deployment.cluster.ssh("mon1", "test -e /usr/share/grafana", check=False).returncode
+
+
+async def test_the_site_over_tls(deployment: Deployment, session: aiohttp.ClientSession):
+    async with session.get(deployment.url + "/") as response:
+        assert response.status == 200
+        assert "<html" in (await response.text()).lower(), "the wheel serves the browser client"
+    async with session.get(deployment.url + "/static/app.js") as response:
+        assert response.status == 200
+    async with session.get(deployment.url + "/metrics") as response:
+        assert response.status == 404, "/metrics is not served on the public side"
+    plain = f"http://{deployment.address('lb1')}/?room=x"
+    async with session.get(plain, allow_redirects=False) as response:
+        assert response.status == 301
+        assert response.headers["Location"] == f"{deployment.url}/?room=x"
+
+
+async def test_chat_through_nginx_on_both_web_hosts(
+    deployment: Deployment, session: aiohttp.ClientSession
+):
+    clients: list[ReconnectingClient] = []
+    try:
+        where: dict[str, int] = {}
+        for n in itertools.count():
+            client, index = await locate(
+                session,
+                deployment.instances,  # type: ignore[arg-type]  # duck-typed: .url only
+                lambda n=n: ReconnectingClient(
+                    session, deployment.ws_url, room="both", name=f"c{n}"
+                ).start(),
+            )
+            clients.append(client)
+            where[client.name] = index
+            if set(where.values()) == {0, 1} or n > 12:
+                break
+        assert set(where.values()) == {0, 1}, f"least_conn spreads clients: {where}"
+        senders = [next(c for c in clients if where[c.name] == i) for i in (0, 1)]
+        for round_ in range(5):
+            for sender in senders:
+                await sender.publish(f"{sender.name} {round_}", nonce=f"{sender.name}-{round_}")
+        history: list[dict] = []
+        for sender in senders:
+            await sender.wait(lambda s=sender: not s.outbox, 20, "echoes of every message")
+        history = await fetch_history(session, deployment.url, "both")
+        assert len(history) == 10
+        for client in clients:
+            await client.wait(lambda c=client: len(c.messages) >= 10, 20, "every message")
+            assert client.messages == history, f"{client.name} sees the one history"
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_prometheus_reports_every_target_up(
+    deployment: Deployment, session: aiohttp.ClientSession
+):
+    url = f"http://{deployment.address('mon1')}:9090/api/v1/targets"
+
+    async def targets() -> dict[str, list[str]]:
+        async with session.get(url) as response:
+            active = (await response.json())["data"]["activeTargets"]
+        return {t["scrapeUrl"]: t["health"] for t in active}
+
+    async def all_up() -> dict[str, list[str]] | None:
+        found = await targets()
+        return found if found and all(h == "up" for h in found.values()) else None
+
+    found = await poll(all_up, 90, "every target up")
+    addresses = {a for hosts in GROUPS.values() for h in hosts for a in [deployment.address(h)]}
+    expected = {f"http://{deployment.address(h)}:{PORT}/metrics" for h in GROUPS["web"]}
+    expected |= {f"http://{a}:9100/metrics" for a in addresses}
+    expected |= {f"http://{deployment.address('redis1')}:9121/metrics"}
+    expected |= {f"http://{deployment.address('lb1')}:9113/metrics"}
+    assert expected <= set(found), sorted(set(found))
+
+
+async def test_redis_needs_its_password_and_the_private_address(deployment: Deployment):
+    address = deployment.address("redis1")
+    reader, writer = await asyncio.open_connection(address, 6379)
+    writer.write(b"PING\r\n")
+    answer = await asyncio.wait_for(reader.readline(), seconds(5))
+    writer.close()
+    assert answer.startswith(b"-NOAUTH"), answer
+    password = (deployment.inventory / "credentials/redis_password").read_text().strip()
+    reader, writer = await asyncio.open_connection(address, 6379)
+    writer.write(f"AUTH {password}\r\nPING\r\n".encode())
+    assert await asyncio.wait_for(reader.readline(), seconds(5)) == b"+OK\r\n"
+    assert await asyncio.wait_for(reader.readline(), seconds(5)) == b"+PONG\r\n"
+    writer.close()
+    listening = deployment.cluster.ssh("redis1", "ss -Hltn 'sport = :6379'").stdout.split()
+    assert f"{address}:6379" in listening and "0.0.0.0:6379" not in listening, listening
+    config = deployment.cluster.ssh("redis1", "cat /etc/redis/redis.conf").stdout.splitlines()
+    assert {"appendonly yes", "protected-mode yes", "maxmemory-policy noeviction"} <= set(config)
+
+
+def test_webchat_runs_hardened(deployment: Deployment):
+    show = deployment.cluster.ssh(
+        "web1",
+        f"systemctl show webchat@{PORT} -p ActiveState -p User -p NoNewPrivileges "
+        "-p ProtectSystem -p ProtectHome -p PrivateTmp -p Restart -p LimitNOFILE",
+    ).stdout
+    props = dict(line.split("=", 1) for line in show.splitlines())
+    assert props["ActiveState"] == "active"
+    assert props["User"] == "webchat"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["ProtectHome"] == "yes"
+    assert props["PrivateTmp"] == "yes"
+    assert props["Restart"] == "on-failure"
+    assert int(props["LimitNOFILE"]) >= 65536
+    owners = deployment.cluster.ssh("web1", "ps -o user= -C webchat").stdout.split()
+    assert owners and set(owners) == {"webchat"}, owners
+    listening = deployment.cluster.ssh("web1", f"ss -Hltn 'sport = :{PORT}'").stdout.split()
+    assert f"{deployment.address('web1')}:{PORT}" in listening, "the private address only"
+
+
+def test_a_second_run_changes_nothing(deployment: Deployment):
+    run = deployment.run("deploy.yml")
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.total("changed") == 0, [ln for ln in run.output.splitlines() if "changed" in ln]
+
+
+def test_check_diff_on_the_deployed_stack_reports_nothing(deployment: Deployment):
+    run = deployment.run("deploy.yml", "--check", "--diff")
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.total("changed") == 0, [ln for ln in run.output.splitlines() if "changed" in ln]
+
+
+async def _traffic(
+    deployment: Deployment, session: aiohttp.ClientSession, room: str
+) -> tuple[list[ReconnectingClient], dict[str, int]]:
+    """Two senders and two readers through Nginx, at least one of each on each web host."""
+    clients: list[ReconnectingClient] = []
+    where: dict[str, int] = {}
+    for n in itertools.count():
+        client, index = await locate(
+            session,
+            deployment.instances,  # type: ignore[arg-type]  # duck-typed: .url only
+            lambda n=n: ReconnectingClient(
+                session, deployment.ws_url, room=room, name=f"{room}{n}"
+            ).start(),
+        )
+        clients.append(client)
+        where[client.name] = index
+        if sorted(where.values()).count(0) >= 2 and sorted(where.values()).count(1) >= 2:
+            break
+        assert n < 20, f"clients do not spread over both hosts: {where}"
+    return clients, where
+
+
+# The example group_vars keep 1000 messages of history per room: the senders of one test stay
+# below that (two senders), however long the upgrade takes on a loaded machine.
+PER_SENDER = 480
+FAST = 300  # messages each sender sends every 0.5 s, then every 2 s
+
+
+async def _produce(sender: ReconnectingClient, stop: asyncio.Event) -> int:
+    """Publish paced messages until `stop`, at most WINDOW unacknowledged; then drain."""
+    n = 0
+    while not stop.is_set() and n < PER_SENDER:
+        await sender.wait(lambda: len(sender.outbox) < WINDOW, 60, "room in the window")
+        await sender.publish(f"{sender.name} {n}", nonce=f"{sender.name}-{n}")
+        n += 1
+        # Pacing the traffic (history keeps 1000), not a synchronisation.
+        await asyncio.sleep(0.5 if n < FAST else 2.0)
+    await sender.wait(lambda: not sender.outbox, 60, "an echo of every message")
+    return n
+
+
+async def _check_nothing_lost(
+    session: aiohttp.ClientSession,
+    deployment: Deployment,
+    room: str,
+    clients: list[ReconnectingClient],
+    senders: list[ReconnectingClient],
+    sent: list[int],
+) -> list[dict]:
+    history = await fetch_history(session, deployment.url, room)
+    ids = [m["id"] for m in history]
+    assert len(ids) == len(set(ids)) == sum(sent), "every accepted message once"
+    for sender, count in zip(senders, sent, strict=True):
+        texts = [m["text"] for m in history if m["name"] == sender.name]
+        assert texts == [f"{sender.name} {n}" for n in range(count)], sender.name
+    for client in clients:
+        await client.wait(lambda c=client: c.last_id == ids[-1], 30, "the last message")
+        assert client.gaps == 0, client.name
+        assert client.messages == history, f"{client.name}: lost or reordered"
+        # Only a sender gets a copy again: the original, answering its own resend.
+        assert all(d["name"] == client.name for d in client.duplicates), client.name
+    return history
+
+
+async def test_upgrade_under_traffic_loses_nothing(
+    deployment: Deployment, session: aiohttp.ClientSession, tmp_path: Path
+):
+    # A new release: the sources with one change the test can see from outside.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "app", "frontend"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name)
+    index = source / "frontend/index.html"
+    index.write_text(index.read_text() + "<!-- upgraded by test_deploy -->\n")
+    before = {
+        h: deployment.cluster.ssh(h, "readlink /opt/webchat/current").stdout for h in GROUPS["web"]
+    }
+
+    clients, where = await _traffic(deployment, session, "up")
+    try:
+        senders = [next(c for c in clients if where[c.name] == i) for i in (0, 1)]
+        stop = asyncio.Event()
+        producing = [asyncio.ensure_future(_produce(s, stop)) for s in senders]
+        await senders[0].wait(lambda: len(senders[0].acked) >= 5, 20, "traffic before")
+        upgrade = await asyncio.to_thread(
+            deployment.run, "upgrade.yml", "-e", json.dumps({"webchat_source_dir": str(source)})
+        )
+        after = len(senders[0].acked)
+        assert after < PER_SENDER - 5, "the senders were still sending when the upgrade ended"
+        await senders[0].wait(lambda: len(senders[0].acked) >= after + 5, 30, "traffic after")
+        stop.set()
+        sent = await asyncio.wait_for(asyncio.gather(*producing), seconds(90))
+        assert upgrade.returncode == 0, upgrade.output[-6000:]
+        await _check_nothing_lost(session, deployment, "up", clients, senders, sent)
+        # web1 went first: the app drained its clients (1012) under traffic. Every client lost
+        # its connection at least once (drained, or cut when an old Nginx worker exited after
+        # a reload) and resumed.
+        codes = {c.name: c.close_codes for c in clients}
+        assert any(codes[c.name][:1] == [1012] for c in clients if where[c.name] == 0), codes
+        assert all(len(c.welcomes) >= 2 for c in clients), codes
+    finally:
+        for client in clients:
+            await client.stop()
+    for host in GROUPS["web"]:
+        after = deployment.cluster.ssh(host, "readlink /opt/webchat/current").stdout
+        assert after != before[host], f"{host} runs the new release"
+    async with session.get(deployment.url + "/") as response:
+        assert "upgraded by test_deploy" in await response.text()
+    nginx = deployment.cluster.ssh("lb1", "cat /etc/nginx/nginx.conf").stdout
+    assert " down;" not in nginx, "every host is back in the upstream"
+
+
+async def test_killing_a_web_hosts_service_moves_its_clients(
+    deployment: Deployment, session: aiohttp.ClientSession
+):
+    clients, where = await _traffic(deployment, session, "kill")
+    try:
+        senders = [next(c for c in clients if where[c.name] == i) for i in (0, 1)]
+        on_web2 = [c for c in clients if where[c.name] == 1]
+        stop = asyncio.Event()
+        producing = [asyncio.ensure_future(_produce(s, stop)) for s in senders]
+        await senders[0].wait(lambda: len(senders[0].acked) >= 5, 20, "traffic before")
+        # SIGKILL to the instance (one worker: the main process serves): no drain, the sockets
+        # just die; systemd restarts it (Restart=on-failure).
+        deployment.cluster.ssh(
+            "web2", f"kill -KILL $(systemctl show --property=MainPID --value webchat@{PORT})"
+        )
+        for client in on_web2:
+            await client.wait(lambda c=client: len(c.welcomes) >= 2, 30, "a reconnection")
+        after = len(senders[1].acked)
+        await senders[1].wait(lambda: len(senders[1].acked) >= after + 10, 30, "traffic after")
+        stop.set()
+        sent = await asyncio.wait_for(asyncio.gather(*producing), seconds(90))
+        await _check_nothing_lost(session, deployment, "kill", clients, senders, sent)
+        for client in on_web2:
+            assert aiohttp.WSCloseCode.ABNORMAL_CLOSURE in client.close_codes, client.close_codes
+    finally:
+        for client in clients:
+            await client.stop()
+
+    # systemd brought it back (Restart=on-failure) and it serves again.
+    state = deployment.cluster.ssh("web2", f"systemctl show webchat@{PORT} -p NRestarts")
+    assert state.stdout.strip() == "NRestarts=1"
+
+    async def ready() -> bool:
+        try:
+            async with session.get(deployment.instances[1].url + "/readyz") as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await poll(ready, 30, "web2 ready again")

@@ -8,6 +8,11 @@ NEEDED_BINARIES := redis-server nginx prometheus promtool chromium docker-compos
 # The exporters the deployment runs, scraped by the real-Prometheus test (tests/integration).
 APT_PACKAGES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
 NEEDED_BINARIES += prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter
+# nginx.conf's TLS server, as shipped, names Debian's placeholder certificate (ssl-cert's
+# snakeoil): `nginx -t` on the file needs it. Test nginx instances get their own (openssl).
+APT_PACKAGES += ssl-cert
+NEEDED_BINARIES += make-ssl-cert
+SNAKEOIL := /etc/ssl/certs/ssl-cert-snakeoil.pem
 # The deployment test (tests/e2e/test_deploy.py) boots Debian hosts with debootstrap and
 # systemd-nspawn, serves them packages through apt-cacher-ng and reaches them with ssh.
 APT_PACKAGES += debootstrap systemd-container apt-cacher-ng openssh-client openssl
@@ -39,6 +44,10 @@ system-deps:
 	  else \
 	    echo "missing:$$missing. Run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
 	  fi; \
+	fi
+	@if [ ! -f $(SNAKEOIL) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then make-ssl-cert generate-default-snakeoil; \
+	  else echo "missing $(SNAKEOIL). Run: sudo make-ssl-cert generate-default-snakeoil"; exit 1; fi; \
 	fi
 
 lint: $(BIN)/.installed

@@ -228,21 +228,23 @@ export class Conversation {
     const before = this.oldestId;
     const url = `/api/rooms/${encodeURIComponent(this.room)}/messages?before=${before}&limit=${HISTORY}`;
     let page = null;
+    let truncated = false; // cut short by the service's size bound: older ones remain
     try {
       const response = await this.hooks.fetch(url);
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
       page = Array.isArray(body.messages) ? body.messages : [];
+      truncated = body.truncated === true;
     } catch {
       this.olderFailed = true;
     }
     this.loadingOlder = false;
-    if (page !== null && before === this.oldestId) this.prepend(page);
+    if (page !== null && before === this.oldestId) this.prepend(page, truncated);
     this.renderHistoryStart();
     this.layout();
   }
 
-  prepend(page) {
+  prepend(page, truncated = false) {
     const scroller = this.element;
     const height = scroller.scrollHeight;
     const top = scroller.scrollTop;
@@ -255,7 +257,7 @@ export class Conversation {
     this.region.setAttribute("aria-busy", "true"); // not read out as if it were news
     this.log.prepend(...items);
     if (items.length) this.oldestId = items[0].dataset.id;
-    if (page.length < HISTORY) this.exhausted = true;
+    if (page.length < HISTORY && !truncated) this.exhausted = true;
     relayout(this.log, this.firstUnread);
     scroller.scrollTop = top + (scroller.scrollHeight - height);
     requestAnimationFrame(() => this.region.removeAttribute("aria-busy"));

@@ -9,7 +9,8 @@
 // - The first connection asks for `history=50`; reconnects pass the last id seen as
 //   `since`.
 // - Reconnects use full jitter under a ceiling that grows with the time offline, from 1 s
-//   to 30 s (text.backoffCeilingMs).
+//   to 30 s (text.backoffCeilingMs), and wait at least what a refusal's Retry-After asks
+//   (an overloaded or full service answers 503 with it).
 // - Authenticated mode (the shell gives a token source, token.js): every connection carries
 //   the tab's token instead of a name and key; a new token is sent on the open socket as a
 //   `refresh` frame; a 401 or a close with 4001 (token expired) means: fetch a fresh token
@@ -18,7 +19,7 @@
 import { Conversation, HISTORY } from "./conversation.js";
 import { Outbox } from "./outbox.js";
 import { load, remove } from "./store.js";
-import { backoffCeilingMs, makeNonce } from "./text.js";
+import { makeNonce, reconnectDelayMs, retryAfterMs } from "./text.js";
 
 const CONNECT_TIMEOUT_MS = 10_000; // no welcome this long: try again
 const TOKEN_EXPIRED = 4001; // PROTOCOL.md 1.1: the connection's token expired
@@ -44,6 +45,7 @@ export class RoomSession {
     this.attempt = 0;
     this.offlineSince = 0; // when the last good connection ended (or the first attempt began)
     this.retryAt = 0;
+    this.retryAfter = 0; // ms the service asked to wait (Retry-After of a 503), for one retry
     this.closeCode = null;
     this.me = "";
     this.user = ""; // this connection's `sub` (authenticated mode), from the welcome
@@ -283,7 +285,8 @@ export class RoomSession {
   /**
    * An attempt failed before the welcome. Browsers do not say why a WebSocket was refused,
    * so ask the same URL over plain HTTP: the server answers what the upgrade got (409
-   * name_taken, 400, 403, 503) or 426 if it would have been accepted.
+   * name_taken, 400, 403, 503 with the Retry-After the next attempt honours) or 426 if it
+   * would have been accepted.
    */
   async diagnose() {
     let error = null;
@@ -296,6 +299,7 @@ export class RoomSession {
         if (response.status >= 400 && response.status < 500 && response.status !== 426) {
           error = (await response.json())?.error ?? null;
         }
+        if (response.status === 503) this.retryAfter = retryAfterMs(response.headers.get("Retry-After"));
       } catch {
         error = null; // unreachable: an outage, retried below
       }
@@ -317,7 +321,8 @@ export class RoomSession {
   scheduleReconnect() {
     if (this.state === "stopped") return;
     this.offlineSince ||= Date.now();
-    const delay = Math.random() * backoffCeilingMs(Date.now() - this.offlineSince);
+    const delay = reconnectDelayMs(Date.now() - this.offlineSince, this.retryAfter);
+    this.retryAfter = 0;
     this.attempt += 1;
     this.retryAt = Date.now() + delay;
     clearTimeout(this.timers.retry);

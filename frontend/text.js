@@ -98,6 +98,27 @@ export function backoffCeilingMs(offlineMs) {
   return Math.min(30_000, Math.max(1000, offlineMs / 2));
 }
 
+/**
+ * A `Retry-After` header (delay-seconds or an HTTP date) in milliseconds from `now`; 0 when
+ * absent or unreadable, at most 5 minutes. An overloaded or full service sends it with 503.
+ */
+export function retryAfterMs(value, now = Date.now()) {
+  if (typeof value !== "string" || !value.trim()) return 0;
+  const text = value.trim();
+  const ms = /^\d+$/.test(text) ? Number(text) * 1000 : Date.parse(text) - now;
+  return Number.isFinite(ms) ? Math.min(300_000, Math.max(0, ms)) : 0;
+}
+
+/**
+ * The delay before the next reconnect: full jitter below the backoff ceiling, but never
+ * sooner than the service asked (Retry-After), plus up to as much again at random so that
+ * clients refused together do not all come back together. `random` returns [0, 1).
+ */
+export function reconnectDelayMs(offlineMs, retryAfter = 0, random = Math.random) {
+  const jittered = random() * backoffCeilingMs(offlineMs);
+  return retryAfter > 0 ? Math.max(jittered, retryAfter * (1 + random())) : jittered;
+}
+
 /** A secret key for anonymous mode: 32 random bytes, base64url (43 characters). */
 export function makeKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(32));

@@ -21,8 +21,10 @@ from multiprocessing.process import BaseProcess
 from aiohttp import web
 
 from webchat.config import Config, ConfigError, load_config
+from webchat.limits import Budget, budget, raise_descriptor_limit
+from webchat.listener import Gate, Runner, throttle_accept_errors
 from webchat.metrics import MULTIPROCESS_ENV, forget_process
-from webchat.web import NODE, make_app
+from webchat.web import NODE, SECURITY_HEADERS, make_app
 
 log = logging.getLogger("webchat")
 
@@ -33,11 +35,14 @@ EXIT_DEADLINE = 9.5
 async def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return within EXIT_DEADLINE seconds."""
     loop = asyncio.get_running_loop()
+    throttle_accept_errors(loop)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
+    limits = connection_limits(config)
+    app = make_app(config, limits)
+    gate = Gate(limits, config.header_timeout, dict(SECURITY_HEADERS))
+    runner = Runner(app, gate, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(
         runner, config.host, config.port, backlog=4096, reuse_port=config.workers > 1
@@ -48,12 +53,16 @@ async def serve(config: Config) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
+    # Start-up pauses (imports, that collection) are not overload: admission starts afresh.
+    app[NODE].loop_lag.reset(loop.time())
     sockets = runner.addresses
     log.info(
-        "webchat listening on %s (pid %d, %s broker)",
+        "webchat listening on %s (pid %d, %s broker, at most %d WebSockets and %d sockets)",
         sockets,
         os.getpid(),
         "in-memory" if config.memory_broker else "redis",
+        limits.websockets,
+        limits.sockets,
     )
     orphaned = None
     if config.workers > 1:
@@ -78,6 +87,16 @@ async def serve(config: Config) -> None:
             await runner.cleanup()
     except TimeoutError:
         log.warning("shutdown did not finish in time; exiting anyway")
+
+
+def connection_limits(config: Config) -> Budget:
+    """The connection caps under this process's descriptor limit (raised to the hard limit
+    first); ConfigError naming --max-connections if they cannot fit."""
+    try:
+        return budget(config.max_connections, raise_descriptor_limit())
+    except ValueError as exc:
+        option = "--max-connections" if config.max_connections else "file descriptors"
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -251,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_main(args[1:], os.environ)
     try:
         config = load_config(args, os.environ)
+        connection_limits(config)  # workers inherit the raised descriptor limit
     except ConfigError as exc:
         print(f"webchat: error: {exc}", file=sys.stderr)
         return 2

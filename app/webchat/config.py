@@ -41,6 +41,15 @@ class Config:
     max_frame: int = 16384
     heartbeat: float = 25.0
     log_level: str = "info"
+    # Hardening (docs/security.md): bounds on what one client can hold.
+    send_timeout: float = 5.0
+    api_concurrency: int = 16
+    api_max_bytes: int = 1024 * 1024
+    api_timeout: float = 10.0
+    header_timeout: float = 10.0
+    max_connections: int = 0  # 0: derived from the file-descriptor limit (limits.py)
+    max_loop_lag: float = 0.5
+    allowed_hosts: tuple[str, ...] = ()  # empty: any Host
     # Authenticated mode (PROTOCOL.md 1.1 "Identity"): at most one key source; none at all
     # is anonymous mode. Files are read by the node (auth.py), so secrets stay out of `ps`.
     auth_secret_file: str = ""
@@ -150,6 +159,24 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+# A host name (letters, digits, '-', '.'; a trailing dot is dropped), an IPv4 address, or an
+# IPv6 address in brackets, as the Host header spells them (without the port).
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+_HOST_V6 = re.compile(r"\[[0-9a-f:.]{2,45}\]")
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
+    for host in hosts:
+        if not (_HOST_NAME.fullmatch(host) or _HOST_V6.fullmatch(host)):
+            raise ValueError(
+                f"{host!r} is not a host name; expected names such as chat.example.com "
+                "(no scheme, no port), comma-separated"
+            )
+    return hosts
+
+
 def _file(raw: str) -> str:
     path = raw.strip()
     if not path:
@@ -219,6 +246,23 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_frame": (_size(64), "largest client frame payload accepted; larger closes 1009"),
     "heartbeat": (_float(1), "seconds between WebSocket pings to detect dead clients"),
     "log_level": (_log_level, "debug, info, warning or error"),
+    "send_timeout": (
+        _float(0.5),
+        "seconds unsent data may wait in a client's send buffer before it is closed 1013",
+    ),
+    "api_concurrency": (_int(1, 10_000), "HTTP API requests served at once; more get 503"),
+    "api_max_bytes": (_size(64 * 1024), "largest HTTP API answer; a longer page is cut short"),
+    "api_timeout": (_float(0.5), "seconds a client may take to read an HTTP API answer"),
+    "header_timeout": (_float(0.5), "seconds a new connection may take to send its headers"),
+    "max_connections": (
+        _int(0, 10_000_000),
+        "WebSocket connections served at once; more get 503 (0: from the descriptor limit)",
+    ),
+    "max_loop_lag": (
+        _float(0),
+        "event-loop lag (seconds) above which new upgrades get 503 (0: never)",
+    ),
+    "allowed_hosts": (_hosts, "comma-separated Host names served; others get 421 (empty: any)"),
     "auth_secret_file": (_file, "file holding the HS256 secret of signed tokens (auth mode)"),
     "auth_public_key_file": (_file, "PEM public key verifying tokens: RS256 or ES256 by type"),
     "auth_jwks_url": (_jwks_url, "JWKS URL of the keys verifying tokens (RS256/ES256)"),
@@ -248,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _OPTIONS.items():
         default = getattr(defaults, name)
         if isinstance(default, tuple):
-            default = ",".join(default) or "same origin only"
+            default = ",".join(default) or (
+                "any" if name == "allowed_hosts" else "same origin only"
+            )
         parser.add_argument(
             _flag(name),
             dest=name,

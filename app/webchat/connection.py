@@ -14,9 +14,10 @@ from typing import Final
 
 from webchat.broker.base import Message
 from webchat.protocol import parse_id, ws_text_frame
-from webchat.websocket import ServerSocket
+from webchat.websocket import ServerSocket, reset
 
 log = logging.getLogger(__name__)
+
 
 CLOSE_TRY_AGAIN: Final = 1013
 CLOSE_RESTART: Final = 1012
@@ -51,9 +52,12 @@ class Connection:
         "_held",
         "_held_bytes",
         "_limit",
+        "_mark",
         "_on_ended",
+        "_on_reset",
         "_transport",
         "_watermark",
+        "_written",
         "closing",
         "ended_by",
         "expires",
@@ -76,6 +80,7 @@ class Connection:
         heartbeat: float,
         on_ended: Callable[[str], None],
         holder: str = "",
+        on_reset: Callable[[], None] | None = None,
         user: str | None = None,
     ) -> None:
         self.ws = ws
@@ -92,12 +97,17 @@ class Connection:
         # Why it ended (a metrics.DISCONNECT_REASONS value), set once by `mark_ended`.
         self.ended_by: str | None = None
         self._on_ended = on_ended
+        # Called once the server drops the socket (what it held unsent is freed then).
+        self._on_reset = on_reset
         self._transport = transport
         self._limit = send_buffer
         self._held: list[Batch | bytes] | None = []
         self._held_bytes = 0
         self._watermark: tuple[int, int] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._written = 0  # bytes handed to the transport, ever (for the age of unsent data)
+        # (time, bytes written by then) when unsent data was last seen with older data sent.
+        self._mark: tuple[float, int] | None = None
         now = asyncio.get_running_loop().time()
         self.last_seen = now  # when the client last sent any frame (pongs included)
         self.next_ping = now + random.uniform(0, heartbeat)  # a random phase spreads pings
@@ -137,6 +147,47 @@ class Connection:
         """Write a JSON frame ahead of anything held (welcome, replay)."""
         if not self.closing:
             self._write(ws_text_frame(payload))
+
+    async def write_paced(self, data: bytes) -> bool:
+        """Write replay frames (history on connect) once the send buffer has room for them.
+
+        A replay may be far larger than the send buffer; it goes out as fast as the client
+        reads, never holding more than `send_buffer` unsent bytes. A client that does not read
+        is closed by the send-buffer age check (`check_age`, from the heartbeat sweep) while
+        this waits. Returns False once the connection is closing: stop replaying.
+        """
+        delay = 0.005
+        transport = self._transport
+        while not self.closing and not transport.is_closing():
+            unsent = transport.get_write_buffer_size()
+            if not unsent or unsent + len(data) <= self._limit:
+                self._write(data)  # a frame larger than the whole buffer still overflows
+                # Others' turn: a replay to a fast reader is many writes, none of them awaited.
+                await asyncio.sleep(0)
+                return not self.closing
+            await asyncio.sleep(delay)  # polled: asyncio has no public drain event here
+            delay = min(2 * delay, 0.1)
+        return False
+
+    def check_age(self, now: float, limit: float) -> None:
+        """Close the connection (1013) if unsent data has waited longer than `limit` seconds.
+
+        Called once per heartbeat sweep, not per write: it remembers when unsent data was seen
+        and how many bytes had been written by then; once those bytes are sent the clock
+        starts again. So a slow reader is found within `limit` plus a sweep, however quiet
+        its room, and one that keeps reading is never closed.
+        """
+        if self.closing:
+            return
+        unsent = self._transport.get_write_buffer_size()
+        if not unsent:
+            self._mark = None
+            return
+        mark = self._mark
+        if mark is None or self._written - unsent >= mark[1]:
+            self._mark = (now, self._written)
+        elif now - mark[0] > limit:
+            self.close(CLOSE_TRY_AGAIN, "too slow: reconnect with since", why="slow_client")
 
     def forget_held_presence(self) -> None:
         """Drop held presence frames (and pings): the welcome about to be built includes them.
@@ -178,6 +229,7 @@ class Connection:
         if transport.get_write_buffer_size() + len(data) > self._limit:
             self.overflow()
             return
+        self._written += len(data)
         transport.write(data)
 
     # --- closing ----------------------------------------------------------------------
@@ -201,7 +253,7 @@ class Connection:
         self.mark_ended(why)
         self._held = None
         loop = asyncio.get_running_loop()
-        self._abort_timer = loop.call_later(grace, self._transport.abort)
+        self._abort_timer = loop.call_later(grace, self._reset)
         self.ws.close(code, reason)
 
     def drop(self) -> None:
@@ -209,7 +261,12 @@ class Connection:
         self.mark_ended("timeout")
         self.closing = True
         self._held = None
-        self._transport.abort()
+        self._reset()
+
+    def _reset(self) -> None:
+        reset(self._transport)
+        if self._on_reset is not None:
+            self._on_reset()
 
     def mark_ended(self, why: str) -> None:
         """Record why the connection ends, once: the first reason given wins.

@@ -8,8 +8,11 @@ pings also keep proxies (nginx's proxy_read_timeout) from closing idle sockets.
 
 The sweep already visits every connection once a tick, so it also sums the bytes held in
 their send buffers for the metrics (`on_sweep`), instead of a second walk or a per-write
-update on the fan-out path, and closes connections whose token expired (authenticated mode,
-code 4001) instead of a timer per socket: at most one tick (1 s) after the expiry.
+update on the fan-out path; it closes (1013) a connection whose unsent data has waited
+longer than --send-timeout (Connection.check_age), so the send buffer is bounded by age as
+well as by bytes at the cost of one comparison per connection per tick; and it closes
+connections whose token expired (authenticated mode, code 4001) instead of a timer per
+socket: at most one tick (1 s) after the expiry.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ async def run_heartbeat(
     connections: Callable[[], Iterable[Connection]],
     interval: float,
     on_sweep: Callable[[int], None] | None = None,
+    send_timeout: float | None = None,
 ) -> None:
     """Ping due connections, drop silent ones and close expired ones, until cancelled.
 
     After each sweep, `on_sweep` gets the bytes held for all connections (Connection.buffered).
+    With `send_timeout`, a connection whose unsent data is older than that is closed with
+    1013 (Connection.check_age): the send buffer is bounded by age as well as by bytes.
     """
     loop = asyncio.get_running_loop()
     tick = min(1.0, interval / 4)
@@ -45,6 +51,8 @@ async def run_heartbeat(
         try:
             for conn in connections():
                 buffered += conn.buffered
+                if send_timeout is not None:
+                    conn.check_age(now, send_timeout)
                 if conn.closing:
                     continue
                 if conn.expires is not None and now >= conn.expires:

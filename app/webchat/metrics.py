@@ -72,14 +72,15 @@ CONNECTION_STATUSES: Final = (
     "bad_request",
     "forbidden_origin",
     "name_taken",
-    "unavailable",
+    "unavailable",  # also: overloaded (event-loop lag) or at --max-connections
+    "unknown_host",  # a Host not in --allowed-hosts (421)
     "unauthorized",  # authenticated mode: no valid token (why: webchat_auth_failures_total)
     "forbidden_room",  # authenticated mode: the token does not allow the room
 )
 DISCONNECT_REASONS: Final = (
     "client",  # the client closed, or its TCP connection ended
     "timeout",  # no frame, not even a pong, for two heartbeat intervals
-    "slow_client",  # its send buffer overflowed: closed 1013
+    "slow_client",  # its send buffer overflowed, or held data too long: closed 1013
     "rate_limit_abuse",  # 3 x burst rate_limited errors in a row: closed 1008
     "drain",  # the instance is shutting down: closed 1012
     "gap",  # history was trimmed past what it was sent: closed 1013 to resume into a gap

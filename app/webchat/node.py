@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -19,6 +19,7 @@ from webchat.broker.base import (
     Broker,
     BrokerUnavailable,
     Draft,
+    Message,
     NameTaken,
     RoomInfo,
 )
@@ -26,6 +27,7 @@ from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
 from webchat.hub import Hub
+from webchat.limits import Budget, budget, descriptor_limit
 from webchat.metrics import Metrics
 from webchat.monitor import LoopLag, run_monitor
 from webchat.protocol import (
@@ -46,6 +48,7 @@ from webchat.protocol import (
 )
 from webchat.ratelimit import TokenBucket
 from webchat.session import Pending, Session
+from webchat.trim import Trimmer
 from webchat.upgrade import take_over
 from webchat.websocket import ServerSocket
 
@@ -59,6 +62,13 @@ log = logging.getLogger(__name__)
 DRAIN_CLOSE_GRACE = 2.0
 # GET /api/rooms is polled by every open page: one broker read per instance this often at most.
 ROOMS_CACHE_SECONDS = 2.0
+# A `since` replay is read from the broker this many messages at a time (history may be long).
+REPLAY_PAGE = 100
+# Replay frames are written in pieces of at most this many bytes (and of the send buffer).
+REPLAY_CHUNK = 64 * 1024
+# Retry-After (seconds) of a 503 for an overloaded instance, and for one at its connection cap.
+RETRY_OVERLOADED = 2
+RETRY_FULL = 5
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:
@@ -68,8 +78,15 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
 class Node:
     """The service as one process sees it. Create it in a cleanup_ctx: `start`, then `close`."""
 
-    def __init__(self, config: Config, broker: Broker | None = None) -> None:
+    def __init__(
+        self, config: Config, broker: Broker | None = None, limits: Budget | None = None
+    ) -> None:
         self.config = config
+        # The CLI raises the descriptor limit and checks that --max-connections fits it before
+        # it starts (limits.py); here, without `limits`, the caps follow the current limit.
+        self.limits = limits or budget(config.max_connections, descriptor_limit())
+        self.sessions = 0  # WebSocket sessions in progress (upgrading or open)
+        self.trimmer = Trimmer()  # memory back to the system after large answers and replays
         self.id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
         # Imported only when switched on: with tracing off no OpenTelemetry code is loaded.
@@ -93,8 +110,9 @@ class Node:
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # sessions' openings and publishes
-        # One callable for every connection (a bound method per connection costs 64 bytes).
+        # One callable each for all connections (a bound method per connection costs 64 bytes).
         self._disconnected = self.metrics.disconnected
+        self._trim_soon = self.trimmer.soon
         self._monitor: asyncio.Task[None] | None = None
         self.loop_lag = LoopLag(0.0)
         self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
@@ -109,6 +127,38 @@ class Node:
     def ready(self) -> bool:
         return self.broker.ready and not self.draining
 
+    @property
+    def loop_lagging(self) -> float | None:
+        """The event loop's lag if it is over --max-loop-lag now, else None.
+
+        The latest probe (monitor.py, 10 a second) decides: overload makes every probe late,
+        so new clients are refused for as long as it lasts; after a single pause (a long
+        fan-out, the collector) only the requests queued during it are, until the next probe.
+        """
+        limit = self.config.max_loop_lag
+        lag = self.loop_lag.latest
+        return lag if limit and lag > limit else None
+
+    @property
+    def full(self) -> bool:
+        return self.sessions >= self.limits.websockets
+
+    def admission(self) -> tuple[str, int] | None:
+        """Why a new upgrade must be refused now, and its Retry-After, or None to go on.
+
+        Checked first, before the request is even parsed: an instance whose loop lags (a
+        join storm, a long fan-out) or that holds all the sockets it may, takes no more.
+        """
+        lag = self.loop_lagging
+        if lag is not None:
+            return (
+                f"overloaded (event loop {lag * 1000:.0f} ms late); retry later",
+                RETRY_OVERLOADED,
+            )
+        if self.full:
+            return f"at its limit of {self.limits.websockets} connections; retry later", RETRY_FULL
+        return None
+
     async def start(self) -> None:
         self.metrics.count_logged_errors()
         if self.auth is not None:
@@ -120,6 +170,7 @@ class Node:
                 lambda: self.hub.connections,
                 self.config.heartbeat,
                 self.metrics.send_buffer_bytes.set,
+                self.config.send_timeout,
             )
         )
         self.loop_lag = LoopLag(loop.time())
@@ -138,6 +189,7 @@ class Node:
         metrics.flush()
 
     async def close(self) -> None:
+        self.trimmer.cancel()
         if self._rooms_task is not None:
             self._rooms_task.cancel()
             with contextlib.suppress(BaseException):
@@ -202,20 +254,28 @@ class Node:
             heartbeat=cfg.heartbeat,
             on_ended=self._disconnected,
             holder=params.holder,
+            on_reset=self._trim_soon,  # its buffers are freed: give the memory back
             user=params.user,
         )
         if identity is not None:
             conn.expires = self.token_deadline(identity.exp)
         # Joining first (deliveries are held until the welcome) decides the name before the
-        # upgrade, so a refusal is an HTTP answer the client can read.
+        # upgrade, so a refusal is an HTTP answer the client can read. A session counts (for
+        # --max-connections) from here until `session_ended`, or the refusal.
+        self.sessions += 1
         try:
             await self.hub.attach(conn)
-        except NameTaken:
-            self.metrics.upgrade("name_taken")
-            return self.name_taken(params)
-        except BrokerUnavailable:
-            self.metrics.upgrade("unavailable")
-            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        except BaseException as exc:
+            self.sessions -= 1
+            if isinstance(exc, NameTaken):
+                self.metrics.upgrade("name_taken")
+                return self.name_taken(params)
+            if isinstance(exc, BrokerUnavailable):
+                self.metrics.upgrade("unavailable")
+                return _json_error(
+                    503, "unavailable", "message broker unreachable; retry with backoff"
+                )
+            raise
         self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
         try:
@@ -234,11 +294,9 @@ class Node:
         cfg = self.config
         bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
         try:
-            await self._welcome(socket, conn, params)
+            await self._welcome(conn, params)
         except BrokerUnavailable:
             conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE, why="error")
-        except ConnectionResetError:  # the client left during its welcome or replay
-            pass
         except asyncio.CancelledError:  # the client left (else the server is stopping)
             conn.mark_ended("client" if socket.lost else "drain")
             conn.drop()
@@ -255,6 +313,7 @@ class Node:
         self.hub.detach(conn)
         conn.closed()
         self.metrics.connected_users.dec()
+        self.sessions -= 1
         conn.mark_ended("client")  # unless the server ended it first
         if self.draining and self.hub.connection_count == 0:
             self._all_closed.set()
@@ -266,40 +325,90 @@ class Node:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _welcome(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
+    async def _welcome(self, conn: Connection, params: ConnectParams) -> None:
+        """Welcome, then the replay (`history=n` or `since`), then live messages.
+
+        Every frame goes through the connection's send buffer like a live one, paced to the
+        client's reading: a client that does not read is closed 1013 by the buffer's bounds
+        (bytes, age) instead of the replay piling up in memory.
+        """
         conn.forget_held_presence()
         members, count = await self.broker.presence.members(
             params.room, self.config.presence_limit, params.member
         )
         welcome = encode_welcome(params.room, params.member, members, count, self._limits)
         conn.write_now(welcome)
-        await socket.drain()
         watermark = None
         if params.since is None and params.history:
             # The newest n, then live ones newer than the last of them (held ones are dropped
             # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
             recent = await self.broker.history(params.room, None, params.history)
-            for message in recent.messages:
-                conn.write_now(encode_message(message))
-                await socket.drain()  # the replay waits for a slow reader
+            if not await self._replay(conn, recent.messages):
+                return
             if recent.messages:
                 watermark = recent.messages[-1].id
         elif params.since is not None:
             # The newest id before the replay read: if nothing is replayed, held live messages
             # newer than it are news even when `since` claims more (history lost, clock behind).
             newest = await self.broker.history(params.room, None, 1)
-            history = await self.broker.history(params.room, params.since, self.config.history_size)
-            frames = [encode_message(m) for m in history.messages]
-            if history.gap:
-                frames.insert(0, GAP)
-            for frame in frames:
-                conn.write_now(frame)
-                await socket.drain()  # the replay waits for a slow reader
-            if history.messages:
-                watermark = history.messages[-1].id
+            going, last = await self._replay_since(conn, params.room, params.since)
+            if not going:
+                return
+            if last is not None:
+                watermark = last
             elif newest.messages:
                 watermark = newest.messages[-1].id
         conn.go_live(watermark)
+
+    async def _replay_since(
+        self, conn: Connection, room: str, since: str
+    ) -> tuple[bool, str | None]:
+        """Replay what history holds after `since`, a page at a time. Returns whether the
+        connection is still going, and the id of the last message replayed (or None)."""
+        left = self.config.history_size
+        last: str | None = None
+        first = True
+        while left > 0:
+            wanted = min(REPLAY_PAGE, left)
+            page = await self.broker.history(room, last or since, wanted)
+            if page.gap:
+                if not first:
+                    # History was trimmed past this replay while it ran: what it missed is
+                    # gone. Resume into a `gap` frame, as after an outage (hub.on_gap).
+                    conn.close(
+                        CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap"
+                    )
+                    return False, None
+                conn.write_now(GAP)
+            first = False
+            if not await self._replay(conn, page.messages):
+                return False, None
+            if page.messages:
+                last = page.messages[-1].id
+                left -= len(page.messages)
+            if len(page.messages) < wanted:
+                break
+        return True, last
+
+    async def _replay(self, conn: Connection, messages: Sequence[Message]) -> bool:
+        """Write `messages` as frames, in pieces paced to the client; False if it closed."""
+        chunk = min(REPLAY_CHUNK, self.config.send_buffer)
+        frames: list[bytes] = []
+        size = 0
+        if len(messages) >= REPLAY_PAGE:
+            self.trimmer.soon()  # a page of frames is about to come and go
+        for message in messages:
+            frame = ws_text_frame(encode_message(message))
+            if frames and size + len(frame) > chunk:
+                if not await conn.write_paced(b"".join(frames)):
+                    return False
+                frames, size = [], 0
+            frames.append(frame)
+            size += len(frame)
+        if frames:
+            return await conn.write_paced(b"".join(frames))
+        await asyncio.sleep(0)  # a page of the memory broker is read without yielding
+        return not conn.closing
 
     def handle_message(
         self, conn: Connection, bucket: TokenBucket, data: str | bytes

@@ -25,6 +25,9 @@ from typing import Any, Final, cast
 
 from aiohttp import web
 
+from webchat.listener import GuardedHandler
+from webchat.websocket import ServerSocket
+
 # RFC 6455 section 1.3: the server proves it read the key by hashing it with this GUID.
 WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -101,6 +104,10 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.Str
     if transport is None or transport.is_closing():
         return response
     tail = _Tail()
+    if isinstance(handler, GuardedHandler) and isinstance(protocol, ServerSocket):
+        gate = handler.hand_over()  # the socket keeps its place under the cap until it closes
+        if gate is not None:
+            protocol.hold(gate)
     handler.set_parser(cast(Any, tail))
     handler.transport = None
     transport.set_protocol(protocol)

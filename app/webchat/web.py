@@ -7,19 +7,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from html import escape
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from webchat import api
 from webchat.broker.base import BrokerUnavailable
 from webchat.config import Config
+from webchat.limits import Budget
 from webchat.node import Node
 from webchat.protocol import (
     ProtocolError,
     encode_rooms,
     error_body,
-    message_dict,
     parse_connect_params,
     parse_id,
     parse_limit,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
+API_SLOTS = web.AppKey("api_slots", api.Slots)
+FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 
 
 def _frontend_dir() -> Path:
@@ -50,6 +53,22 @@ def _frontend_dir() -> Path:
 
 FRONTEND = _frontend_dir()
 
+# The page's policy (also in index.html's <meta>, which cannot forbid framing): everything
+# from this origin, no inline code, and no page may frame this one (clickjacking).
+CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# On every answer but the WebSocket upgrade. `Server` names no version.
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Server": "webchat",
+}
+# Answered whatever the Host: load balancers and Prometheus address instances by IP.
+PROBES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 def _host_port(netloc: str, scheme: str | None = None) -> str:
     """`host[:port]` lower-cased with default ports (80, 443) dropped, for origin checks."""
@@ -64,8 +83,38 @@ def _host_port(netloc: str, scheme: str | None = None) -> str:
     return host if port in (None, 80, 443) else f"{host}:{port}"
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """PROTOCOL.md's origin rule: no Origin, same host[:port], or an exact allow-list entry."""
+def host_name(netloc: str | None) -> str | None:
+    """The host name of a Host header (or an origin's netloc): lower-cased, without the port
+    or a trailing dot, an IPv6 address in brackets; None if it is not a plain host[:port]."""
+    if not netloc or any(c in netloc for c in "@/\\?# \t"):
+        return None
+    try:
+        parts = urlsplit(f"//{netloc}")
+        parts.port  # noqa: B018  # raises on a malformed port
+    except ValueError:
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        return None
+    return f"[{host}]" if ":" in host else host
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
+    """--allowed-hosts: any Host when the list is empty, else one of the listed names."""
+    return not allowed or host_name(host) in allowed
+
+
+def origin_allowed(
+    origin: str | None,
+    host: str | None,
+    allowed: tuple[str, ...],
+    allowed_hosts: tuple[str, ...] = (),
+) -> bool:
+    """PROTOCOL.md's origin rule: no Origin, same host[:port], or an exact allow-list entry.
+
+    With --allowed-hosts, same-origin counts only for a listed host (DNS rebinding: a page of
+    an attacker's name that resolves to this server is same-origin with itself).
+    """
     if origin is None:
         return True
     if "*" in allowed or origin in allowed:
@@ -73,11 +122,16 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     parts = urlsplit(origin)
     if not parts.netloc or host is None:
         return False
+    if not host_allowed(parts.netloc, allowed_hosts):
+        return False
     return _host_port(parts.netloc) == _host_port(host)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(error_body(code, message), status=status)
+def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
+    response = web.json_response(error_body(code, message), status=status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def authorize(request: web.Request, room: str | None) -> Identity | web.Response:
@@ -117,13 +171,20 @@ _REFUSALS = {401: "unauthorized", 403: "forbidden_room", 503: "unavailable"}
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
+    refusal = node.admission()
+    if refusal is not None:  # before anything else: the instance takes no more clients now
+        node.metrics.upgrade("unavailable")
+        message, retry_after = refusal
+        return _error(503, "unavailable", f"service {message}", retry_after)
     try:
         params = parse_connect_params(request.query, anonymous=node.auth is None)
     except ProtocolError as exc:
         node.metrics.upgrade(exc.code)
         return _error(400, exc.code, exc.message)
     origin = request.headers.get("Origin")
-    if not origin_allowed(origin, request.headers.get("Host"), node.config.allowed_origins):
+    host = request.headers.get("Host")
+    cfg = node.config
+    if not origin_allowed(origin, host, cfg.allowed_origins, cfg.allowed_hosts):
         node.metrics.upgrade("forbidden_origin")
         return _error(403, "forbidden_origin", f"origin {origin!r} is not allowed")
     identity = None
@@ -145,7 +206,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return await node.serve(request, params, identity)
 
 
-async def messages(request: web.Request) -> web.Response:
+async def messages(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     try:
         room = validate_room(request.match_info["room"])
@@ -164,19 +225,38 @@ async def messages(request: web.Request) -> web.Response:
         allowed = await authorize(request, room)
         if isinstance(allowed, web.Response):
             return allowed
+    slots = request.app[API_SLOTS]
+    if not slots.take():
+        return _busy(slots)
     try:
-        if before is not None:
-            history = await node.broker.history_before(room, before, limit)
-        else:
-            history = await node.broker.history(room, since, limit)
-    except BrokerUnavailable:
-        return _error(503, "unavailable", "the message broker is unreachable; retry later")
-    return web.json_response(
-        {"messages": [message_dict(m) for m in history.messages], "gap": history.gap}
+        try:
+            if before is not None:
+                history = await node.broker.history_before(room, before, limit)
+            else:
+                history = await node.broker.history(room, since, limit)
+        except BrokerUnavailable:
+            return _error(503, "unavailable", "the message broker is unreachable; retry later")
+        chunks = await api.encode_page(
+            history.messages, history.gap, node.config.api_max_bytes, keep_newest=since is None
+        )
+        del history  # only the encoded page is held while a slow client reads it
+        if len(chunks) > 1:
+            node.trimmer.soon()  # a large answer: its memory goes back once it is sent
+        return await api.send(request, chunks, node.config.api_timeout)
+    finally:
+        slots.give_back()
+
+
+def _busy(slots: api.Slots) -> web.Response:
+    return _error(
+        503,
+        "unavailable",
+        f"more than {slots.limit} API requests at once on this instance; retry shortly",
+        retry_after=1,
     )
 
 
-async def rooms(request: web.Request) -> web.Response:
+async def rooms(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     identity = None
     if node.auth is not None:
@@ -184,15 +264,21 @@ async def rooms(request: web.Request) -> web.Response:
         if isinstance(allowed, web.Response):
             return allowed
         identity = allowed
+    slots = request.app[API_SLOTS]
+    if not slots.take():
+        return _busy(slots)
     try:
-        listing, body = await node.rooms()
-    except BrokerUnavailable:
-        return _error(503, "unavailable", "the message broker is unreachable; retry later")
-    if identity is not None and identity.rooms is not None:
-        # Only the rooms this token allows: filtered from the shared listing, encoded per
-        # request (a token without a rooms claim gets the shared body as it is).
-        body = encode_rooms([r for r in listing if identity.allows(r.room)])
-    return web.Response(body=body, content_type="application/json")
+        try:
+            listing, body = await node.rooms()
+        except BrokerUnavailable:
+            return _error(503, "unavailable", "the message broker is unreachable; retry later")
+        if identity is not None and identity.rooms is not None:
+            # Only the rooms this token allows: filtered from the shared listing, encoded per
+            # request (a token without a rooms claim gets the shared body as it is).
+            body = encode_rooms([r for r in listing if identity.allows(r.room)])
+        return await api.send(request, [body], node.config.api_timeout)
+    finally:
+        slots.give_back()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -205,6 +291,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if not node.broker.ready:
         return web.json_response({"status": "broker unavailable"}, status=503)
+    if node.loop_lagging is not None:
+        return web.json_response({"status": "overloaded"}, status=503)
+    if node.full:
+        return web.json_response({"status": "full"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -236,16 +326,36 @@ def index_page(config: Config) -> bytes:
 INDEX = web.AppKey("index", bytes)
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, limits: Budget | None = None) -> web.Application:
+    """The application; `limits` are the connection caps (default: from the fd limit)."""
     app = web.Application()
     app[INDEX] = index_page(config)
 
-    async def revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+    @web.middleware
+    async def hosts(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # DNS rebinding: a name the attacker controls, resolving to this server, is refused
+        # before anything else (but for the probes, which load balancers send by address).
+        host = request.headers.get("Host")
+        if host_allowed(host, config.allowed_hosts) or request.path in PROBES:
+            return await handler(request)
+        if request.path == "/ws":
+            request.app[NODE].metrics.upgrade("unknown_host")
+        shown = (host or "")[:80]
+        return _error(421, "unknown_host", f"this server does not serve the host {shown!r}")
+
+    app.middlewares.append(hosts)
+
+    async def headers(request: web.Request, response: web.StreamResponse) -> None:
+        if response.status != 101:
+            response.headers.update(SECURITY_HEADERS)
         # The client is not versioned: browsers revalidate it (ETag/304) after a deploy.
         if request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-cache")
 
-    app.on_response_prepare.append(revalidate_static)
+    app.on_response_prepare.append(headers)
+    app[API_SLOTS] = api.Slots(config.api_concurrency)
 
     if config.tracing:
         # The node (and its tracer) exists only once the app starts: look it up per request.
@@ -260,7 +370,7 @@ def make_app(config: Config) -> web.Application:
         app.middlewares.append(traced)
 
     async def node_ctx(app: web.Application) -> AsyncIterator[None]:
-        node = Node(config)
+        node = Node(config, limits=limits)
         await node.start()
         app[NODE] = node
         yield

@@ -11,7 +11,10 @@ only what websockets answers by itself (pongs, close frames).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from typing import Final, cast
 from typing import Protocol as Interface
 
@@ -38,6 +41,27 @@ _FAILURES: Final = frozenset(
 # After websockets ends the connection (the client's close answered, or a protocol error), the
 # client has this long to close its side before the socket is dropped; aiohttp waited as long.
 CLOSE_TIMEOUT: Final = 2.0
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a connection at once with a TCP reset.
+
+    A plain close (asyncio's `abort` included) leaves what the kernel still holds unsent to
+    be delivered before the FIN: to a client that does not read, megabytes kept for minutes.
+    Lingering for 0 seconds makes the close a reset that discards them.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class Gate(Interface):
+    """The socket cap's count (listener.Gate)."""
+
+    def left(self) -> None:
+        """A socket it counted is closed."""
 
 
 class Listener(Interface):
@@ -68,13 +92,12 @@ class ServerSocket(asyncio.Protocol):
 
     __slots__ = (
         "_close_timer",
-        "_drained",
         "_early",
         "_fragments",
+        "_gate",
         "_listener",
         "_lost",
         "_opening",
-        "_write_paused",
         "_ws",
         "transport",
     )
@@ -87,8 +110,7 @@ class ServerSocket(asyncio.Protocol):
         self._fragments: list[Frame] | None = None  # a message whose last frame is still due
         self._lost = False
         self._opening: asyncio.Task[None] | None = None
-        self._write_paused = False
-        self._drained: asyncio.Future[None] | None = None
+        self._gate: Gate | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
     # --- the owner's side ---------------------------------------------------------------
@@ -139,16 +161,9 @@ class ServerSocket(asyncio.Protocol):
             self._ws.send_close(code, reason)
             self._send()
 
-    async def drain(self) -> None:
-        """Wait until the transport's buffer is back under its low-water mark.
-
-        Raises ConnectionResetError if the client is gone.
-        """
-        if not self._lost and self._write_paused:
-            waiter = self._drained = asyncio.get_running_loop().create_future()
-            await waiter
-        if self._lost:
-            raise ConnectionResetError("the client closed the connection")
+    def hold(self, gate: Gate) -> None:
+        """Keep a place under the socket cap (listener.py) until the connection is gone."""
+        self._gate = gate
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -186,18 +201,13 @@ class ServerSocket(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        self._wake_drain()
+        if self._gate is not None:
+            self._gate.left()
+            self._gate = None
         if self._listener is not None:
             self._listener.on_closed()
         elif self._opening is not None:
             self._opening.cancel()  # its end calls `start`, which reports the close
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_drain()
 
     # --- internals -----------------------------------------------------------------------
 
@@ -255,9 +265,4 @@ class ServerSocket(asyncio.Protocol):
             else:
                 transport.close()
             loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(CLOSE_TIMEOUT, transport.abort)
-
-    def _wake_drain(self) -> None:
-        waiter, self._drained = self._drained, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, reset, transport)

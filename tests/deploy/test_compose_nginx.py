@@ -37,20 +37,41 @@ def public(config: Config) -> Directive:
     return server
 
 
+# Where the Compose server may differ from the production one: it listens on plain HTTP for
+# any name (one machine; the default server dropping other names and TLS are the Ansible
+# deployment's).
+PER_DEPLOYMENT = {"listen", "server_name"}
+TLS = re.compile(r"ssl_.*")
+
+
 def shape(block: Directive) -> list[tuple[str, list[str]]]:
-    return [(d.name, d.args) for d in block.walk()]
+    return [
+        (d.name, d.args)
+        for d in block.walk()
+        if d.name not in PER_DEPLOYMENT and not TLS.fullmatch(d.name)
+    ]
 
 
 def test_the_public_server_is_the_production_one(compose: Config) -> None:
     production = load()
     assert shape(public(compose)) == shape(production.server)
+    assert public(compose).child("server_name").values == ["_"]
+    assert not [d for d in public(compose).walk() if TLS.fullmatch(d.name)]
 
-    # The http-level settings too, but for the upstream and Docker's resolver (next test).
+    # The http-level settings too, but for the upstream and Docker's resolver (next test), and
+    # the image's own paths for logs and temporary files.
     def settings(config: Config) -> list[tuple[str, list[str]]]:
         skip = ("server", "upstream", "resolver", "resolver_timeout")
-        return [(d.name, d.args) for d in config.one("http").block or [] if d.name not in skip]
+        paths = ("client_body_temp_path", "proxy_temp_path")
+        return [
+            (d.name, d.args[1:] if d.name == "access_log" else d.args)
+            for d in config.one("http").block or []
+            if d.name not in skip + paths
+        ]
 
     assert settings(compose) == settings(production)
+    assert compose.one("access_log").values[0] == "/dev/stdout"
+    assert compose.one("proxy_temp_path").values == ["/var/cache/nginx/proxy_temp"]
     for name in ("worker_connections", "worker_rlimit_nofile", "worker_shutdown_timeout"):
         assert compose.one(name).args == production.one(name).args, name
     # The only other server is stub_status, on a port Compose does not publish.
@@ -88,11 +109,11 @@ def localized(config: Config, tmp: Path, backend: int, port: int, status_port: i
         "worker_connections 65536;": "worker_connections 1024;",
         "worker_rlimit_nofile 262144;": f"worker_rlimit_nofile {min(262144, hard)};",
         "server web:8080 resolve ": f"server 127.0.0.1:{backend} ",
-        "proxy_cache_path /var/cache/nginx/webchat ": f"proxy_cache_path {tmp}/cache ",
+        "proxy_cache_path /var/cache/nginx-webchat ": f"proxy_cache_path {tmp}/cache ",
         "listen 80 backlog=4096;": f"listen 127.0.0.1:{port} backlog=4096;",
         "listen 8081;": f"listen 127.0.0.1:{status_port};",
-        "http {": f"http {{\n    proxy_temp_path {tmp}/proxy;\n"
-        f"    client_body_temp_path {tmp}/body;\n",
+        "proxy_temp_path /var/cache/nginx/proxy_temp;": f"proxy_temp_path {tmp}/proxy;",
+        "client_body_temp_path /var/cache/nginx/client_temp;": f"client_body_temp_path {tmp}/body;",
     }
     for old, new in replacements.items():
         assert text.count(old) == 1, old

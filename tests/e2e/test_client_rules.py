@@ -121,6 +121,19 @@ async def test_links_keys_and_backoff(make_server, browser):
         ceilings = await page.evaluate("xs => xs.map(rules.backoffCeilingMs)", offline)
         # The first retries within a second; then half the time offline so far; 30 s at most.
         assert ceilings == [1000, 1000, 1000, 1500, 5000, 29_500, 30_000, 30_000]
+        # A 503's Retry-After (seconds or an HTTP date) is a floor, jittered up to twice it.
+        waits = await page.evaluate(
+            """() => [
+              rules.retryAfterMs("2"), rules.retryAfterMs(" 30 "), rules.retryAfterMs(""),
+              rules.retryAfterMs(null), rules.retryAfterMs("soon"), rules.retryAfterMs("-1"),
+              rules.retryAfterMs("86400"),
+              rules.retryAfterMs("Wed, 21 Oct 2015 07:28:10 GMT", Date.UTC(2015, 9, 21, 7, 28)),
+              rules.reconnectDelayMs(0, 0, () => 0.5), rules.reconnectDelayMs(0, 2000, () => 0),
+              rules.reconnectDelayMs(0, 2000, () => 0.999),
+              rules.reconnectDelayMs(3_600_000, 2000, () => 0.5),
+            ]"""
+        )
+        assert waits == [2000, 30_000, 0, 0, 0, 0, 300_000, 10_000, 500, 2000, 3998, 15_000]
     finally:
         await context.close()
 

@@ -62,7 +62,9 @@ async def test_limits_text_direction_links_and_new_messages(make_server, browser
 
         # Right-to-left text is laid out right to left, in the composer and in the list.
         await alice.type_and_enter("שלום, מה שלומך?")
+        await alice.expect_count(2)  # .last is read once: it must be this message, not the first
         text = alice.messages.last.locator(".text")
+        await expect(text).to_have_text("שלום, מה שלומך?")
         await expect(text).to_have_attribute("dir", "auto")
         assert await text.evaluate("e => getComputedStyle(e).direction") == "rtl"
         await alice.input.fill("مرحبا")

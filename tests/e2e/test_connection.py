@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import re
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, expect
 
 from tests.e2e.chat import PHONE, chat_page, start_server
 from tests.e2e.conftest import ms
+from tests.support.client import ChatClient
 from tests.support.timing import seconds
 
 ROOM = "ops"
@@ -133,3 +135,23 @@ async def test_the_status_counts_down_and_the_page_retries_at_once_when_it_may(
         await expect(dana.members_panel).to_have_attribute("data-stale", "false")
         await expect(dana.announcer).to_have_text(f"Connected to #{ROOM} again.")
         assert dana.errors == []
+
+
+@pytest.mark.parametrize("broker", ["memory"], indirect=True)
+async def test_a_full_service_is_retried_no_sooner_than_it_asks(make_server, browser: Browser):
+    """The service is at --max-connections: the page's upgrade is refused, its check learns
+    Retry-After (5 s) from the 503, and the next attempt waits at least that, where the
+    first retry would otherwise come within a second."""
+    server = start_server(make_server, "--max-connections", "1")
+    async with aiohttp.ClientSession() as session:
+        holder = await ChatClient.connect(session, server.ws_url, room=ROOM, name="holder")
+        async with chat_page(browser, server.url, "erin", ROOM) as erin:
+            await expect(erin.status).to_have_attribute("data-state", "closed")
+            wait = await erin.page.evaluate(
+                "() => Number(document.querySelector('[data-testid=status]')"
+                ".dataset.retryAt) - Date.now()"
+            )
+            assert 5000 - ms(seconds(1)) <= wait <= 10_000, wait
+            await holder.close()  # a place frees: the page gets in on its next attempt
+            await erin.wait_open(timeout=15)
+            assert erin.errors == []

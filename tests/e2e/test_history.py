@@ -137,3 +137,40 @@ async def test_scrolling_up_reaches_the_first_of_300_messages(
         assert await carol.ids() == [m["id"] for m in everything]
         await expect(carol.messages.first).to_contain_text("message 1 of 300")
         assert carol.errors == []
+
+
+async def test_pages_cut_short_by_the_size_bound_still_reach_the_first_message(
+    make_server, browser: Browser, session
+):
+    """A service with a small --api-max-bytes answers shorter pages, marked truncated: the
+    client keeps paging instead of taking a short page for the beginning of the room."""
+    server = start_server(
+        make_server, "--burst", "500", "--rate", "1000", "--api-max-bytes", "64KiB"
+    )
+    client = await ChatClient.connect(session, server.ws_url, room=ROOM, name="feeder")
+    count = 120
+    for n in range(count):  # about 2 KB each: a page of 50 is cut to about 30
+        await client.send(f"long {n + 1} of {count} " + "x" * 1900)
+    for _ in range(count):
+        await client.next_of("message")
+    await client.close()
+    async with session.get(
+        f"{server.url}/api/rooms/{ROOM}/messages?before=9999999999999-0&limit=50"
+    ) as r:
+        assert (await r.json())["truncated"] is True  # the bound does cut these pages
+    async with chat_page(browser, server.url, "dora", ROOM) as dora:
+        await dora.wait_open()
+        await dora.expect_count(50)
+        pages = 0
+        while (shown := await dora.messages.count()) < count:
+            if shown > 50:  # a short page came, yet the client knows there is more
+                state = await dora.history_start.get_attribute("data-state")
+                assert state != "beginning", shown
+            await scroll_to_top(dora)
+            await expect(dora.messages).not_to_have_count(shown)
+            pages += 1
+        assert pages >= 3  # 70 older messages in pages of about 30
+        await scroll_to_top(dora)
+        await expect(dora.history_start).to_have_attribute("data-state", "beginning")
+        await expect(dora.messages.first).to_contain_text(f"long 1 of {count}")
+        assert dora.errors == []

@@ -8,7 +8,11 @@ spreads clients over both instances (no stickiness) and the instances behave as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
+import ssl
+import subprocess
 from collections.abc import Iterator
 
 import aiohttp
@@ -17,9 +21,9 @@ import pytest
 from tests.conftest import MakeServer
 from tests.integration.conftest import parse_metric
 from tests.support.client import ChatClient
-from tests.support.nginx import NginxServer, connected_users, locate
+from tests.support.nginx import NGINX_CONF, NginxServer, connected_users, locate
 from tests.support.redis import Recorder, fetch_history, wait_status
-from tests.support.servers import WebchatProcess, free_port
+from tests.support.servers import WebchatProcess, free_port, require_binary
 from tests.support.timing import poll, seconds
 
 # make_server puts every instance of a test on the test's redis-server.
@@ -237,7 +241,7 @@ async def test_per_ip_connection_limit(make_server: MakeServer, make_nginx, sess
     clients = [await connect(session, nginx.ws_url, f"c{i}") for i in range(3)]
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await connect(session, nginx.ws_url, "c3")
-    assert refused.value.status == 429
+    assert refused.value.status == 503  # with PROTOCOL.md's body (test_nginx_answers_json)
     # A closed connection frees its slot (nginx notices the close asynchronously: poll).
     await clients.pop().close()
 
@@ -245,7 +249,7 @@ async def test_per_ip_connection_limit(make_server: MakeServer, make_nginx, sess
         try:
             return await connect(session, nginx.ws_url, "c3")
         except aiohttp.WSServerHandshakeError as exc:
-            if exc.status != 429:  # anything but the limit still refusing fails the test
+            if exc.status != 503:  # anything but the limit still refusing fails the test
                 raise
             return None
 
@@ -276,3 +280,101 @@ async def test_a_draining_instance_is_skipped(make_server: MakeServer, make_ngin
     assert a.wait(timeout=seconds(10)) == 0
     for client in clients:
         await client.close()
+
+
+# --- hardening (issue 12) ---------------------------------------------------------------------
+
+MEMORY = pytest.mark.parametrize("broker", ["memory"], indirect=True)
+
+
+def test_the_file_as_shipped_passes_nginx_t() -> None:
+    """`nginx -t` on nginx.conf itself, not a rendering: Debian's paths and its placeholder
+    certificate (ssl-cert's snakeoil, which `make test` generates when missing)."""
+    result = subprocess.run(
+        [require_binary("nginx"), "-t", "-c", str(NGINX_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=seconds(20),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+async def raw(port: int, request: bytes, tls_name: str | None = None) -> bytes:
+    """Send `request` as is (over TLS with SNI `tls_name`) and read until nginx closes."""
+    context = None
+    if tls_name is not None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the test's self-signed certificate
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=tls_name
+    )
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), seconds(10))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def head(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    top, _, body = answer.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@MEMORY
+async def test_unknown_hosts_are_dropped_and_tls_answers_carry_hsts(make_server, make_nginx):
+    a = make_server(*FAST)
+    nginx = make_nginx(a)
+    get = b"GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+    # Another name (a scanner by address, a DNS-rebinding page): closed without a word.
+    assert await raw(nginx.port, get % b"evil.example") == b""
+    status, headers, _ = head(await raw(nginx.port, get % b"127.0.0.1"))
+    assert status == 200 and "strict-transport-security" not in headers  # plain HTTP
+    status, headers, _ = head(await raw(nginx.tls_port, get % b"localhost", tls_name="localhost"))
+    assert status == 200
+    assert headers["strict-transport-security"].startswith("max-age=")
+    # The app's own headers pass through; nginx names no version.
+    assert headers["x-content-type-options"] == "nosniff" and headers["server"] == "nginx"
+    # TLS for a name this server has no certificate for is refused in the handshake.
+    with pytest.raises(ssl.SSLError):
+        await raw(nginx.tls_port, get % b"evil.example", tls_name="evil.example")
+
+
+@MEMORY
+async def test_nginx_answers_json_and_logs_no_secrets(make_server, make_nginx, session):
+    a = make_server(*FAST)
+    nginx = make_nginx(a)
+    # A request line too long for nginx's buffers: PROTOCOL.md's 400, before any Host.
+    status, headers, body = head(
+        await raw(nginx.port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    )
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "bad_request"
+
+    # The API's rate per address (10/s, burst 20): 60 requests at once, some get the JSON 503.
+    async def api() -> tuple[int, dict, bytes]:
+        async with session.get(nginx.url + "/api/rooms") as response:
+            return response.status, dict(response.headers), await response.read()
+
+    answers = await asyncio.gather(*(api() for _ in range(60)))
+    assert {status for status, _, _ in answers} == {200, 503}
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers["Retry-After"] == "1" and headers["Content-Type"] == "application/json"
+            assert json.loads(body)["error"]["code"] == "unavailable"
+    # Keys and tokens travel in the query string; the access log has the path and the room.
+    secret_key, secret_token = "K" * 20 + "secret", "eyJ.secret-token.sig"
+    client = await connect(session, nginx.ws_url, "logged", key=secret_key)
+    await client.close()
+    async with session.get(f"{nginx.url}/ws?room=r&token={secret_token}") as response:
+        assert response.status in (401, 426)  # whatever the app says, it is logged the same
+    nginx.stop()  # flushes the buffered access log
+    log = nginx.access_log.read_text()
+    assert '"GET /ws HTTP/1.1" 101' in log and 'room="r"' in log
+    assert "secret" not in log and "key=" not in log and "token=" not in log

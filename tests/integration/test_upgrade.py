@@ -15,7 +15,10 @@ from aiohttp.web_protocol import RequestHandler
 from tests.support.rawws import RawWebSocket
 from tests.support.servers import free_port
 from tests.support.timing import poll
+from webchat.limits import Budget
+from webchat.listener import Gate, Runner
 from webchat.upgrade import take_over
+from webchat.websocket import ServerSocket
 
 
 class Echo(asyncio.Protocol):
@@ -84,3 +87,30 @@ async def test_the_socket_changes_hands_and_aiohttp_lets_go(server: Server):
     held = [o for o in gc.get_objects() if isinstance(o, RequestHandler)]
     assert held == [], "aiohttp's request handler is freed while the socket lives on"
     raw.close()
+
+
+async def test_an_upgraded_socket_keeps_its_place_under_the_socket_cap_until_it_closes():
+    """listener.py counts sockets against the cap; after the hand-over the WebSocket (not
+    aiohttp) holds that place, and gives it back when the client goes."""
+
+    async def upgrade(request: web.Request) -> web.StreamResponse:
+        return await take_over(request, ServerSocket(max_size=1024))
+
+    app = web.Application()
+    app.router.add_get("/ws", upgrade)
+    gate = Gate(Budget(websockets=10, sockets=10), header_timeout=10)
+    runner = Runner(app, gate, handler_cancellation=True)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        clients = [await RawWebSocket.connect("127.0.0.1", port, "/ws") for _ in range(3)]
+        aiohttp_server = runner.server
+        assert aiohttp_server is not None
+        await poll(lambda: not aiohttp_server.connections, 5, "aiohttp letting go of them")
+        assert gate.open == 3, "each WebSocket still counts once"
+        for client in clients:
+            client.close()
+        await poll(lambda: gate.open == 0, 5, "the places given back as the clients go")
+    finally:
+        await runner.cleanup()

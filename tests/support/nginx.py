@@ -104,20 +104,38 @@ class Config:
         return found[0]
 
     @property
-    def server(self) -> Directive:
-        """The one virtual server (`http { server { ... } }`; upstreams have `server`s too)."""
-        servers = [d for d in self.one("http").children("server") if d.block is not None]
-        assert len(servers) == 1, f"expected one server block in http, found {len(servers)}"
-        return servers[0]
+    def servers(self) -> list[Directive]:
+        """The virtual servers (`http { server { ... } }`; upstreams have `server`s too)."""
+        return [d for d in self.one("http").children("server") if d.block is not None]
 
-    def location(self, *args: str) -> Directive:
-        """The `location` whose arguments are exactly `args` (e.g. "=", "/ws")."""
-        found = [d for d in self.find("location") if d.values == list(args)]
+    @property
+    def server(self) -> Directive:
+        """The one named virtual server: the service (the default server only drops)."""
+        named = [s for s in self.servers if _names(s) not in ([], ["_"])]
+        assert len(named) == 1, f"expected one named server block in http, found {len(named)}"
+        return named[0]
+
+    @property
+    def default_server(self) -> Directive:
+        """The catch-all server (`server_name _`) for Hosts the service does not serve."""
+        found = [s for s in self.servers if _names(s) == ["_"]]
+        assert len(found) == 1, f"expected one default server in http, found {len(found)}"
+        return found[0]
+
+    def location(self, *args: str, server: Directive | None = None) -> Directive:
+        """The `location` of the named server (or of `server`) whose arguments are exactly
+        `args` (e.g. "=", "/ws")."""
+        block = server or self.server
+        found = [d for d in block.walk() if d.name == "location" and d.values == list(args)]
         assert len(found) == 1, f"expected one location {' '.join(args)}"
         return found[0]
 
     def text(self) -> str:
         return "".join(_render(self.directives, 0))
+
+
+def _names(server: Directive) -> list[str]:
+    return [name for d in server.children("server_name") for name in d.values]
 
 
 def _unquote(token: str) -> str:
@@ -193,6 +211,28 @@ def _set_one(block: list[Directive], name: str, args: list[str]) -> None:
     found[0].args = args
 
 
+# The name tests reach nginx by (aiohttp sends `Host: 127.0.0.1:<port>`), in place of the
+# production `server_name`.
+TEST_SERVER_NAMES = ["127.0.0.1", "localhost"]
+
+
+def make_certificate(prefix: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl, as Debian ships it), for the TLS
+    listeners of a test nginx; returns (certificate, key)."""
+    cert, key = prefix / "tls.crt", prefix / "tls.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds(20),
+    )  # fmt: skip
+    return cert, key
+
+
 def render(
     config: Config,
     *,
@@ -200,12 +240,15 @@ def render(
     upstream_ports: Sequence[int],
     prefix: Path,
     per_ip_limit: int | None = None,
-    tls: tuple[Path, Path] | None = None,
+    tls_port: int | None = None,
 ) -> Config:
-    """Rewrite `config` (in place) for a test: ports, upstreams and file paths; nothing else.
+    """Rewrite `config` (in place) for a test: ports, upstreams, names and file paths;
+    nothing else.
 
-    The production file must keep the shape this expects (one `upstream webchat`, one
-    server listening on one port, one cache path, one `limit_conn`); if it changes, the
+    Plain HTTP listeners go to `port`, TLS ones to `tls_port` (with a fresh self-signed
+    certificate), and the named server answers to 127.0.0.1. The production file must keep
+    the shape this expects (one `upstream webchat`, a default server and a named one, each
+    listening on 80 and 443, one cache path, one `limit_conn`); if it changes, the
     assertions here name what moved.
     """
     main = config.directives
@@ -227,9 +270,15 @@ def render(
     temp = prefix / "temp"
     for index, name in enumerate(("client_body", "proxy", "fastcgi", "uwsgi", "scgi")):
         (temp / name).mkdir(parents=True, exist_ok=True)
-        http.block.insert(index, Directive(f"{name}_temp_path", [str(temp / name)]))
+        directive = f"{name}_temp_path"
+        if http.children(directive):
+            _set_one(http.block, directive, [str(temp / name)])
+        else:
+            http.block.insert(index, Directive(directive, [str(temp / name)]))
     cache = config.one("proxy_cache_path")
     cache.args = [str(prefix / "cache"), *cache.args[1:]]
+    access = config.one("access_log")
+    access.args = [str(prefix / "access.log"), *access.args[1:]]
 
     upstream = config.one("upstream")
     assert upstream.block is not None
@@ -242,18 +291,19 @@ def render(
         server = Directive("server", [f"127.0.0.1:{upstream_port}", *options])
         upstream.block.insert(first + offset, server)
 
-    listen = config.one("listen")
-    listen.args = [f"127.0.0.1:{port}", *listen.args[1:]]
-    if tls is not None:
-        # TLS ends here, as at a deployment's front: `tls` is (certificate, key) in PEM.
-        listen.args.append("ssl")
-        server = config.server
-        assert server.block is not None
-        at = server.block.index(listen) + 1
-        server.block[at:at] = [
-            Directive("ssl_certificate", [str(tls[0])]),
-            Directive("ssl_certificate_key", [str(tls[1])]),
-        ]
+    tls_port = tls_port or free_port()
+    for server in config.servers:
+        listens = server.children("listen")
+        assert sorted(d.values[0] for d in listens) == ["443", "80"], "listen 80 and 443"
+        for listen in listens:
+            tls = listen.values[0] == "443"
+            address = f"127.0.0.1:{tls_port if tls else port}"
+            listen.args = [address, *listen.args[1:]]
+    named = config.server
+    named.child("server_name").args = list(TEST_SERVER_NAMES)
+    cert, key = make_certificate(prefix)
+    named.child("ssl_certificate").args = [str(cert)]
+    named.child("ssl_certificate_key").args = [str(key)]
     if per_ip_limit is not None:
         config.one("limit_conn").args[1] = str(per_ip_limit)
     return config
@@ -273,23 +323,24 @@ class NginxServer:
     def __init__(
         self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None, tls: bool = False
     ):
-        self.port = free_port()
+        """With `tls`, `port`, `url` and `ws_url` are the TLS listener's (a self-signed
+        certificate for 127.0.0.1, made by `render`), as at a deployment's front."""
+        plain_port, self.tls_port = free_port(), free_port()
+        self.tls = tls
+        self.port = self.tls_port if tls else plain_port
         self.upstream_ports = list(upstream_ports)
         self.dir = Path(tempfile.mkdtemp(prefix="webchat-nginx-"))
         self.conf_path = self.dir / "nginx.conf"
         self.error_log = self.dir / "error.log"
+        self.access_log = self.dir / "access.log"
         self.binary = require_binary("nginx")
-        self.tls = tls
-        self.cert = self.dir / "cert.pem"
-        if tls:
-            self._make_certificate()
         config = render(
             load(),
-            port=self.port,
+            port=plain_port,
             upstream_ports=self.upstream_ports,
             prefix=self.dir,
             per_ip_limit=per_ip_limit,
-            tls=(self.cert, self.dir / "key.pem") if tls else None,
+            tls_port=self.tls_port,
         )
         self.conf_path.write_text(config.text())
         self.proc: subprocess.Popen[bytes] | None = None
@@ -302,31 +353,9 @@ class NginxServer:
     def ws_url(self) -> str:
         return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
 
-    def _make_certificate(self) -> None:
-        """A self-signed certificate for 127.0.0.1, as a test deployment's front would have."""
-        subprocess.run(
-            [
-                require_binary("openssl"),
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                str(self.dir / "key.pem"),
-                "-out",
-                str(self.cert),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=seconds(30),
-        )
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
 
     def _command(self, *extra: str) -> list[str]:
         # -e: the error log before the configuration is read (else /var/log/nginx/error.log).

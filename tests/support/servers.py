@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -71,9 +72,11 @@ class WebchatProcess:
         *args: str,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        nofile: int | None = None,
         module: str = "webchat",
     ):
         self.port = port or free_port()
+        self.nofile = nofile  # a file-descriptor limit (soft and hard) for the process
         # `python -m <module>`: a test-only launcher (tests/support/lossy_webchat.py) that
         # patches the service in its own process before running the real CLI.
         self.module = module
@@ -101,6 +104,7 @@ class WebchatProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit if self.nofile else None,
         )
         log.close()
         wanted = "/readyz" if wait_ready else "/healthz"
@@ -116,6 +120,11 @@ class WebchatProcess:
             self.stop()
             raise
         return self
+
+    def _limit(self) -> None:
+        """In the child, before exec: the descriptor limit (hard too, so it cannot be raised)."""
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

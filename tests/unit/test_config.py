@@ -95,6 +95,15 @@ def test_defaults():
     assert (config.drain_delay, config.drain_spread) == (1.0, 2.0)
     assert config.max_frame == 16384
     assert config.log_level == "info"
+    # Hardening bounds (docs/security.md).
+    assert (config.send_timeout, config.api_concurrency, config.api_max_bytes) == (
+        5.0,
+        16,
+        1024**2,
+    )
+    assert (config.api_timeout, config.header_timeout, config.max_loop_lag) == (10, 10, 0.5)
+    assert config.max_connections == 0  # derived from the descriptor limit (limits.py)
+    assert config.allowed_hosts == ()  # any Host
 
 
 def test_config_is_frozen():
@@ -124,6 +133,17 @@ GOOD = {
     "max_frame": ("32768", 32768),
     "heartbeat": ("10", 10.0),
     "log_level": ("DEBUG", "debug"),
+    "send_timeout": ("2.5", 2.5),
+    "api_concurrency": ("4", 4),
+    "api_max_bytes": ("2MiB", 2 * 1024**2),
+    "api_timeout": ("3", 3.0),
+    "header_timeout": ("0.5", 0.5),
+    "max_connections": ("5000", 5000),
+    "max_loop_lag": ("0", 0.0),
+    "allowed_hosts": (
+        "Chat.Example.com., 127.0.0.1, [::1]",
+        ("chat.example.com", "127.0.0.1", "[::1]"),
+    ),
     "auth_secret_file": ("{secret}", "{secret}"),
     "auth_public_key_file": (" {public_key} ", "{public_key}"),
     "auth_jwks_url": (
@@ -256,6 +276,22 @@ BAD: dict[str, list[str]] = {
     "max_frame": ["63", "0", "big"],
     "heartbeat": ["0", "0.5", "nan", "x"],
     "log_level": ["trace", "", "critical", "verbose"],
+    "send_timeout": ["0.4", "0", "-1", "nan", "x"],
+    "api_concurrency": ["0", "10001", "many"],
+    "api_max_bytes": ["65535", "1g", "x"],
+    "api_timeout": ["0", "0.4", "inf", "x"],
+    "header_timeout": ["0", "-1", "inf", "x"],
+    "max_connections": ["-1", "10000001", "1.5", "lots"],
+    "max_loop_lag": ["-0.1", "nan", "inf", "x"],
+    "allowed_hosts": [
+        "http://chat.example.com",
+        "chat.example.com:443",
+        "a b",
+        "chat.example.com/",
+        "*",
+        "-bad.example",
+        "[::1",
+    ],
     "auth_secret_file": ["/nonexistent/secret", "{short_secret}", "{empty}", "a\x01b"],
     "auth_public_key_file": [
         "/nonexistent/key.pem",
@@ -338,3 +374,9 @@ def test_argparse_errors_are_config_errors():
     assert "--nope" in refused(["--nope"])
     assert "--port" in refused(["--port"])
     assert "stray" in refused(["stray"])
+
+
+def test_allowed_hosts_empty_items_and_help():
+    assert load_config(["--allowed-hosts", " , "], {}).allowed_hosts == ()
+    assert load_config([], {"ALLOWED_HOSTS": "a.example,"}).allowed_hosts == ("a.example",)
+    assert "default 'any'" in build_parser().format_help().replace("\n", " ")

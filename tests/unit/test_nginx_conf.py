@@ -5,6 +5,7 @@ These read the file only (no nginx): tests/integration/test_nginx.py runs it for
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_websocket_upgrade_is_forwarded(conf: Config) -> None:
     headers = headers_set(ws)
     assert headers["upgrade"] == "$http_upgrade"
     assert headers["connection"] == "$connection_upgrade"
-    mapping = conf.one("map")
+    (mapping,) = [m for m in conf.find("map") if m.values[0] == "$http_upgrade"]
     assert mapping.values == ["$http_upgrade", "$connection_upgrade"]
     entries = {d.name: d.values for d in mapping.block or []}
     assert entries["default"] == ["upgrade"]
@@ -79,8 +80,10 @@ def test_sized_for_tens_of_thousands_of_sockets(conf: Config) -> None:
     # A proxied WebSocket is two connections (client and upstream) in one worker.
     assert connections >= 2 * 20_000
     assert files >= connections  # each connection is a descriptor, plus cache and log files
-    backlog = [a for a in conf.one("listen").values if a.startswith("backlog=")]
-    assert backlog and int(backlog[0].split("=")[1]) >= 1024
+    # The listen options of a port are given once, on its default server.
+    for listen in conf.default_server.children("listen"):
+        backlog = [a for a in listen.values if a.startswith("backlog=")]
+        assert backlog and int(backlog[0].split("=")[1]) >= 1024, listen.values
 
 
 def test_passive_health_and_no_sticky_sessions(conf: Config) -> None:
@@ -115,7 +118,8 @@ def test_per_ip_connection_limit(conf: Config) -> None:
     zone_name = zone.values[1].removeprefix("zone=").split(":")[0]
     limit = conf.one("limit_conn")
     assert limit.values[0] == zone_name and int(limit.values[1]) >= 10
-    assert conf.one("limit_conn_status").values == ["429"]
+    # 503 and PROTOCOL.md's JSON body (below), which clients retry with backoff.
+    assert conf.one("limit_conn_status").values == ["503"]
 
 
 def test_static_files_are_cached(conf: Config) -> None:
@@ -127,14 +131,25 @@ def test_static_files_are_cached(conf: Config) -> None:
     assert {"Cache-Control"} <= set(static.child("proxy_ignore_headers").values)
     valid = static.child("proxy_cache_valid").values
     assert "200" in valid and seconds_of(valid[-1]) > 0
-    assert static.child("add_header").values[:2] == ["X-Cache-Status", "$upstream_cache_status"]
+    added = [d.values[:2] for d in static.children("add_header")]
+    assert ["X-Cache-Status", "$upstream_cache_status"] in added
 
 
 def test_render_changes_only_ports_and_paths(tmp_path: Path, conf: Config) -> None:
     rendered = render(
-        load(), port=18080, upstream_ports=[18081, 18082, 18083], prefix=tmp_path, per_ip_limit=7
+        load(),
+        port=18080,
+        upstream_ports=[18081, 18082, 18083],
+        prefix=tmp_path,
+        per_ip_limit=7,
+        tls_port=18443,
     )
-    assert rendered.one("listen").values[0] == "127.0.0.1:18080"
+    for server in rendered.servers:
+        addresses = sorted(d.values[0] for d in server.children("listen"))
+        assert addresses == ["127.0.0.1:18080", "127.0.0.1:18443"]
+    assert rendered.server.child("server_name").values == ["127.0.0.1", "localhost"]
+    assert rendered.server.child("ssl_certificate").values[0].startswith(str(tmp_path))
+    assert rendered.one("access_log").values[0].startswith(str(tmp_path))
     servers = rendered.one("upstream").children("server")
     assert [s.values[0] for s in servers] == [f"127.0.0.1:{p}" for p in (18081, 18082, 18083)]
     production = conf.one("upstream").children("server")[0].values[1:]
@@ -143,8 +158,122 @@ def test_render_changes_only_ports_and_paths(tmp_path: Path, conf: Config) -> No
     for name in ("pid", "error_log", "proxy_temp_path", "client_body_temp_path"):
         assert rendered.one(name).values[0].startswith(str(tmp_path)), name
     assert rendered.one("proxy_cache_path").values[0].startswith(str(tmp_path))
-    # Everything in the server block other than listen and limit_conn is the production one.
-    keep = {"listen", "limit_conn"}
+    # Everything in the server block other than addresses, names, the certificate and
+    # limit_conn is the production one.
+    keep = {"listen", "limit_conn", "server_name", "ssl_certificate", "ssl_certificate_key"}
     ours = [(d.name, d.args) for d in rendered.server.walk() if d.name not in keep]
     theirs = [(d.name, d.args) for d in conf.server.walk() if d.name not in keep]
     assert ours == theirs
+
+
+# --- hardening (issue 12; docs/security.md) ---------------------------------------------------
+
+
+def json_return(location: Directive) -> tuple[int, dict]:
+    """The status and parsed JSON body of a `return <status> '<json>'` location."""
+    assert location.child("default_type").values == ["application/json"]
+    status, body = location.child("return").args
+    # In nginx's quoted strings "\n" is a newline; the JSON is what is between the quotes.
+    return int(status), json.loads(body[1:-1].replace("\\n", "\n"))
+
+
+def test_unknown_hosts_are_dropped_and_the_service_has_a_name(conf: Config) -> None:
+    default = conf.default_server
+    listens = {tuple(d.values) for d in default.children("listen")}
+    assert {listen[:2] for listen in listens} == {("80", "default_server"), ("443", "ssl")}
+    assert all("default_server" in listen for listen in listens)
+    assert default.child("ssl_reject_handshake").values == ["on"]  # no certificate for them
+    (catch_all,) = [d for d in default.children("location") if d.values == ["/"]]
+    assert catch_all.child("return").values == ["444"]
+    names = conf.server.child("server_name").values
+    assert names and "_" not in names and not any("*" in n for n in names)
+    assert {d.values[0] for d in conf.server.children("listen")} == {"80", "443"}
+
+
+def test_tls_with_hsts_on_tls_answers_only(conf: Config) -> None:
+    server = conf.server
+    assert any(d.values[:2] == ["443", "ssl"] for d in server.children("listen"))
+    assert server.child("ssl_certificate").values and server.child("ssl_certificate_key").values
+    assert set(server.child("ssl_protocols").values) <= {"TLSv1.2", "TLSv1.3"}
+    hsts = [m for m in conf.find("map") if m.values == ["$scheme", "$hsts"]]
+    assert hsts, "no map $scheme $hsts"
+    entries = {d.name: d.values for d in hsts[0].block or []}
+    assert entries["default"] == [""]  # no header over plain HTTP
+    assert int(re.fullmatch(r"max-age=(\d+)", entries["https"][0])[1]) >= 180 * 86400
+    # On every answer: add_header in a location replaces the server's, so each repeats it.
+    blocks = [server, *[loc for loc in server.children("location") if loc.children("add_header")]]
+    for block in blocks:
+        headers = {d.values[0]: d.values[1:] for d in block.children("add_header")}
+        assert headers.get("Strict-Transport-Security") == ["$hsts", "always"], block.values
+
+
+def test_request_rates_are_limited_per_address(conf: Config) -> None:
+    zones = {}
+    for zone in conf.find("limit_req_zone"):
+        key, name, rate = zone.values
+        assert key == "$binary_remote_addr"
+        zones[name.removeprefix("zone=").split(":")[0]] = rate
+    assert conf.one("limit_req_status").values == ["503"]
+    for location in (conf.location("=", "/ws"), conf.location("/api/")):
+        (limit,) = location.children("limit_req")
+        zone = limit.values[0].removeprefix("zone=")
+        assert zone in zones, limit.values
+        assert re.fullmatch(r"rate=\d+r/s", zones[zone])
+        burst = [a for a in limit.values if a.startswith("burst=")]
+        # A page opens up to 10 rooms at once (10 upgrades, and as many checks if refused).
+        assert burst and int(burst[0].removeprefix("burst=")) >= 20, limit.values
+    assert conf.location("/api/").child("proxy_pass").values == ["http://webchat"]
+
+
+def test_nginx_answers_like_the_app(conf: Config) -> None:
+    """503s nginx makes (limits, no instance) and its 400s carry PROTOCOL.md's JSON."""
+    for server in (conf.server, conf.default_server):
+        pages = {
+            code: d.values[-1]
+            for d in server.children("error_page")
+            for code in d.values[:-1]
+            if code.isdigit()
+        }
+        for code in ("400", "414", "494"):
+            status, body = json_return(conf.location("=", pages[code], server=server))
+            assert (status, body["error"]["code"]) == (400, "bad_request")
+    pages = {c: d for d in conf.server.children("error_page") for c in d.values[:-1]}
+    limited = conf.location("=", pages["503"].values[-1])
+    assert json_return(limited)[0] == 503
+    assert json_return(limited)[1]["error"]["code"] == "unavailable"
+    assert "=503" in pages["502"].values and "=503" in pages["504"].values
+    for path in {d.values[-1] for d in conf.server.children("error_page")}:
+        assert conf.location("=", path).children("internal"), path  # not reachable from outside
+
+
+def test_access_log_holds_no_secrets(conf: Config) -> None:
+    fmt = conf.one("log_format")
+    name, *parts = fmt.values
+    line = "".join(parts)
+    assert conf.one("access_log").values[1] == name
+    # The query string carries key= and token=: only the path and chosen arguments are logged
+    # ($request and $request_uri include the query string; a Referer may too).
+    variables = set(re.findall(r"\$\w+", line))
+    leaky = {"$request", "$request_uri", "$args", "$query_string", "$arg_key", "$arg_token"}
+    assert not variables & (leaky | {"$http_referer", "$http_authorization", "$http_cookie"})
+    assert "$uri" in variables
+
+
+def test_request_size_and_time_limits(conf: Config) -> None:
+    from webchat.listener import MAX_LINE  # the app refuses longer lines itself
+
+    count, size = conf.one("large_client_header_buffers").values
+    assert int(count) * int(size.removesuffix("k")) * 1024 <= 8 * MAX_LINE
+    assert int(size.removesuffix("k")) * 1024 <= MAX_LINE
+    body = conf.one("client_max_body_size").values[0]
+    assert body.endswith("k") and int(body[:-1]) <= 64  # no request of the API has a body
+    assert seconds_of(conf.one("client_header_timeout").values[0]) <= WebchatConfig().header_timeout
+    assert seconds_of(conf.one("client_body_timeout").values[0]) <= 30
+
+
+def test_paths_exist_on_debian(conf: Config) -> None:
+    """`nginx -t` on the file as shipped creates only the last directory of a path."""
+    assert conf.one("proxy_temp_path").values == ["/var/lib/nginx/proxy"]  # Debian's own
+    assert conf.one("client_body_temp_path").values == ["/var/lib/nginx/body"]
+    cache = Path(conf.one("proxy_cache_path").values[0])
+    assert cache.parent in (Path("/var/cache"), Path("/var/lib/nginx")), cache

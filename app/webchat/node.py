@@ -417,11 +417,7 @@ class Node:
         cfg = self.config
         received = asyncio.get_running_loop().time()
         if not bucket.take(received):
-            self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
-            if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                conn.close(
-                    CLOSE_POLICY, "rate limit abuse", DRAIN_CLOSE_GRACE, why="rate_limit_abuse"
-                )
+            self._rate_limited(conn, bucket)
             return None
         if isinstance(data, bytes):
             self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
@@ -434,6 +430,20 @@ class Node:
         if isinstance(request, RefreshRequest):
             return functools.partial(self._refresh, conn, request.token)
         return functools.partial(self._publish, conn, bucket, request, received)
+
+    def handle_control(self, conn: Connection, bucket: TokenBucket) -> bool:
+        """A ping or a pong costs a token like any frame (PROTOCOL.md), so a ping flood ends
+        like a message flood; a refused ping gets `rate_limited` and no pong."""
+        if bucket.take(asyncio.get_running_loop().time()):
+            return True
+        self._rate_limited(conn, bucket)
+        return False
+
+    def _rate_limited(self, conn: Connection, bucket: TokenBucket) -> None:
+        cfg = self.config
+        self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
+        if bucket.rejected_in_a_row >= 3 * cfg.burst:
+            conn.close(CLOSE_POLICY, "rate limit abuse", DRAIN_CLOSE_GRACE, why="rate_limit_abuse")
 
     async def _publish(
         self, conn: Connection, bucket: TokenBucket, request: SendRequest, received: float

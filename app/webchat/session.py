@@ -28,6 +28,9 @@ class Handler(Interface):
     ) -> Pending | None:
         """Act on one message; return what must be awaited before the next one, if anything."""
 
+    def handle_control(self, conn: Connection, bucket: TokenBucket) -> bool:
+        """A ping or pong came: whether it may be answered (False: it was refused)."""
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` in a task the handler owns (cancelled when it shuts down)."""
 
@@ -63,6 +66,13 @@ class Session:
             self._backlog = deque()
             self._socket.pause_reading()
             self._handler.spawn(self._finish(pending))
+
+    def on_control(self) -> bool:
+        # Charged when it comes, also while earlier messages wait in the backlog: they were
+        # read in the same chunk, and the count of tokens spent is the same either way.
+        if self._conn.closing:
+            return True
+        return self._handler.handle_control(self._conn, self._bucket)
 
     async def _finish(self, pending: Pending) -> None:
         """Await `pending`, then handle the messages that came meanwhile, in order."""

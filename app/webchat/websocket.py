@@ -64,6 +64,20 @@ class Gate(Interface):
         """A socket it counted is closed."""
 
 
+class _ServerProtocol(Protocol):
+    """websockets' protocol, but pings are answered by ServerSocket, not automatically.
+
+    PROTOCOL.md: every frame costs a rate-limit token, pings included, and a frame that finds
+    the bucket empty gets `rate_limited` and nothing else, so no pong.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.PING:
+            self.events.append(frame)  # all that Protocol does for a ping but the pong
+            return
+        super().recv_frame(frame)
+
+
 class Listener(Interface):
     """What a socket tells its owner. Every method is called from the event loop, never awaited."""
 
@@ -72,6 +86,9 @@ class Listener(Interface):
 
     def on_message(self, data: str | bytes) -> None:
         """A whole message: `str` for a text message, `bytes` for a binary one."""
+
+    def on_control(self) -> bool:
+        """A ping or a pong: whether the client may send it (a ping is then answered)."""
 
     def on_closing(self, failed: bool) -> None:
         """The closing handshake is over (or failed): write nothing more to the transport.
@@ -104,7 +121,9 @@ class ServerSocket(asyncio.Protocol):
 
     def __init__(self, max_size: int) -> None:
         self.transport: asyncio.Transport | None = None
-        self._ws = Protocol(Side.SERVER, state=State.OPEN, max_size=max_size, logger=_FRAMES_LOG)
+        self._ws = _ServerProtocol(
+            Side.SERVER, state=State.OPEN, max_size=max_size, logger=_FRAMES_LOG
+        )
         self._listener: Listener | None = None
         self._early = b""  # bytes that came before `start` (sent with the upgrade request)
         self._fragments: list[Frame] | None = None  # a message whose last frame is still due
@@ -228,8 +247,13 @@ class ServerSocket(asyncio.Protocol):
             fragments, self._fragments = self._fragments, None
             opcode = fragments[0].opcode
             data = b"".join(f.data for f in fragments)
+        elif opcode is Opcode.PING or opcode is Opcode.PONG:
+            ws = self._ws
+            if listener.on_control() and opcode is Opcode.PING and ws.state is State.OPEN:
+                ws.send_pong(frame.data)
+            return True
         else:
-            return True  # ping (websockets answers it), pong, close (websockets handles it)
+            return True  # close: websockets answers it
         if opcode is Opcode.BINARY:
             listener.on_message(data)
             return True

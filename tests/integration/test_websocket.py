@@ -2,8 +2,10 @@
 
 What the contract suite's aiohttp client never sends: fragmented messages (with a ping between
 the fragments, and a UTF-8 character cut in two), invalid UTF-8 (1007), fragments adding up to
-more than --max-frame (1009), protocol errors (1002), frames written in the same packet as the
-upgrade request, and many messages in one write, which must be handled in order.
+more than --max-frame (1009), protocol errors (1002, unmasked frames and close codes outside
+RFC 6455's ranges included), frames written in the same packet as the upgrade request, many
+messages in one write, which must be handled in order, pings that cost rate-limit tokens, and
+resets while pongs are being written.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import struct
 
 import pytest
 
+from tests.support.hostile import assert_quiet_log
 from tests.support.rawws import (
     OP_BINARY,
     OP_CLOSE,
@@ -136,6 +139,8 @@ PROTOCOL_ERRORS = {
     "text-inside-a-fragmented-message": encode_client_frame(OP_TEXT, b"{", fin=False)
     + encode_client_frame(OP_TEXT, b"{}"),
     "close-code-1005-on-the-wire": encode_client_frame(OP_CLOSE, struct.pack("!H", 1005)),
+    "close-code-5000": encode_client_frame(OP_CLOSE, struct.pack("!H", 5000)),  # over 4999
+    "close-code-999": encode_client_frame(OP_CLOSE, struct.pack("!H", 999)),
 }
 
 
@@ -176,3 +181,45 @@ async def test_many_messages_in_one_write_are_handled_in_order(server):
     assert [m["text"] for m in got] == texts
     assert [e["code"] for e in errors] == ["bad_json"]
     raw.close()
+
+
+@pytest.fixture
+def strict(make_server) -> WebchatProcess:
+    """Tokens refill too slowly to matter (one every 1,000 s): a burst of 4 is all a client has."""
+    return make_server("--rate", "0.001", "--burst", "4")
+
+
+async def test_pings_cost_a_token_and_a_ping_flood_ends_in_1008(strict):
+    raw = await join(strict)
+    await raw.send_bytes(b"".join(encode_client_frame(OP_PING, b"%d" % n) for n in range(4)))
+    assert [await raw.next_frame() for _ in range(4)] == [
+        Frame(OP_PONG, b"%d" % n) for n in range(4)
+    ]
+    # The bucket is empty: a ping gets rate_limited and no pong, as a message would.
+    await raw.send_frame(OP_PING, b"refused")
+    error = (await raw.next_frame()).json()
+    assert error["type"] == "error" and error["code"] == "rate_limited", error
+    # The 3 x burst-th refusal in a row closes with 1008 (a pong costs a token too).
+    await raw.send_frame(OP_PONG, b"unsolicited")
+    await raw.send_bytes(b"".join(encode_client_frame(OP_PING, b"x") for _ in range(10)))
+    frames = await raw.read_frames()
+    assert all(f.opcode != OP_PONG for f in frames), frames
+    codes = [f.json()["code"] for f in frames if f.opcode == OP_TEXT]
+    assert codes == ["rate_limited"] * 11, codes
+    assert frames[-1].opcode == OP_CLOSE and frames[-1].close_code == 1008, frames[-1]
+    raw.close()
+
+
+async def test_a_reset_while_pongs_are_written_is_a_quiet_disconnect(server):
+    pings = b"".join(encode_client_frame(OP_PING, b"p" * 125) for _ in range(200))
+    for n in range(10):
+        # A small receive window: the pongs back up in the server while it writes them.
+        raw = await RawWebSocket.connect("127.0.0.1", server.port, f"/ws?room=ws&name=r{n}")
+        assert (await raw.next_frame()).json()["type"] == "welcome"
+        await raw.send_bytes(pings)
+        raw.abort()  # a TCP reset at once, with pongs still to be written
+    alive = await join(server)  # the server goes on
+    await alive.send_frame(OP_TEXT, message("after"))
+    assert await echo(alive) == "after"
+    alive.close()
+    assert_quiet_log(server)

@@ -255,6 +255,11 @@ class RawWebSocket:
     def close(self) -> None:
         self.sock.close()
 
+    def abort(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0), as a crashed client or a middlebox would."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
 
 async def _read_body(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, head: str, rest: bytes

@@ -21,6 +21,8 @@ class Recorder:
         self.reached: dict[str | bytes, asyncio.Event] = defaultdict(asyncio.Event)
         self.tasks: set[asyncio.Task[None]] = set()
         self.ended: list[Connection] = []
+        self.controls = 0
+        self.allow_control = True
 
     def handle_message(
         self, conn: Connection, bucket: TokenBucket, data: str | bytes
@@ -35,6 +37,10 @@ class Recorder:
 
             return wait
         return None
+
+    def handle_control(self, conn: Connection, bucket: TokenBucket) -> bool:
+        self.controls += 1
+        return self.allow_control
 
     def spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)
@@ -117,3 +123,14 @@ async def test_a_clean_close_leaves_the_reason_to_whoever_ends_it():
     session, _, conn = make_session(reasons)
     session.on_closing(False)
     assert conn.closing and reasons == []
+
+
+async def test_pings_and_pongs_are_put_to_the_handler_until_the_connection_closes():
+    session, recorder, _ = make_session()
+    assert session.on_control() is True
+    recorder.allow_control = False
+    assert session.on_control() is False  # refused: websocket.py sends no pong
+    assert recorder.controls == 2
+    session.on_closing(False)
+    assert session.on_control() is True  # closing: nothing is charged any more
+    assert recorder.controls == 2

@@ -93,7 +93,8 @@ def connection_limits(config: Config) -> Budget:
     """The connection caps under this process's descriptor limit (raised to the hard limit
     first); ConfigError naming --max-connections if they cannot fit."""
     try:
-        return budget(config.max_connections, raise_descriptor_limit())
+        pool = 0 if config.memory_broker else config.redis_pool
+        return budget(config.max_connections, raise_descriptor_limit(), pool)
     except ValueError as exc:
         option = "--max-connections" if config.max_connections else "file descriptors"
         raise ConfigError(f"{option}: {exc}") from None

@@ -27,8 +27,10 @@ class Config:
     port: int = 8080
     workers: int = 1
     redis_url: str = ""
+    redis_pool: int = 64
     allowed_origins: tuple[str, ...] = ()
     history_size: int = 1000
+    room_ttl: float = 7 * 24 * 3600.0
     max_text: int = 2000
     rate: float = 10.0
     burst: int = 20
@@ -232,8 +234,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "port": (_int(0, 65535), "TCP port to listen on (0 picks a free one)"),
     "workers": (_int(1, 256), "worker processes sharing the port (needs --redis-url)"),
     "redis_url": (_redis_url, "Redis URL (redis://, rediss://); empty = in-memory broker"),
+    "redis_pool": (_int(1, 10_000), "Redis connections per process for requests; others wait"),
     "allowed_origins": (_origins, "comma-separated origins allowed besides same-origin; * = any"),
     "history_size": (_int(1, 1_000_000), "messages of history kept per room"),
+    "room_ttl": (_float(1), "seconds an idle room (no message, no member) keeps its history"),
     "max_text": (_int(1, 100_000), "longest message text, in code points"),
     "rate": (_float(0, strict=True), "messages per second refilled into each token bucket"),
     "burst": (_int(1, 100_000), "token bucket size per connection"),
@@ -398,6 +402,14 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         raise ConfigError(
             f"{sources['workers']}: more than one worker needs --redis-url "
             "(the in-memory broker cannot be shared between processes)"
+        )
+    if not config.memory_broker and config.room_ttl < 3 * config.presence_timeout:
+        # On Redis a room with members is kept alive by the presence refresh, every third of the
+        # presence timeout; a shorter TTL could expire a room between two refreshes.
+        source = sources.get("room_ttl") or sources.get("presence_timeout", "--room-ttl")
+        raise ConfigError(
+            f"{source}: with Redis the room TTL ({config.room_ttl:g} s) must be at least "
+            f"3 x the presence timeout ({3 * config.presence_timeout:g} s)"
         )
     _check_auth(config, sources)
     return config

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Final
 
 RESERVE: Final = 128  # descriptors that are not client sockets
+# RESERVE holds the Redis connections of the default --redis-pool (64, + 9 of the broker's
+# own); a larger pool takes the difference from the clients' share.
+REDIS_POOL_IN_RESERVE: Final = 64
 MIN_HEADROOM: Final = 16  # plain HTTP sockets beyond the WebSockets, at least...
 HEADROOM_SHARE: Final = 10  # ... or a tenth of the WebSockets
 UNLIMITED: Final = 1 << 20  # what "no hard limit" is raised to (Linux's default nr_open)
@@ -27,24 +30,27 @@ UNLIMITED: Final = 1 << 20  # what "no hard limit" is raised to (Linux's default
 class Budget:
     websockets: int  # upgrades beyond this many open WebSockets get 503
     sockets: int  # accepted sockets beyond this many are closed at once
+    reserve: int = RESERVE  # descriptors that are not client sockets
 
     @property
     def descriptors(self) -> int:
         """Descriptors this budget needs: every socket plus the reserve."""
-        return self.sockets + RESERVE
+        return self.sockets + self.reserve
 
 
 def _headroom(websockets: int) -> int:
     return max(MIN_HEADROOM, websockets // HEADROOM_SHARE)
 
 
-def budget(max_connections: int, nofile: int) -> Budget:
-    """The caps for `--max-connections` (0: derive it) under a descriptor limit of `nofile`.
+def budget(max_connections: int, nofile: int, redis_pool: int = 0) -> Budget:
+    """The caps for `--max-connections` (0: derive it) under a descriptor limit of `nofile`,
+    with `redis_pool` (--redis-pool; 0 for the memory broker) Redis connections.
 
     Raises ValueError, naming the limit, if it cannot fit.
     """
+    reserve = RESERVE + max(0, redis_pool - REDIS_POOL_IN_RESERVE)
     if max_connections:
-        needed = Budget(max_connections, max_connections + _headroom(max_connections))
+        needed = Budget(max_connections, max_connections + _headroom(max_connections), reserve)
         if needed.descriptors > nofile:
             raise ValueError(
                 f"{max_connections} connections need about {needed.descriptors} file "
@@ -52,15 +58,15 @@ def budget(max_connections: int, nofile: int) -> Budget:
                 "LimitNOFILE= in the systemd unit)"
             )
         return needed
-    usable = nofile - RESERVE
+    usable = nofile - reserve
     websockets = usable * HEADROOM_SHARE // (HEADROOM_SHARE + 1)
     websockets = min(websockets, usable - MIN_HEADROOM)
     if websockets < 1:
         raise ValueError(
             f"the file-descriptor limit {nofile} is too low; webchat needs at least "
-            f"{RESERVE + MIN_HEADROOM + 1} (ulimit -n)"
+            f"{reserve + MIN_HEADROOM + 1} (ulimit -n)"
         )
-    return Budget(websockets, usable)
+    return Budget(websockets, usable, reserve)
 
 
 def descriptor_limit() -> int:

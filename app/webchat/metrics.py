@@ -125,6 +125,8 @@ REDIS_OPERATIONS: Final = (
     "room_index",  # a node's batched update of the room index (GET /api/rooms)
     "rooms",  # the room listing read (GET /api/rooms, cached per node)
     "ping",  # the health check's self-ping
+    "write_probe",  # the health check's tiny SET: does Redis accept writes (OOM, replica)?
+    "keep_alive",  # pushing back the TTL of the histories of rooms with members here
 )
 EXEMPLAR_FILE_PREFIX: Final = "exemplars_"
 

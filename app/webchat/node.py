@@ -84,7 +84,11 @@ class Node:
         self.config = config
         # The CLI raises the descriptor limit and checks that --max-connections fits it before
         # it starts (limits.py); here, without `limits`, the caps follow the current limit.
-        self.limits = limits or budget(config.max_connections, descriptor_limit())
+        self.limits = limits or budget(
+            config.max_connections,
+            descriptor_limit(),
+            0 if config.memory_broker else config.redis_pool,
+        )
         self.sessions = 0  # WebSocket sessions in progress (upgrading or open)
         self.trimmer = Trimmer()  # memory back to the system after large answers and replays
         self.id = uuid.uuid4().hex[:12]

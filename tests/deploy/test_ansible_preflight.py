@@ -55,6 +55,17 @@ BAD = {
         {"redis_maxmemory_policy": "allkeys-lru"},
         "redis_maxmemory_policy allkeys-lru could silently evict chat history streams;",
     ),
+    # The web hosts of this inventory may open 470 connections: 6 processes of 73, + 32.
+    "redis_clients": (
+        "redis",
+        {"redis_maxclients": 100},
+        "redis_maxclients 100 is less than the 470 connections the web hosts' webchat",
+    ),
+    "redis_nofile": (
+        "redis",
+        {"redis_nofile": 5000},
+        "redis_nofile 5000 must be at least redis_maxclients + 32 (10032):",
+    ),
     "lb_port": (
         "lb",
         {"nginx_https_port": 0},

@@ -15,11 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
 from tests.support import nginx as nginxconf
-from tests.support.servers import ROOT, require_binary
+from tests.support.servers import ROOT, free_port, require_binary, wait_until
 from tests.support.timing import seconds
 
 HOSTS = {
@@ -242,3 +243,62 @@ def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
     assert 'REDIS_URL="redis://:' + "p" * 32 + '@10.9.1.5:6379/0"' in env
     node = yaml.safe_load((tmp_path / "chat1" / "targets" / "node.yml").read_text())
     assert [t for group in node for t in group["targets"]] == ["10.9.1.5:9100"]
+
+
+def test_redis_conf_starts_a_redis_that_refuses_writes_when_full(rendered: Path, tmp_path: Path):
+    """The rendered redis.conf, with only its paths and address rewritten for this machine,
+    runs a real redis-server that is what webchat's hardening needs (docs/security-redis.md):
+    a password, noeviction at maxmemory (a full Redis refuses writes, so instances turn not
+    ready, instead of evicting history), writes refused after a failed save, expired history
+    streams freed in the background."""
+    text = (rendered / "redis1" / "redis.conf").read_text()
+    directives = dict(
+        line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert directives["bind"] == "10.9.0.13", "the private address only"
+    assert int(directives["maxclients"]) >= 64 + 9
+    port = free_port()
+    local = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(tmp_path),
+        "pidfile": str(tmp_path / "redis.pid"),
+        "logfile": str(tmp_path / "redis.log"),
+        "supervised": "no",
+        "maxclients": "100",  # the test's own file limit may be lower than the host's
+    }
+    lines = [
+        f"{line.split(' ', 1)[0]} {local[line.split(' ', 1)[0]]}"
+        if line.split(" ", 1)[0] in local
+        else line
+        for line in text.splitlines()
+    ]
+    (tmp_path / "redis.conf").write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen([require_binary("redis-server"), str(tmp_path / "redis.conf")])
+    try:
+        anonymous = redis.Redis(port=port, socket_timeout=seconds(5))
+
+        def refuses_anonymous() -> bool:
+            assert proc.poll() is None, (tmp_path / "redis.log").read_text()
+            try:
+                anonymous.ping()
+            except redis.AuthenticationError:
+                return True
+            except redis.ConnectionError:
+                return False
+            raise AssertionError("redis.conf lets a client in without the password")
+
+        wait_until(refuses_anonymous, seconds(10), "redis-server to answer")
+        client = redis.Redis(port=port, password="p" * 32, socket_timeout=seconds(5))
+        config = client.config_get("*")
+        assert config["maxmemory-policy"] == "noeviction"
+        assert config["maxmemory"] == str(512 * 1024 * 1024)
+        assert config["stop-writes-on-bgsave-error"] == "yes"
+        assert config["lazyfree-lazy-expire"] == "yes"
+        assert config["appendonly"] == "yes"
+        client.config_set("maxmemory", 1)  # full: a write is refused, nothing is evicted
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("wc:probe", "x")
+    finally:
+        proc.terminate()
+        proc.wait(seconds(10))

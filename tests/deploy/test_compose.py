@@ -10,13 +10,18 @@ machine): docs/deploy.md says what that leaves unproven.
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.deploy.compose import EXAMPLE_ENV, SECRETS, compose_config, resolved
 from tests.support.nginx import parse
-from tests.support.servers import ROOT
+from tests.support.servers import ROOT, free_port, require_binary, wait_until
+from tests.support.timing import seconds
 from webchat.config import load_config
 
 # Images FROM scratch: no shell or HTTP client to probe with (see docker-compose.yml).
@@ -87,6 +92,10 @@ def test_redis_is_private_persistent_and_password_protected(
     # `$$` stays escaped in Compose's output; in the container the shell expands the variable.
     assert '--requirepass "$$REDIS_PASSWORD"' in command
     assert "--maxmemory-policy noeviction" in command
+    # A bound to reach (docs/security-redis.md): full, Redis refuses writes, never evicts.
+    assert '--maxmemory "$$REDIS_MAXMEMORY"' in command
+    assert redis["environment"]["REDIS_MAXMEMORY"] == "512mb"
+    assert "--lazyfree-lazy-expire yes" in command
     assert redis["environment"]["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
     assert any(v.endswith(":/data") or ":/data:" in v for v in redis["volumes"])
     assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
@@ -222,3 +231,46 @@ def test_exporters_are_where_prometheus_looks(services: dict[str, dict[str, Any]
     ]
     assert len(stub) == 1 and stub[0].child("listen").values == [match[1]]
     assert "stub_status" in " ".join(services["nginx"]["healthcheck"]["test"])
+
+
+def test_redis_options_start_a_real_redis_server(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The Compose Redis's options, as its shell would expand them, run a real redis-server
+    (only the port and directory changed): a misspelt option would stop Redis from starting."""
+    redis_service = services["redis"]
+    script = redis_service["command"][-1].replace("$$", "$")
+    env = redis_service["environment"]
+    words = shlex.split(
+        script.replace("$REDIS_PASSWORD", env["REDIS_PASSWORD"]).replace(
+            "$REDIS_MAXMEMORY", env["REDIS_MAXMEMORY"]
+        )
+    )
+    assert words[:2] == ["exec", "redis-server"]
+    port = free_port()
+    local = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [require_binary("redis-server"), *words[2:], *local],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        client = redis.Redis(port=port, password=env["REDIS_PASSWORD"], socket_timeout=seconds(5))
+
+        def answers() -> bool:
+            assert proc.poll() is None, "redis-server refused the options"
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, seconds(10), "redis-server to answer")
+        config = client.config_get("*")
+        assert (config["maxmemory"], config["maxmemory-policy"]) == (
+            str(512 * 1024 * 1024),
+            "noeviction",
+        )
+        assert config["lazyfree-lazy-expire"] == "yes" and config["appendonly"] == "yes"
+    finally:
+        proc.terminate()
+        proc.wait(seconds(10))

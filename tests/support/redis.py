@@ -17,7 +17,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -53,7 +53,7 @@ class RedisServer:
     """A redis-server child process. Not started until `start()`; the URL is known before.
 
     `password` sets `requirepass`; `tls` serves TLS only, with a self-signed certificate for
-    127.0.0.1 that the URL names as its CA.
+    127.0.0.1 that the URL names as its CA; `extra_args` go to redis-server as they are.
     """
 
     def __init__(
@@ -63,8 +63,10 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         tls: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
+        self.extra_args = list(extra_args)
         self.appendonly = appendonly
         self.password = password
         self.tls = tls
@@ -136,6 +138,7 @@ class RedisServer:
                     str(self.dir),
                     "--daemonize",
                     "no",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

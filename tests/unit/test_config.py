@@ -95,6 +95,7 @@ def test_defaults():
     assert (config.drain_delay, config.drain_spread) == (1.0, 2.0)
     assert config.max_frame == 16384
     assert config.log_level == "info"
+    assert config.room_ttl == 7 * 24 * 3600 and config.redis_pool == 64
     # Hardening bounds (docs/security.md).
     assert (config.send_timeout, config.api_concurrency, config.api_max_bytes) == (
         5.0,
@@ -116,11 +117,13 @@ GOOD = {
     "port": ("9000", 9000),
     "workers": ("1", 1),
     "redis_url": ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    "redis_pool": ("8", 8),
     "allowed_origins": (
         "https://a.example, http://b.example:8080",
         ("https://a.example", "http://b.example:8080"),
     ),
     "history_size": ("50", 50),
+    "room_ttl": ("3600", 3600.0),
     "max_text": ("500", 500),
     "rate": ("2.5", 2.5),
     "burst": ("7", 7),
@@ -264,6 +267,8 @@ BAD: dict[str, list[str]] = {
     ],
     "allowed_origins": ["example.com", "http://a.example/", "http://a b", "https://a/path"],
     "history_size": ["0", "-5", "1000001", "many"],
+    "room_ttl": ["0", "0.5", "-1", "inf", "nan", "7d", ""],
+    "redis_pool": ["0", "10001", "1.5", "many"],
     "max_text": ["0", "100001", "1.5"],
     "rate": ["0", "-1", "nan", "inf", "fast", ""],
     "burst": ["0", "100001", "x"],
@@ -374,6 +379,19 @@ def test_argparse_errors_are_config_errors():
     assert "--nope" in refused(["--nope"])
     assert "--port" in refused(["--port"])
     assert "stray" in refused(["stray"])
+
+
+def test_room_ttl_with_redis_outlasts_three_presence_timeouts():
+    redis = ["--redis-url", "redis://h"]
+    text = refused([*redis, "--room-ttl", "89"])
+    assert text.startswith("--room-ttl:") and "90 s" in text, text
+    text = refused(redis, {"PRESENCE_TIMEOUT": "100", "ROOM_TTL": "299.5"})
+    assert text.startswith("ROOM_TTL:") and "300 s" in text, text
+    assert refused([*redis, "--presence-timeout", "300000"]).startswith("--presence-timeout:")
+    config = load_config([*redis, "--room-ttl", "3", "--presence-timeout", "1"], {})
+    assert (config.room_ttl, config.presence_timeout) == (3.0, 1.0)
+    # The memory broker has no presence refresh to outlast: any TTL from 1 s.
+    assert load_config(["--room-ttl", "1"], {}).room_ttl == 1.0
 
 
 def test_allowed_hosts_empty_items_and_help():

@@ -41,6 +41,17 @@ def test_an_explicit_cap_must_fit_the_descriptor_limit() -> None:
         budget(0, RESERVE + MIN_HEADROOM)
 
 
+def test_a_larger_redis_pool_is_reserved_beyond_the_default() -> None:
+    # The default pool (64) is inside RESERVE; 500 connections take 436 more descriptors.
+    assert budget(0, 20_000, 64) == budget(0, 20_000) == budget(0, 20_000, 8)
+    larger = budget(0, 20_000, 500)
+    assert larger.reserve == RESERVE + 436 and larger.descriptors == 20_000
+    assert larger.websockets < budget(0, 20_000).websockets
+    assert budget(1000, 20_000, 500) == Budget(1000, 1100, RESERVE + 436)
+    with pytest.raises(ValueError, match=r"1000 connections need about 1664 .* limit is 1500"):
+        budget(1000, 1500, 500)
+
+
 # --- api.py: pages bounded in bytes ----------------------------------------------------------
 
 

@@ -1,12 +1,16 @@
-"""The Redis broker's pure parts: key names, payloads, id ranges, room state, backoff."""
+"""The Redis broker's pure parts: key names, payloads, id ranges, room state, backoff, errors."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webchat.broker.base import Message, PresenceEvent
+from webchat.broker.redis import refuses_writes
 from webchat.broker.redis_codec import (
     MAX_ID_PART,
     Announced,
@@ -183,3 +187,33 @@ def test_backoff_is_capped_full_jitter():
     for attempt in range(40):
         delay = backoff_delay(attempt)
         assert 0 <= delay <= min(BACKOFF_CAP, 0.1 * 2**attempt)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        ReadOnlyError("You can't write against a read only replica."),
+        ResponseError("MISCONF Redis is configured to save RDB snapshots, but ..."),
+        ResponseError("NOREPLICAS Not enough good replicas to write."),
+        # Unmapped, a refusal keeps its code in front of the text.
+        ResponseError("OOM command not allowed ... script: 1f0e, on @user_script:49."),
+    ],
+    ids=["oom", "readonly", "misconf", "noreplicas", "oom-unmapped"],
+)
+def test_write_refusals_are_told_apart(error):
+    assert refuses_writes(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ResponseError("ERR unknown command"),
+        ResponseError("NOSCRIPT No matching script"),
+        RedisConnectionError("No connection available."),
+        RedisTimeoutError("Timeout reading from 127.0.0.1:6379"),
+        ValueError("OOM in a message that is not Redis's"),
+    ],
+)
+def test_other_errors_are_not_write_refusals(error):
+    assert not refuses_writes(error)

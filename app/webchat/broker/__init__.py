@@ -22,7 +22,7 @@ def create_broker(
     if config.memory_broker:
         from webchat.broker.memory import MemoryBroker
 
-        return MemoryBroker(history_size=config.history_size)
+        return MemoryBroker(history_size=config.history_size, room_ttl=config.room_ttl)
     from webchat.broker.redis import RedisBroker
 
     return RedisBroker(config, node_id, metrics, tracing)

@@ -16,6 +16,12 @@ ROOM_ACTIVITY_SECONDS = 24 * 3600  # GET /api/rooms lists rooms with a message t
 ROOMS_LIMIT = 200  # ... and at most this many
 
 
+def dedupe_seconds(room_ttl: float) -> float:
+    """How long a nonce is remembered: 5 minutes, or the room TTL if shorter (a room forgets
+    its nonces when it forgets its history)."""
+    return min(DEDUPE_SECONDS, room_ttl)
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot be reached; the caller answers `unavailable` and accepts nothing."""
 

@@ -3,7 +3,8 @@
 Choose it for a single process (`make run`, development, a small deployment): history and
 presence live in this process's memory and are lost when it exits, and other processes cannot
 see them. It follows the same contract as the Redis broker, including delivery through the
-event handler (never directly to sockets), so one process and many behave alike.
+event handler (never directly to sockets), so one process and many behave alike; like Redis
+keys, a room's history and nonces are forgotten `room_ttl` after its last message or member.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 
 from webchat.broker.base import (
-    DEDUPE_SECONDS,
     Draft,
     EventHandler,
     History,
@@ -24,6 +24,7 @@ from webchat.broker.base import (
     PresenceEvent,
     Published,
     RoomInfo,
+    dedupe_seconds,
     rank_rooms,
 )
 from webchat.protocol import parse_id
@@ -88,13 +89,19 @@ class MemoryPresence:
         holders = self._holders.setdefault(room, {})
         if holders.setdefault(name, holder) != holder:
             raise NameTaken(f"{name!r} is held by another key in {room}")
-        names = self._rooms.setdefault(room, Counter())
+        names = self._rooms.get(room)
+        if names is None:
+            names = self._rooms[room] = Counter()
+            self._broker.occupied(room)
         names[name] += 1
         if names[name] == 1:
             self._broker.announce(PresenceEvent(room, "join", name, len(names)))
 
     async def holder(self, room: str, name: str) -> str | None:
         return self._holders.get(room, {}).get(name)
+
+    def has_members(self, room: str) -> bool:
+        return room in self._rooms
 
     def counts(self) -> dict[str, int]:
         """Names present per room."""
@@ -113,6 +120,7 @@ class MemoryPresence:
             if not names:
                 del self._rooms[room]
                 self._holders.pop(room, None)
+                self._broker.vacated(room)
 
     async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
         names = self._rooms.get(room, Counter())
@@ -128,9 +136,14 @@ class MemoryPresence:
 class MemoryBroker:
     """Messages, history and presence in this process; see the module docstring."""
 
-    def __init__(self, history_size: int = 1000) -> None:
+    def __init__(self, history_size: int = 1000, room_ttl: float = 7 * 24 * 3600.0) -> None:
         self._history_size = history_size
+        self._room_ttl = room_ttl
+        self._dedupe = dedupe_seconds(room_ttl)
         self._rooms: dict[str, deque[Message]] = {}
+        # Rooms with history and no member, by when they are forgotten (soonest first).
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._sweeper: asyncio.Task[None] | None = None
         self._seen: OrderedDict[tuple[str, str, str], tuple[float, Message]] = OrderedDict()
         self._clock = IdClock()
         self._subscribed: set[str] = set()
@@ -148,9 +161,14 @@ class MemoryBroker:
 
     async def start(self, handler: EventHandler) -> None:
         self._handler = handler
+        self._sweeper = asyncio.create_task(self._sweep_loop())
 
     async def close(self) -> None:
         self._handler = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
 
     async def subscribe(self, room: str) -> None:
         self._subscribed.add(room)
@@ -161,9 +179,9 @@ class MemoryBroker:
     async def publish(self, room: str, draft: Draft) -> Published:
         now_ns = time.time_ns()
         now = now_ns / 1e9
+        self._sweep(now)
         key = (room, draft.sender, draft.nonce) if draft.nonce is not None else None
         if key is not None:
-            self._forget_expired(now)
             seen = self._seen.get(key)
             if seen is not None:
                 return Published(seen[1], duplicate=True)
@@ -183,22 +201,27 @@ class MemoryBroker:
         if history is None:
             history = self._rooms[room] = deque(maxlen=self._history_size)
         history.append(message)
+        if not self._presence.has_members(room):
+            self._touch(room, now)
         if key is not None:
-            self._seen[key] = (now + DEDUPE_SECONDS, message)
+            self._seen[key] = (now + self._dedupe, message)
         self._deliver(room, message)
         return Published(message, duplicate=False)
 
     async def history(self, room: str, since: str | None, limit: int) -> History:
+        self._sweep(time.time())
         messages = self._rooms.get(room)
         return select_history(list(messages) if messages else [], since, limit)
 
     async def history_before(self, room: str, before: str, limit: int) -> History:
+        self._sweep(time.time())
         messages = self._rooms.get(room)
         return select_before(list(messages) if messages else [], before, limit)
 
     async def rooms(self, limit: int) -> list[RoomInfo]:
         # One pass over every room this process knows: the node caches the answer, and one
         # process holds few enough rooms for that.
+        self._sweep(time.time())
         counts = self._presence.counts()
         infos = [
             RoomInfo(room, counts.get(room, 0), messages[-1].ts if messages else None)
@@ -229,10 +252,40 @@ class MemoryBroker:
                 except Exception:  # one room's failure must not cost other rooms their messages
                     log.exception("delivering %d messages failed", len(messages))
 
-    def _forget_expired(self, now: float) -> None:
+    # --- forgetting idle rooms ------------------------------------------------------------
+
+    def occupied(self, room: str) -> None:
+        """The room has a member now: it is kept until after the last one leaves."""
+        self._expiry.pop(room, None)
+
+    def vacated(self, room: str) -> None:
+        """The room's last member left: it is forgotten `room_ttl` from now, unless used."""
+        self._touch(room, time.time())
+
+    def _touch(self, room: str, now: float) -> None:
+        if room in self._rooms:
+            self._expiry[room] = now + self._room_ttl
+            self._expiry.move_to_end(room)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the rooms whose time is up (their history), and nonces older than the
+        dedupe window (never longer than the room TTL, so a forgotten room's go too)."""
+        expiry = self._expiry
+        while expiry:
+            room, when = next(iter(expiry.items()))
+            if when > now:
+                break
+            del expiry[room]
+            self._rooms.pop(room, None)
         seen = self._seen
         while seen:
             key, (expires, _) = next(iter(seen.items()))
             if expires > now:
                 break
             del seen[key]
+
+    async def _sweep_loop(self) -> None:
+        """Forget idle rooms also while nobody publishes or reads, so memory comes back."""
+        while True:
+            await asyncio.sleep(min(self._room_ttl / 2, 60.0))
+            self._sweep(time.time())

@@ -3,19 +3,28 @@
 Every key of a room carries the room in a hash tag (`wc:{lobby}:h`), so a room's keys live in
 one slot and each Lua script touches one slot, as Redis Cluster requires.
 
-| key / channel                   | type   | holds                                               |
-|---------------------------------|--------|-----------------------------------------------------|
-| `wc:{room}:h`                   | stream | history; the entry id is the message id             |
-| `wc:{room}:c`                   | pubsub | live messages and presence events of the room        |
-| `wc:{room}:n:<len>:<sender><nonce>` | string | a deduped send (sender: the name, or `\x1f<sub>`) |
-| `wc:{room}:p`                   | hash   | name -> how many nodes hold it                       |
-| `wc:{room}:e`                   | zset   | `<node>:<name>` scored by expiry (ms, Redis clock)   |
-| `wc:{room}:ps`                  | stream | the last ~1000 presence events, for backfill          |
-| `wc:{room}:k`                   | hash   | name -> its holder (SHA-256 of the key, or "")       |
-| `wc:node:<node>`                | pubsub | this node's self-ping, proving its subscriber alive  |
-| `wc:{#index}:members`           | zset   | room -> names present (GET /api/rooms)               |
-| `wc:{#index}:seen`              | zset   | room -> when a live node last confirmed that count   |
-| `wc:{#index}:active`            | zset   | room -> ts of its last message, for 24 hours         |
+| key / channel                       | type   | holds                                 | expires  |
+|-------------------------------------|--------|---------------------------------------|----------|
+| `wc:{room}:h`                       | stream | history; entry id = message id        | room (1) |
+| `wc:{room}:c`                       | pubsub | live messages and presence events     | -        |
+| `wc:{room}:n:<len>:<sender><nonce>` | string | a deduped send: its message id (2)    | 5 min    |
+| `wc:{room}:p`                       | hash   | name -> how many nodes hold it        | pres (3) |
+| `wc:{room}:e`                       | zset   | `<node>:<name>` by expiry (ms)        | pres (3) |
+| `wc:{room}:ps`                      | stream | the last ~1000 presence events        | pres (3) |
+| `wc:{room}:k`                       | hash   | name -> its holder (key's SHA-256)    | pres (3) |
+| `wc:node:<node>`                    | pubsub | this node's self-ping                 | -        |
+| `wc:node:<node>:w`                  | string | this node's write probe               | 10 s     |
+| `wc:{#index}:members`               | zset   | room -> names present (/api/rooms)    | pruned   |
+| `wc:{#index}:seen`                  | zset   | room -> when a live node confirmed it | pruned   |
+| `wc:{#index}:active`                | zset   | room -> ts of its last message        | 24 h (4) |
+
+(1) `--room-ttl` after its last message; every node with members in the room pushes it back.
+(2) sender: the name, or `\x1f<sub>` in authenticated mode (Draft.sender). Or, once the
+stream trimmed it within the dedupe window, the whole message (see redis_scripts.PUBLISH).
+The window is 5 minutes, or the room TTL if that is shorter.
+(3) 3 presence timeouts after the last refresh of a node holding a name there; empty hashes
+and sets go at once, the presence stream of an emptied room a few seconds after its last leave.
+(4) entries older than 24 hours, or the room TTL if shorter.
 
 The index keys share one hash tag that no room name can have (`#`), so the index is one
 slot and never collides with a room's keys.
@@ -86,6 +95,11 @@ def presence_stream_key(room: str) -> str:
 
 def node_channel(node_id: str) -> str:
     return f"{PREFIX}:node:{node_id}"
+
+
+def probe_key(node_id: str) -> str:
+    """The key this node writes to learn whether Redis accepts writes (OOM, replica, MISCONF)."""
+    return f"{PREFIX}:node:{node_id}:w"
 
 
 def room_of_channel(name: bytes) -> str | None:

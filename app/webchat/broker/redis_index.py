@@ -3,8 +3,10 @@
 Two sorted sets are kept up to date by the nodes, never by scanning the keyspace: the names
 present per room (reported by the presence scripts after every join, leave, reap and refresh,
 with when a live node last confirmed them) and the time of each room's newest message (for 24
-hours). Nodes batch their updates and write them once a second in one script, so neither a
-burst of joins nor a busy room costs Redis more than one small call per node and second.
+hours, or the room TTL if that is shorter: an expired room is not listed). Nodes batch their
+updates and write them once a second in one script, so neither a burst of joins nor a busy
+room costs Redis more than one small call per node and second; an idle node still prunes old
+entries now and then, so the index shrinks back after a burst of short-lived rooms.
 A listing reads at most a few pages of the index; counts that no live node confirmed within
 the presence timeout (their node died) are dropped as it goes.
 """
@@ -26,17 +28,29 @@ from webchat.broker.redis_scripts import INDEX, ROOMS
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL: Final = 1.0  # seconds between index writes of one node
+PRUNE_INTERVAL: Final = 60.0  # at most this long between writes, pruning old entries
 _CHUNK: Final = 500  # rooms per index script call
-_WINDOW_MS: Final = ROOM_ACTIVITY_SECONDS * 1000
 
 
 class RoomIndex:
     """Pending index updates of this node, and the listing. The broker runs `flush_loop`."""
 
-    def __init__(self, client: Redis, staleness: float, ops: RedisOps) -> None:
-        self._client = client
+    def __init__(
+        self,
+        client: Redis,
+        control: Redis,
+        staleness: float,
+        ops: RedisOps,
+        room_ttl: float = ROOM_ACTIVITY_SECONDS,
+    ) -> None:
+        self._client = client  # listings (requests)
+        self._control = control  # the flush loop
         self._ops = ops
         self._staleness_ms = int(staleness * 1000)
+        window = min(ROOM_ACTIVITY_SECONDS, room_ttl)
+        self._window_ms = int(window * 1000)
+        self._prune_every = min(PRUNE_INTERVAL, window / 2)
+        self._pruned = 0.0  # loop time of the last write
         self._counts: dict[str, int] = {}  # room -> names present, newest report
         self._active: dict[str, int] = {}  # room -> ts of the newest message published here
         self._update = client.register_script(INDEX)
@@ -52,30 +66,38 @@ class RoomIndex:
             self._active[room] = ts
 
     async def flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+            await asyncio.sleep(min(FLUSH_INTERVAL, self._prune_every))
             try:
-                await self.flush()
+                if self._counts or self._active or loop.time() - self._pruned > self._prune_every:
+                    await self.flush(prune=True)
+                    self._pruned = loop.time()
             except (RedisError, OSError) as exc:
                 log.debug("room index update failed (retried): %s", describe(exc))
 
-    async def flush(self) -> None:
-        """Write the pending updates; on failure they stay pending (newer reports win)."""
+    async def flush(self, prune: bool = False) -> None:
+        """Write the pending updates; on failure they stay pending (newer reports win).
+
+        With `prune`, the script runs even with nothing pending, dropping old entries."""
         counts, self._counts = self._counts, {}
         active, self._active = self._active, {}
         count_items, active_items = list(counts.items()), list(active.items())
         some_counts: list[tuple[str, int]] = []
         some_active: list[tuple[str, int]] = []
         try:
-            while count_items or active_items:
+            while count_items or active_items or prune:
+                prune = False
                 some_counts, count_items = count_items[:_CHUNK], count_items[_CHUNK:]
                 room_budget = _CHUNK - len(some_counts)
                 some_active, active_items = active_items[:room_budget], active_items[room_budget:]
                 args: list[str | int] = [len(some_counts)]
                 for room, value in (*some_counts, *some_active):
                     args += [room, value]
-                args.append(_WINDOW_MS)
-                await self._ops.call("room_index", self._update(keys=index_keys(), args=args))
+                args.append(self._window_ms)
+                await self._ops.call(
+                    "room_index", self._update(keys=index_keys(), args=args, client=self._control)
+                )
         except BaseException:
             for room, count in count_items + some_counts:
                 self._counts.setdefault(room, count)
@@ -86,7 +108,8 @@ class RoomIndex:
     async def rooms(self, limit: int) -> list[RoomInfo]:
         try:
             flat: list[Any] = await self._ops.call(
-                "rooms", self._list(keys=index_keys(), args=[limit, self._staleness_ms, _WINDOW_MS])
+                "rooms",
+                self._list(keys=index_keys(), args=[limit, self._staleness_ms, self._window_ms]),
             )
             infos = [
                 RoomInfo(

@@ -35,6 +35,8 @@ COMMANDS: Final = {
     "room_index": "EVALSHA",
     "rooms": "EVALSHA",
     "ping": "PUBLISH",
+    "write_probe": "SET",
+    "keep_alive": "PEXPIRE",
 }
 
 

@@ -11,6 +11,10 @@ timeout.
 A name's holder (the hash of its first connection's key) is stored with it by the join script:
 a join under another holder is refused there, atomically, on whichever node it comes.
 The names present after each change are reported to `on_count`, for the room index.
+
+A join whose outcome is unknown (cancelled because its client left, or timed out after the
+script may have run) and a leave that failed are settled: retried in the background until
+Redis agrees with what this node holds, so neither leaves a ghost member behind.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Rooms per pipeline when refreshing or reaping many rooms at once.
 _CHUNK = 200
+SETTLE_DELAY = 0.2  # a join or leave to settle is retried after this, doubling while it fails
+SETTLE_MAX_DELAY = 5.0
 
 
 class _RoomLock:
@@ -57,8 +63,10 @@ class RedisPresence:
         reachable: Callable[[], bool],
         ops: RedisOps,
         on_count: Callable[[str, int], None] = lambda room, count: None,
+        control: Redis | None = None,
     ) -> None:
         self._client = client
+        self._control = control or client  # the refresh and reap loops
         self._ops = ops
         self._reachable = reachable
         self._on_count = on_count
@@ -82,6 +90,12 @@ class RedisPresence:
         self._members = client.register_script(MEMBERS)
         self._refresh_now = asyncio.Event()
         self._reap_from = 0.0  # loop time before which the reaper waits
+        self._unsettled: set[tuple[str, str]] = set()  # (room, name) Redis may disagree on
+        self._settle_now = asyncio.Event()
+        # Per refresh or reap batch in flight, the rooms whose join or leave reported a count
+        # meanwhile: the batch may have run before it in Redis, so its older count of those
+        # rooms is dropped (it would keep an emptied room listed as busy in the room index).
+        self._in_flight: list[set[str]] = []
 
     # --- the Presence protocol --------------------------------------------------------
 
@@ -100,10 +114,16 @@ class RedisPresence:
             self._release(room, name)
             raise
         except (RedisError, OSError) as exc:
-            # The hub detaches the connection without a leave; forget the hold again. If the
-            # script ran after all, the holder expires and is reaped.
+            # The hub detaches the connection without a leave; forget the hold again, and
+            # make sure Redis forgets it too: the script may have run (a timeout).
             self._release(room, name)
+            self._settle(room, name)
             raise BrokerUnavailable(f"presence join failed: {describe(exc)}") from exc
+        except BaseException:
+            # Cancelled: the client left during its join, and the script may have run.
+            self._release(room, name)
+            self._settle(room, name)
+            raise
 
     async def holder(self, room: str, name: str) -> str | None:
         held = self._holders.get(room, {}).get(name)
@@ -122,17 +142,18 @@ class RedisPresence:
         if not self._release(room, name):
             return
         if not self._reachable():
-            # No waiting for timeouts (at shutdown, say): the hold is no longer refreshed,
-            # so it expires and is reaped, and the leave is announced within the timeout.
-            log.info("Redis unreachable: %r leaves %s when its hold expires", name, room)
+            # No waiting for timeouts (at shutdown, say): the hold is no longer refreshed, so
+            # it expires and is reaped, unless Redis is back sooner and the leave settled.
+            log.info("Redis unreachable: %r leaves %s when Redis is back", name, room)
+            self._settle(room, name)
             return
         try:
             await self._apply(room, name)
         except (RedisError, OSError) as exc:
-            # Not refreshed any more, the holder expires and is reaped: the leave comes late.
             log.warning(
-                "presence leave of %r in %s failed (%s); it will expire", name, room, describe(exc)
+                "presence leave of %r in %s failed (%s); retrying", name, room, describe(exc)
             )
+            self._settle(room, name)
 
     async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
         try:
@@ -189,20 +210,47 @@ class RedisPresence:
             except Exception:
                 log.exception("presence reaping failed")
 
+    async def settle_loop(self) -> None:
+        """Retry joins and leaves whose outcome in Redis is unknown until Redis agrees."""
+        delay = SETTLE_DELAY
+        while True:
+            await self._settle_now.wait()
+            await asyncio.sleep(delay)  # gathers a burst; backs off while Redis fails
+            self._settle_now.clear()
+            pending, self._unsettled = self._unsettled, set()
+            failed = False
+            for room, name in pending:
+                try:
+                    await self._apply(room, name)
+                except NameTaken:
+                    log.warning("%r in %s is now held by another key", name, room)
+                except (RedisError, OSError) as exc:
+                    log.debug("settling %r in %s failed (retried): %s", name, room, describe(exc))
+                    self._settle(room, name)
+                    failed = True
+            delay = min(delay * 2, SETTLE_MAX_DELAY) if failed else SETTLE_DELAY
+
+    def _settle(self, room: str, name: str) -> None:
+        self._unsettled.add((room, name))
+        self._settle_now.set()
+
     async def _refresh_all(self) -> None:
         held = [(room, list(names)) for room, names in self._held.items() if names]
         for start in range(0, len(held), _CHUNK):
             chunk = held[start : start + _CHUNK]
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._control.pipeline(transaction=False)
             for room, names in chunk:
                 await self._refresh(
                     keys=presence_keys(room),
                     args=[self._node, self._timeout_ms, *names],
                     client=pipe,
                 )
-            results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
-            for (room, _), (count, missing) in zip(chunk, results, strict=True):
-                self._on_count(room, int(count))
+            with self._batch() as reported:
+                results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
+            for (room, _), (count, _) in zip(chunk, results, strict=True):
+                if room not in reported:  # all at once: the re-joins below let others run
+                    self._on_count(room, int(count))
+            for (room, _), (_, missing) in zip(chunk, results, strict=True):
                 for raw in missing:
                     name = raw.decode()
                     log.info("re-joining %r in %s: its hold had expired", name, room)
@@ -215,12 +263,13 @@ class RedisPresence:
     async def _reap_rooms(self, rooms: list[str]) -> None:
         for start in range(0, len(rooms), _CHUNK):
             chunk = rooms[start : start + _CHUNK]
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._control.pipeline(transaction=False)
             for room in chunk:
                 await self._reap(keys=presence_keys(room), args=[channel(room)], client=pipe)
-            results: list[Any] = await self._ops.call("presence_reap", pipe.execute())
+            with self._batch() as reported:
+                results: list[Any] = await self._ops.call("presence_reap", pipe.execute())
             for room, count in zip(chunk, results, strict=True):
-                if int(count) >= 0:
+                if int(count) >= 0 and room not in reported:
                     self._on_count(room, int(count))
 
     # --- internals ----------------------------------------------------------------------
@@ -272,8 +321,24 @@ class RedisPresence:
                         "presence_leave",
                         self._leave(keys=keys, args=[channel(room), self._node, name]),
                     )
-                self._on_count(room, int(count))
+                self._report(room, int(count))
         finally:
             entry.users -= 1
             if entry.users == 0:
                 del self._locks[room]
+
+    def _report(self, room: str, count: int) -> None:
+        """A join's or leave's count of `room`: newer than any batch's still in flight."""
+        self._on_count(room, count)
+        for reported in self._in_flight:
+            reported.add(room)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[set[str]]:
+        """While a batched refresh or reap is in flight: the rooms reported meanwhile."""
+        reported: set[str] = set()
+        self._in_flight.append(reported)
+        try:
+            yield reported
+        finally:  # by identity: two batches' sets may be equal
+            self._in_flight = [r for r in self._in_flight if r is not reported]

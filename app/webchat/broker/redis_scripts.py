@@ -9,24 +9,70 @@ from __future__ import annotations
 from typing import Final
 
 # KEYS[1] the room's stream; KEYS[2] the dedupe key, only when the draft has a nonce.
-# ARGV: channel, history size, dedupe seconds, name, text, trace JSON or '', user ('' in
-# anonymous mode), [nonce].
+# ARGV: channel, history size, dedupe ms, room TTL ms, name, text, trace JSON or '', user (''
+# in anonymous mode), [nonce].
 # Returns {0, id} for an accepted message, {1, payload} for a duplicate: the original message.
 # The stream id is the message id, and PUBLISH follows XADD inside one script, so publish
-# order equals history order on every node.
-PUBLISH: Final = """
-local dedupe = KEYS[2]
+# order equals history order on every node. Every write sets its key's TTL: the stream lives
+# the room TTL after its last message (nodes with members push it back, redis_keepalive.py),
+# the dedupe key the dedupe window.
+#
+# A dedupe key holds the message's id, and a duplicate is answered with the stream entry. An
+# entry that XADD is about to trim while its dedupe key still lives (a busy room turns its
+# history over within the window) first has its message copied into that key, so the answer
+# stays exact; only then does a dedupe key hold a whole message. Should both be gone anyway (a
+# lowered --history-size trims more than KEEP_TRIMMED entries at once), the answer is built
+# from the id, the name, the user, the nonce and the resent text.
+KEEP_TRIMMED: Final = 1000
+
+PUBLISH: Final = f"""
+local stream, dedupe = KEYS[1], KEYS[2]
+local size, dedupe_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function message(id, fields)
+  local event = {{k = 'm', i = id}}
+  for i = 1, #fields, 2 do event[fields[i]] = fields[i + 1] end
+  return event
+end
 if dedupe then
   local seen = redis.call('GET', dedupe)
-  if seen then return {1, seen} end
+  if seen then
+    if string.sub(seen, 1, 1) == '{{' then return {{1, seen}} end
+    local entry = redis.call('XRANGE', stream, seen, seen)[1]
+    if entry then return {{1, cjson.encode(message(entry[1], entry[2]))}} end
+    local event = {{k = 'm', i = seen, n = ARGV[5], t = ARGV[6], o = ARGV[9]}}
+    if ARGV[8] ~= '' then event.u = ARGV[8] end
+    return {{1, cjson.encode(event)}}
+  end
 end
-local name, text, trace, user = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local fields = {'n', name, 't', text}
-local event = {k = 'm', n = name, t = text}
+local now = redis.call('TIME')
+local over = redis.call('XLEN', stream) - size + 1
+if over > 0 then
+  local recent = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - dedupe_ms
+  local prefix = string.sub(stream, 1, -2) .. 'n:'
+  local doomed = redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(over, {KEEP_TRIMMED}))
+  for _, entry in ipairs(doomed) do
+    if tonumber(string.match(entry[1], '^%d+')) >= recent then
+      local event = message(entry[1], entry[2])
+      if event.o then
+        -- the key dedupe_key() names for Draft.sender (the name, or \\x1f and the user's
+        -- sub): its length in code points, not bytes
+        local sender = event.u and ('\\031' .. event.u) or event.n
+        local _, length = string.gsub(sender, '[^\\128-\\191]', '')
+        local key = prefix .. length .. ':' .. sender .. event.o
+        if redis.call('GET', key) == entry[1] then
+          redis.call('SET', key, cjson.encode(event), 'KEEPTTL')
+        end
+      end
+    end
+  end
+end
+local name, text, trace, user = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local fields = {{'n', name, 't', text}}
+local event = {{k = 'm', n = name, t = text}}
 if dedupe then
   fields[#fields + 1] = 'o'
-  fields[#fields + 1] = ARGV[8]
-  event.o = ARGV[8]
+  fields[#fields + 1] = ARGV[9]
+  event.o = ARGV[9]
 end
 if user ~= '' then
   fields[#fields + 1] = 'u'
@@ -38,16 +84,15 @@ if trace ~= '' then
   fields[#fields + 1] = trace
   event.x = trace
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
+local id = redis.call('XADD', stream, 'MAXLEN', size, '*', unpack(fields))
+redis.call('PEXPIRE', stream, ARGV[4])
 event.i = id
 -- Acceptance time in microseconds, for delivery latency: a string, since cjson writes numbers
 -- with 14 significant digits. Only on the channel: history readers need no more than `ts`.
-local now = redis.call('TIME')
 event.a = now[1] .. string.format('%06d', tonumber(now[2]))
-local payload = cjson.encode(event)
-if dedupe then redis.call('SET', dedupe, payload, 'EX', ARGV[3]) end
-redis.call('PUBLISH', ARGV[1], payload)
-return {0, id}
+if dedupe then redis.call('SET', dedupe, id, 'PX', dedupe_ms) end
+redis.call('PUBLISH', ARGV[1], cjson.encode(event))
+return {{0, id}}
 """
 
 # Presence keys: KEYS[1] names hash (name -> number of nodes holding it), KEYS[2] holders zset
@@ -55,12 +100,16 @@ return {0, id}
 # (name -> the holder its first join gave: a key's hash, or ''). A name is present while its
 # hash count is > 0; a join is announced when a name's count becomes 1 and a leave when it
 # drops to 0: appended to the presence stream (so a node that was disconnected backfills it,
-# as it does messages) and published on the room's channel with the stream id. The name's
+# as it does messages) and published on the room's channel with the stream id. Every key
+# expires 3 presence timeouts after the last join or refresh of a node holding a name in the
+# room, so the keys of a room whose nodes died go too; the presence stream of a room that
+# empties goes PRESENCE_LINGER_MS after its last leave (long enough for a subscribe in flight
+# to read it; a stream costs ~4 KB even with one entry). The name's
 # holder is set with its first join and dropped with its leave, in the same script, so two
 # first joins with different keys on two nodes cannot both succeed.
 
 PRESENCE_HISTORY: Final = 1000  # presence events a reconnecting node can still catch up on
-PRESENCE_HISTORY_MS: Final = 24 * 3600 * 1000  # kept this long after the room's last event
+PRESENCE_LINGER_MS: Final = 3000  # the presence stream of a room that emptied, kept this long
 
 _NOW = f"""
 local function now_ms()
@@ -71,7 +120,7 @@ local function announce(channel, event, name, names)
   local count = redis.call('HLEN', names)
   local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', {PRESENCE_HISTORY}, '*',
     'e', event, 'n', name, 'c', count)
-  redis.call('PEXPIRE', KEYS[3], {PRESENCE_HISTORY_MS})
+  if count == 0 then redis.call('PEXPIRE', KEYS[3], {PRESENCE_LINGER_MS}) end
   redis.call('PUBLISH', channel, cjson.encode({{k = 'p', i = id, e = event, n = name, c = count}}))
 end
 local function drop(names, channel, name)
@@ -84,6 +133,7 @@ end
 local function keep_alive(ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
   redis.call('PEXPIRE', KEYS[4], ttl)
 end
 """

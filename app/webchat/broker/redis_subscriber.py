@@ -5,7 +5,8 @@ consecutive messages of one room that arrived together, without awaiting anythin
 room it remembers the last id delivered and drops anything at or below it.
 
 When the connection dies (Redis restarted, `CLIENT KILL`, output buffer limit) or goes silent
-(the self-ping published on the command connection does not come back), the subscriber
+(the self-ping published on the command connection does not come back within PONG_TIMEOUT,
+and nothing else came either: a reader merely behind is not dead), the subscriber
 reconnects with capped exponential backoff and full jitter, re-subscribes every room and, for
 each, backfills from the room's streams (messages, and presence events) everything after the
 last ids delivered before passing on live events again, so the node misses nothing that Redis
@@ -67,8 +68,12 @@ class Subscriber:
         name: str,
         ops: RedisOps,
         on_reconnect: Callable[[], None],
+        control: Redis | None = None,
+        keep_ms: int | None = None,
     ) -> None:
-        self._client = client
+        self._client = client  # a subscribe's reads (requests)
+        self._control = control or client  # backfill
+        self._keep_ms = keep_ms  # a fresh subscription pushes back its history's TTL by this
         self._on_change = on_change
         self._ops = ops
         self._on_reconnect = on_reconnect
@@ -82,7 +87,9 @@ class Subscriber:
         self._epoch = 0  # connections that went live
         self._ping_channel = node_channel(node_id).encode()
         self._pong_seq = 0
-        self._ping_pending: tuple[int, float] | None = None
+        # The self-ping awaited: its seq, when it was published, replies read by then.
+        self._ping_pending: tuple[int, float, int] | None = None
+        self._replies = 0  # replies read from the connection, to tell "behind" from "dead"
         self._batch_room: str | None = None
         self._batch: list[Message] = []
         self._backfill_wanted = asyncio.Event()
@@ -105,7 +112,9 @@ class Subscriber:
             pipe = self._client.pipeline(transaction=False)
             pipe.xrevrange(stream_key(room), count=1)
             pipe.xrevrange(presence_stream_key(room), count=1)
-            newest: list[Any] = await pipe.execute()
+            if self._keep_ms is not None:  # a member arrives: the room is alive (keepalive.py)
+                pipe.pexpire(stream_key(room), self._keep_ms)
+            newest: list[Any] = (await pipe.execute())[:2]
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot read the streams of {room}: {describe(exc)}") from exc
         sub = RoomSub(*(n[0][0].decode() if n else "0-0" for n in newest))
@@ -119,6 +128,8 @@ class Subscriber:
                 await self._send(conn, "SUBSCRIBE", channel(room))
                 await waiter
         except BaseException as exc:
+            if waiter in sub.waiters:  # nobody reads it now: unsubscribe must not fail it
+                sub.waiters.remove(waiter)
             if self.rooms.get(room) is sub:
                 if isinstance(exc, asyncio.CancelledError):
                     del self.rooms[room]  # its messages are dropped; no await while cancelled
@@ -143,7 +154,7 @@ class Subscriber:
             return
         try:
             await self._ops.call("unsubscribe", self._send(conn, "UNSUBSCRIBE", channel(room)))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
             # Its messages are dropped (the room is gone) until the connection is replaced.
             log.debug("UNSUBSCRIBE %s failed: %s", room, exc)
 
@@ -267,12 +278,20 @@ class Subscriber:
         if receivers == 0:
             self.fail("Redis counts no subscriber on this node's channel")
         elif self._ping_pending is None:
-            self._ping_pending = (seq, now)
+            self._ping_pending = (seq, now, self._replies)
 
     def check_pong(self, now: float) -> None:
+        """Fail the connection if the self-ping is late and nothing at all came meanwhile.
+
+        A reader that is merely behind (a starved event loop, a burst of messages queued
+        before the pong) is alive: replacing its connection would only add a backfill.
+        """
         pending = self._ping_pending
         if self.live and pending is not None and now - pending[1] > PONG_TIMEOUT:
-            self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+            if self._replies == pending[2]:
+                self.fail(f"self-ping not back within {PONG_TIMEOUT}s")
+            else:
+                self._ping_pending = (pending[0], now, self._replies)
 
     def _pong(self, data: bytes) -> None:
         seq = int(data)
@@ -294,6 +313,7 @@ class Subscriber:
                 handled += 1
 
     def _handle(self, reply: Any) -> None:
+        self._replies += 1
         if not isinstance(reply, list) or len(reply) != 3:
             return
         kind, name, data = reply
@@ -399,7 +419,7 @@ class Subscriber:
                 chunk = todo[start : start + BACKFILL_ROOMS]
                 try:
                     reads = await self._ops.call(
-                        "backfill", read_after(self._client, [(r, s) for r, s, _ in chunk])
+                        "backfill", read_after(self._control, [(r, s) for r, s, _ in chunk])
                     )
                 except (RedisError, OSError) as exc:
                     # Retried on the next connection, which re-confirms every room.
@@ -414,7 +434,10 @@ class Subscriber:
                         continue  # unsubscribed meanwhile
                     result = sub.backfilled(generation, messages, presence)
                     if result.reset:
-                        log.warning("the streams of %s went back behind what was delivered", room)
+                        log.warning(
+                            "the streams of %s went back behind what was delivered (lost, expired)",
+                            room,
+                        )
                     if result.again:
                         self._backfill_wanted.set()
                     if result.gap:  # first, so the clients resume from before the gap

@@ -2,7 +2,8 @@
 """The attacks of issue 12 that the HTTP and socket side bounds, run against a webchat process
 this script starts, with the figures docs/security.md reports.
 
-    python loadtest/hostile.py [--app-dir app] [--scenario api,echo,replay,slowloris,bad,fds] [--rt]
+    python loadtest/hostile.py [--app-dir app] [--rt]
+        [--scenario api,echo,replay,slowloris,bad,fds,pings]
 
 Each scenario starts its own `python -m webchat` (from `--app-dir`, so the same command
 measures an older tree: `git archive <commit> app frontend | tar -x -C /tmp/old` and
@@ -212,8 +213,11 @@ def closed_by_server(sock: socket.socket) -> bool:
 class Echo:
     """A client measuring its own message's round trip, continuously, in `room`."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, room: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, room: str, interval: float = 0.02
+    ) -> None:
         self.session, self.url, self.room = session, url, room
+        self.interval = interval  # between one echo and the next message
         self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -235,7 +239,7 @@ class Echo:
                 if frame.get("nonce") == nonce:
                     break
             self.samples.append((time.perf_counter() - started) * 1000)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(self.interval)
 
     def take(self) -> list[float]:
         samples, self.samples = self.samples, []
@@ -502,6 +506,87 @@ async def fds(app: Path, session: aiohttp.ClientSession) -> dict[str, Any]:
         server.stop()
 
 
+# One flooding client, run as its own process (so this process's loop measures the server,
+# not its own sending): it opens a WebSocket, sends masked empty pings as fast as the socket
+# takes them while discarding what comes back, and opens a new one whenever the server closes
+# it. It prints one line per connection it opened.
+PING_FLOODER = r"""
+import base64, os, socket, sys
+port = int(sys.argv[1])
+ping = bytes([0x89, 0x80, 0, 0, 0, 0]) * 2000
+n = 0
+while True:
+    s = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /ws?room=flood&name=f{os.getpid()}-{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    n += 1
+    print(n, flush=True)
+    s.setblocking(False)
+    while True:
+        try:
+            s.send(ping)
+        except BlockingIOError:
+            pass
+        except OSError:
+            break
+        try:
+            if not s.recv(1 << 16):
+                break
+        except BlockingIOError:
+            pass
+        except OSError:
+            break
+    s.close()
+"""
+
+
+async def pings(app: Path, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """Four sockets flooding pings (the issue's row: others' echo p50 0.9 -> 132 ms), with the
+    default rate limit (10/s, burst 20)."""
+    server = await Server(app).ready(session)
+    flooders: list[subprocess.Popen[bytes]] = []
+    counts = Path(tempfile.mkstemp(prefix="hostile-pings-")[1])
+    try:
+        # 5 messages a second: under the default rate, which the flooders meet.
+        echo = await Echo(session, server.url, "echo", interval=0.2).start()
+        await asyncio.sleep(5)
+        idle = percentiles(echo.take())
+        cpu_before = cpu_seconds(server.proc.pid)
+        with counts.open("wb") as out:  # noqa: ASYNC230  # a local file, opened once
+            flooders = [
+                subprocess.Popen(  # noqa: ASYNC220  # started once
+                    [*RT["generators"], sys.executable, "-c", PING_FLOODER, str(server.port)],
+                    stdout=out,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(4)
+            ]
+        await asyncio.sleep(10)
+        loaded = percentiles(echo.take())
+        server_cpu = cpu_seconds(server.proc.pid) - cpu_before
+        for flooder in flooders:
+            flooder.kill()
+            flooder.wait()
+        await echo.stop()
+        connections = len(counts.read_text().split())  # noqa: ASYNC240  # after the measurement
+        return {
+            "echo_idle": idle,
+            "echo_with_4_ping_floods": loaded,
+            "flood_connections_in_10s": connections,
+            "server_cpu_s_in_10s": round(server_cpu, 2),
+            **log_figures(server.log()),
+        }
+    finally:
+        for flooder in flooders:
+            if flooder.poll() is None:
+                flooder.kill()
+                flooder.wait()
+        counts.unlink(missing_ok=True)  # noqa: ASYNC240  # after the measurement
+        server.stop()
+
+
 SCENARIOS = {
     "api": api,
     "echo": echo_under_api_load,
@@ -509,6 +594,7 @@ SCENARIOS = {
     "slowloris": slowloris,
     "bad": bad,
     "fds": fds,
+    "pings": pings,
 }
 
 

@@ -8,25 +8,40 @@ import aiohttp
 import pytest
 
 from tests.support.redis import RedisServer
+from tests.support.redis_ha import RedisClusterGroup, SentinelGroup
 from tests.support.servers import WebchatProcess
 from tests.support.tokens import TestKeys
 
-# Brokers the contract suite runs against: one parametrized suite, so both behave alike.
-BROKERS = ["memory", "redis"]
+# Brokers the contract suite runs against: one parametrized suite, so all behave alike.
+BROKERS = ["memory", "redis", "cluster"]
+# Brokers of the tests that need several processes on Redis (a dead instance, say).
+REDIS_BROKERS = ["redis", "cluster"]
+
+
+def broker_url(broker: str, request: pytest.FixtureRequest) -> str | None:
+    """The `--redis-url` that puts a webchat process on `broker` (None: the memory broker).
+
+    On Redis, every process of one test shares the test's Redis (one server, a Sentinel
+    group or a cluster), so two processes of a test are two instances of one service.
+    """
+    if broker == "memory":
+        return None
+    if broker == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        return redis_server.url
+    if broker == "sentinel":
+        sentinel: SentinelGroup = request.getfixturevalue("sentinel_redis")
+        return sentinel.url()
+    if broker == "cluster":
+        cluster: RedisClusterGroup = request.getfixturevalue("cluster_redis")
+        return cluster.url()
+    raise AssertionError(f"unknown broker {broker}")
 
 
 def broker_args(broker: str, request: pytest.FixtureRequest) -> list[str]:
-    """CLI flags that put a webchat process on `broker`.
-
-    On Redis, every process of one test shares the test's `redis_server`, so two processes
-    of a test are two instances of one service.
-    """
-    if broker == "memory":
-        return []
-    if broker == "redis":
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        return ["--redis-url", redis_server.url]
-    raise AssertionError(f"unknown broker {broker}")
+    """CLI flags that put a webchat process on `broker`."""
+    url = broker_url(broker, request)
+    return [] if url is None else ["--redis-url", url]
 
 
 @pytest.fixture
@@ -41,6 +56,30 @@ def redis_server(redis_appendonly: bool) -> Iterator[RedisServer]:
     server = RedisServer(appendonly=redis_appendonly).start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def sentinel_redis() -> Iterator[SentinelGroup]:
+    """A master and two replicas (with a password) watched by three Sentinels, for one test:
+    the tests on it kill its master."""
+    group = SentinelGroup(password="s3cret").start()
+    yield group
+    group.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterGroup]:
+    """Three masters with a replica each, shared by the tests that only use them."""
+    cluster = RedisClusterGroup().start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
+def cluster_redis(redis_cluster: RedisClusterGroup) -> RedisClusterGroup:
+    """The shared cluster, emptied for this test."""
+    redis_cluster.flush()
+    return redis_cluster
 
 
 @pytest.fixture(params=BROKERS)

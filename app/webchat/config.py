@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from webchat.redis_url import parse_redis_url
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the text names the option and the problem."""
@@ -27,6 +29,7 @@ class Config:
     port: int = 8080
     workers: int = 1
     redis_url: str = ""
+    redis_replicas_ack: int = 0
     redis_pool: int = 64
     allowed_origins: tuple[str, ...] = ()
     history_size: int = 1000
@@ -130,23 +133,8 @@ def _host(raw: str) -> str:
 
 def _redis_url(raw: str) -> str:
     url = raw.strip()
-    if not url:
-        return ""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise ValueError(f"malformed URL {url!r}: {exc}") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError(f"URL {url!r} has no host")
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError(f"URL {url!r} has no socket path")
-    db = parts.path.lstrip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
-        raise ValueError(f"database in {url!r} must be a number, got {db!r}")
-    del port
+    if url:
+        parse_redis_url(url)  # raises ValueError saying what is wrong
     return url
 
 
@@ -233,7 +221,14 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (_host, "address to listen on"),
     "port": (_int(0, 65535), "TCP port to listen on (0 picks a free one)"),
     "workers": (_int(1, 256), "worker processes sharing the port (needs --redis-url)"),
-    "redis_url": (_redis_url, "Redis URL (redis://, rediss://); empty = in-memory broker"),
+    "redis_url": (
+        _redis_url,
+        "Redis URL (redis://, rediss://, redis+sentinel://, redis+cluster://); empty = in-memory",
+    ),
+    "redis_replicas_ack": (
+        _int(0, 100),
+        "acknowledge a message once this many replicas have it (WAIT); 0 = once the master has",
+    ),
     "redis_pool": (_int(1, 10_000), "Redis connections per process for requests; others wait"),
     "allowed_origins": (_origins, "comma-separated origins allowed besides same-origin; * = any"),
     "history_size": (_int(1, 1_000_000), "messages of history kept per room"),
@@ -402,6 +397,11 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         raise ConfigError(
             f"{sources['workers']}: more than one worker needs --redis-url "
             "(the in-memory broker cannot be shared between processes)"
+        )
+    if config.redis_replicas_ack and config.memory_broker:
+        raise ConfigError(
+            f"{sources['redis_replicas_ack']}: replica acknowledgements need --redis-url "
+            "(a Redis master with replicas)"
         )
     if not config.memory_broker and config.room_ttl < 3 * config.presence_timeout:
         # On Redis a room with members is kept alive by the presence refresh, every third of the

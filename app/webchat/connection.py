@@ -7,8 +7,11 @@ does not read fills its own buffer and is closed with 1013; nobody else waits fo
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
+import struct
+import termios
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -17,6 +20,20 @@ from webchat.protocol import parse_id, ws_text_frame
 from webchat.websocket import ServerSocket, reset
 
 log = logging.getLogger(__name__)
+
+
+def _unacknowledged(transport: asyncio.Transport) -> int:
+    """Bytes not yet acknowledged by the peer: asyncio's buffer plus the kernel's send queue
+    (Linux SIOCOUTQ); 0 once the socket is gone."""
+    pending = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return pending
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:  # closed meanwhile (fileno -1)
+        return pending
+    return pending + int(struct.unpack("i", queued)[0])
 
 
 CLOSE_TRY_AGAIN: Final = 1013
@@ -65,6 +82,7 @@ class Connection:
         "last_seen",
         "name",
         "next_ping",
+        "ping_pending",
         "room",
         "user",
         "ws",
@@ -111,6 +129,9 @@ class Connection:
         now = asyncio.get_running_loop().time()
         self.last_seen = now  # when the client last sent any frame (pongs included)
         self.next_ping = now + random.uniform(0, heartbeat)  # a random phase spreads pings
+        # The heartbeat pinged and no pong came yet: the pong answering it costs no token (a
+        # client sending at its rate must not be limited for the server's keep-alive).
+        self.ping_pending = False
 
     # --- writing ----------------------------------------------------------------------
 
@@ -256,6 +277,42 @@ class Connection:
         self._abort_timer = loop.call_later(grace, self._reset)
         self.ws.close(code, reason)
 
+    def close_abuser(self, code: int, reason: str, *, why: str) -> None:
+        """Close without reading on: stop reading the socket, write a close frame after what
+        is queued, wait (in a task) until the client's TCP stack has acknowledged it all (at
+        most the grace), then drop the socket.
+
+        For a client that floods: waiting for its close reply, as `close` does, would read
+        and parse its flood meanwhile. The acknowledgement matters because closing a socket
+        with unread input sends a reset, which would discard a close frame not yet sent.
+        Everything up to the close frame happens before this returns, so the frames the
+        socket has already read and not yet handled get no answer.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        self.mark_ended(why)
+        self._held = None
+        if self._transport.is_closing():
+            return
+        self.ws.stop_reading()  # what it sends from now on is not even read
+        self.ws.close(code, reason)  # tiny: past the buffer's bound is fine
+        task = asyncio.get_running_loop().create_task(self._drop_when_acknowledged())
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
+
+    async def _drop_when_acknowledged(self) -> None:
+        transport = self._transport
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOW_CLOSE_GRACE
+        delay = 0.002
+        while _unacknowledged(transport) and loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.1)
+        # Dropped here, not after the closing handshake: waiting for the client's close
+        # frame would read (and parse) the flood again.
+        self._reset()
+
     def drop(self) -> None:
         """The client is gone without closing (no pong): free the socket now."""
         self.mark_ended("timeout")
@@ -286,3 +343,6 @@ class Connection:
         """
         if self._abort_timer is not None and not self._transport.get_write_buffer_size():
             self._abort_timer.cancel()
+
+
+_closing_tasks: set[asyncio.Task[None]] = set()  # abusers' closes, until their sockets drop

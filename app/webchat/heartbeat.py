@@ -62,6 +62,7 @@ async def run_heartbeat(
                     conn.drop()
                 elif now >= conn.next_ping:
                     conn.next_ping = now + interval
+                    conn.ping_pending = True
                     conn.send(PING_FRAME)
             if on_sweep is not None:
                 on_sweep(buffered)

@@ -125,6 +125,9 @@ REDIS_OPERATIONS: Final = (
     "room_index",  # a node's batched update of the room index (GET /api/rooms)
     "rooms",  # the room listing read (GET /api/rooms, cached per node)
     "ping",  # the health check's self-ping
+    "confirm",  # --redis-replicas-ack: a write and WAIT, before history or held messages are shown
+    "commit",  # --redis-replicas-ack: releasing a confirmed message to the subscribers
+    "topology",  # Redis Cluster: relearning which master serves which slots
     "write_probe",  # the health check's tiny SET: does Redis accept writes (OOM, replica)?
     "keep_alive",  # pushing back the TTL of the histories of rooms with members here
 )

@@ -435,9 +435,13 @@ class Node:
             return functools.partial(self._refresh, conn, request.token)
         return functools.partial(self._publish, conn, bucket, request, received)
 
-    def handle_control(self, conn: Connection, bucket: TokenBucket) -> bool:
+    def handle_control(self, conn: Connection, bucket: TokenBucket, pong: bool) -> bool:
         """A ping or a pong costs a token like any frame (PROTOCOL.md), so a ping flood ends
-        like a message flood; a refused ping gets `rate_limited` and no pong."""
+        like a message flood; a refused ping gets `rate_limited` and no pong. The pong that
+        answers the heartbeat's ping is free."""
+        if pong and conn.ping_pending:
+            conn.ping_pending = False
+            return True
         if bucket.take(asyncio.get_running_loop().time()):
             return True
         self._rate_limited(conn, bucket)
@@ -447,7 +451,8 @@ class Node:
         cfg = self.config
         self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
         if bucket.rejected_in_a_row >= 3 * cfg.burst:
-            conn.close(CLOSE_POLICY, "rate limit abuse", DRAIN_CLOSE_GRACE, why="rate_limit_abuse")
+            # Not waiting for its close reply: a flood would be parsed meanwhile.
+            conn.close_abuser(CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse")
 
     async def _publish(
         self, conn: Connection, bucket: TokenBucket, request: SendRequest, received: float

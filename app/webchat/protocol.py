@@ -358,6 +358,12 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 # --- WebSocket framing -------------------------------------------------------------------
 
 
+def ws_close_frame(code: int, reason: str) -> bytes:
+    """An unmasked close frame (RFC 6455 5.5.1) with `code` and a reason of at most 123 bytes."""
+    payload = code.to_bytes(2, "big") + reason.encode()[:123]
+    return bytes((0x88, len(payload))) + payload
+
+
 def ws_text_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket text frame (RFC 6455 5.2), as a server sends it.
 

@@ -28,8 +28,8 @@ class Handler(Interface):
     ) -> Pending | None:
         """Act on one message; return what must be awaited before the next one, if anything."""
 
-    def handle_control(self, conn: Connection, bucket: TokenBucket) -> bool:
-        """A ping or pong came: whether it may be answered (False: it was refused)."""
+    def handle_control(self, conn: Connection, bucket: TokenBucket, pong: bool) -> bool:
+        """A ping or pong came: whether it is accepted (a ping is then answered)."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` in a task the handler owns (cancelled when it shuts down)."""
@@ -67,12 +67,12 @@ class Session:
             self._socket.pause_reading()
             self._handler.spawn(self._finish(pending))
 
-    def on_control(self) -> bool:
+    def on_control(self, pong: bool) -> bool:
         # Charged when it comes, also while earlier messages wait in the backlog: they were
         # read in the same chunk, and the count of tokens spent is the same either way.
         if self._conn.closing:
-            return True
-        return self._handler.handle_control(self._conn, self._bucket)
+            return False  # nothing more is answered
+        return self._handler.handle_control(self._conn, self._bucket, pong)
 
     async def _finish(self, pending: Pending) -> None:
         """Await `pending`, then handle the messages that came meanwhile, in order."""

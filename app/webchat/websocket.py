@@ -87,8 +87,8 @@ class Listener(Interface):
     def on_message(self, data: str | bytes) -> None:
         """A whole message: `str` for a text message, `bytes` for a binary one."""
 
-    def on_control(self) -> bool:
-        """A ping or a pong: whether the client may send it (a ping is then answered)."""
+    def on_control(self, pong: bool) -> bool:
+        """A ping (or a pong): whether the client may send it (a ping is then answered)."""
 
     def on_closing(self, failed: bool) -> None:
         """The closing handshake is over (or failed): write nothing more to the transport.
@@ -115,6 +115,7 @@ class ServerSocket(asyncio.Protocol):
         "_listener",
         "_lost",
         "_opening",
+        "_stopped",
         "_ws",
         "transport",
     )
@@ -129,6 +130,7 @@ class ServerSocket(asyncio.Protocol):
         self._fragments: list[Frame] | None = None  # a message whose last frame is still due
         self._lost = False
         self._opening: asyncio.Task[None] | None = None
+        self._stopped = False  # stop_reading: for good
         self._gate: Gate | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -167,8 +169,19 @@ class ServerSocket(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self._lost and self._listener is not None:
+        if (
+            self.transport is not None
+            and not self._lost
+            and self._listener is not None
+            and not self._stopped
+        ):
             self.transport.resume_reading()
+
+    def stop_reading(self) -> None:
+        """Read nothing more, ever: a flooding client is closed without reading its reply."""
+        self._stopped = True
+        if self.transport is not None and not self._lost:
+            self.transport.pause_reading()
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake: a close frame after everything already buffered.
@@ -249,7 +262,8 @@ class ServerSocket(asyncio.Protocol):
             data = b"".join(f.data for f in fragments)
         elif opcode is Opcode.PING or opcode is Opcode.PONG:
             ws = self._ws
-            if listener.on_control() and opcode is Opcode.PING and ws.state is State.OPEN:
+            allowed = listener.on_control(opcode is Opcode.PONG)
+            if allowed and opcode is Opcode.PING and ws.state is State.OPEN:
                 ws.send_pong(frame.data)
             return True
         else:

@@ -10,6 +10,7 @@ import hashlib
 import aiohttp
 import pytest
 
+from tests.conftest import REDIS_BROKERS
 from tests.contract.helpers import (
     assert_error_body,
     connect,
@@ -162,7 +163,7 @@ async def test_of_two_first_connections_with_different_keys_one_wins(instances, 
             assert tab.welcome["members"].count(name) == 1
 
 
-@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+@pytest.mark.parametrize("broker", REDIS_BROKERS, indirect=True)
 async def test_a_dead_instances_names_are_free_after_the_presence_timeout(make_server, session):
     one = make_server("--presence-timeout", "2")
     two = make_server("--presence-timeout", "2")

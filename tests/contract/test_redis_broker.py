@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from tests.conftest import broker_url
 from tests.support.timing import seconds
 from webchat.broker.base import Broker, Draft, Message, PresenceEvent
 from webchat.broker.memory import MemoryBroker
@@ -61,7 +62,8 @@ async def nodes(broker: str, request: pytest.FixtureRequest) -> AsyncIterator[li
         else:
             from webchat.broker.redis import RedisBroker
 
-            url = request.getfixturevalue("redis_server").url
+            url = broker_url(broker, request)
+            assert url is not None
             config = Config(redis_url=url, history_size=100, presence_timeout=3)
             brokers = [RedisBroker(config, "node1"), RedisBroker(config, "node2")]
         for node in brokers:

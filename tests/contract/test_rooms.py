@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from tests.conftest import REDIS_BROKERS
 from tests.contract.helpers import connect, get_json, say
 from tests.support.timing import poll
 
@@ -106,7 +107,7 @@ async def test_every_instance_lists_every_instances_members(instances, session):
     assert all(client.ws.close_code is None for client in present)
 
 
-@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+@pytest.mark.parametrize("broker", REDIS_BROKERS, indirect=True)
 async def test_a_dead_instances_rooms_leave_the_list(instances, session):
     one, two = instances
     present = [

@@ -21,6 +21,9 @@ GOOD = {
     "grafana_admin_password": "y" * 16,
 }
 
+# A good HS256 secret: never printed by a refusal.
+SECRET = "s3cret-" * 6
+
 # host -> (its group, its one bad variable, the start of the sentence it must get)
 BAD = {
     "web_workers": (
@@ -44,6 +47,58 @@ BAD = {
         {"webchat_otel": {"SERVICE_NAME": "x"}},
         "webchat_otel may only set OTEL_* variables",
     ),
+    "web_auth_two_keys": (
+        "web",
+        {"webchat_auth_secret": SECRET, "webchat_auth_jwks_url": "https://id.example.com/jwks"},
+        "Set only one of webchat_auth_secret, webchat_auth_public_key and webchat_auth_jwks_url"
+        " (the key that verifies tokens), got webchat_auth_secret and webchat_auth_jwks_url.",
+    ),
+    "web_auth_no_key": (
+        "web",
+        {"webchat_auth_audience": "chat", "webchat_auth_token_url": "/auth/token"},
+        "webchat_auth_audience, webchat_auth_token_url only apply in authenticated mode:",
+    ),
+    "web_auth_short_secret": (
+        "web",
+        {"webchat_auth_secret": "too-short-a-secret"},
+        "webchat_auth_secret must be at least 32 characters long (the HS256 key of tokens:"
+        " openssl rand -base64 48, kept in ansible-vault), got one of 18.",
+    ),
+    "web_auth_private_key": (
+        "web",
+        {"webchat_auth_public_key": "-----BEGIN PRIVATE KEY-----\nMC4=\n-----END PRIVATE KEY-----"},
+        "webchat_auth_public_key holds a private key: give the public key",
+    ),
+    "web_auth_not_pem": (
+        "web",
+        {"webchat_auth_public_key": "issuer.pem"},
+        "webchat_auth_public_key must be the text of a PEM public key or certificate",
+    ),
+    "web_auth_jwks": (
+        "web",
+        {"webchat_auth_jwks_url": "id.example.com/jwks.json"},
+        "webchat_auth_jwks_url must be an http:// or https:// URL such as",
+    ),
+    "web_auth_issuer": (
+        "web",
+        {"webchat_auth_secret": SECRET, "webchat_auth_issuer": "https://id\n.example.com"},
+        "webchat_auth_issuer must be the iss claim's text, one line without control characters,",
+    ),
+    "web_auth_leeway": (
+        "web",
+        {"webchat_auth_leeway": "30s"},
+        "webchat_auth_leeway must be a number of seconds, 0 or more",
+    ),
+    "web_auth_token_url": (
+        "web",
+        {"webchat_auth_secret": SECRET, "webchat_auth_token_url": "https://app.example.com/t"},
+        "webchat_auth_token_url must be a path on the chat's own origin such as /auth/token",
+    ),
+    "web_auth_env": (
+        "web",
+        {"webchat_env": {"AUTH_SECRET_FILE": "/etc/secret"}},
+        "webchat_env may not set AUTH_* variables (got ['AUTH_SECRET_FILE']):",
+    ),
     "redis_no_password": ("redis", {"redis_password": ""}, "redis_password is empty:"),
     "redis_port": (
         "redis",
@@ -55,11 +110,11 @@ BAD = {
         {"redis_maxmemory_policy": "allkeys-lru"},
         "redis_maxmemory_policy allkeys-lru could silently evict chat history streams;",
     ),
-    # The web hosts of this inventory may open 470 connections: 6 processes of 73, + 32.
+    # The web hosts here (bad ones included) may open 1200 connections: 16 processes of 73, + 32.
     "redis_clients": (
         "redis",
         {"redis_maxclients": 100},
-        "redis_maxclients 100 is less than the 470 connections the web hosts' webchat",
+        "redis_maxclients 100 is less than the 1200 connections the web hosts' webchat",
     ),
     "redis_nofile": (
         "redis",
@@ -75,6 +130,16 @@ BAD = {
         "lb",
         {"nginx_tls_certificate_src": "/etc/hostname"},
         "Set both nginx_tls_certificate_src and nginx_tls_key_src",
+    ),
+    "lb_alias": (
+        "lb",
+        {"nginx_server_aliases": ["https://www.chat.example.com"]},
+        "nginx_server_aliases must be a list of host names or addresses",
+    ),
+    "lb_rate": (
+        "lb",
+        {"nginx_api_rate": "10r/s"},
+        "nginx_api_rate must be a whole number of at least 1, got 10r/s.",
     ),
     "mon_retention": (
         "monitoring",
@@ -126,6 +191,11 @@ def test_a_bad_variable_gets_its_sentence(report: Run, host: str):
     assert len(messages) == 1, f"{host}: {messages}"
     assert messages[0].startswith(BAD[host][2]), messages[0]
     assert "\n" not in messages[0].strip(), "one line"
+
+
+def test_no_refusal_prints_a_secret(report: Run):
+    assert SECRET not in report.output
+    assert "too-short-a-secret" not in report.output
 
 
 def test_good_hosts_pass_and_the_run_names_the_bad_ones(report: Run):

@@ -22,12 +22,21 @@ from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
 from tests.support import nginx as nginxconf
 from tests.support.servers import ROOT, free_port, require_binary, wait_until
 from tests.support.timing import seconds
+from webchat.config import load_config
 
 HOSTS = {
     "lb": {"lb1": "10.9.0.10"},
     "web": {"web1": "10.9.0.11", "web2": "10.9.0.12"},
     "redis": {"redis1": "10.9.0.13"},
     "monitoring": {"mon1": "10.9.0.14"},
+}
+
+AUTH = {
+    "webchat_auth_secret": "k" * 40,
+    "webchat_auth_audience": "chat",
+    "webchat_auth_issuer": "https://app.example.com",
+    "webchat_auth_leeway": 10,
+    "webchat_auth_token_url": "/auth/token",
 }
 
 
@@ -44,6 +53,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     # web2 runs two instances: every port of every host is balanced and scraped.
     groups["web"]["hosts"]["web2"]["webchat_ports"] = [8081, 8082]
+    # web1 runs in authenticated mode (web2 stays anonymous).
+    groups["web"]["hosts"]["web1"].update(AUTH)
     inventory = {
         "all": {
             "vars": {
@@ -139,24 +150,44 @@ def test_nginx_balances_every_port_of_every_web_host(rendered: Path):
     # Without a shared zone, least_conn balances per worker only.
     assert upstream.child("zone").values[0] == "webchat_upstream"
     assert upstream.child("least_conn")
-    ws = config.location("=", "/ws")
+    tls = _tls_server(config)
+    ws = config.location("=", "/ws", server=tls)
     headers = {d.values[0]: d.values[1] for d in ws.children("proxy_set_header")}
     assert headers["Host"] == "$http_host", "browsers get 403 without the Host header"
     assert headers["Upgrade"] == "$http_upgrade"
-    assert config.location("=", "/metrics").child("return").values == ["404"]
+    assert config.location("=", "/metrics", server=tls).child("return").values == ["404"]
+
+
+def _tls_server(config: nginxconf.Config) -> nginxconf.Directive:
+    """The server of the service's names on HTTPS (not the default server dropping others)."""
+    (server,) = [
+        s
+        for s in config.one("http").children("server")
+        if s.block is not None
+        and s.child("server_name").values != ["_"]
+        and s.children("listen")[0].values[:2] == ["443", "ssl"]
+    ]
+    return server
 
 
 def test_nginx_redirects_http_and_serves_stub_status_on_loopback(rendered: Path):
     config = nginxconf.parse((rendered / "lb1" / "nginx.conf").read_text())
     servers = [d for d in config.one("http").children("server") if d.block is not None]
-    plain = next(s for s in servers if s.children("listen")[0].values[0] == "80")
+    # Other names are dropped by a default server (tests/deploy/test_ansible_nginx.py); the
+    # service's names and the lb's own address are redirected to HTTPS.
+    plain = next(
+        s
+        for s in servers
+        if s.children("listen")[0].values == ["80"] and s.child("server_name").values != ["_"]
+    )
+    assert plain.child("server_name").values == ["chat.example.com", "10.9.0.10"]
     redirect = plain.child("location").child("return").values
     assert redirect == ["301", "https://$host$request_uri"], redirect
-    tls = next(s for s in servers if s.children("listen")[0].values[:2] == ["443", "ssl"])
+    tls = _tls_server(config)
     assert tls.child("ssl_certificate").values == ["/etc/nginx/tls/webchat.crt"]
     status = next(s for s in servers if s.children("listen")[0].values[0].startswith("127.0.0.1:"))
     assert any(d.name == "stub_status" for d in status.walk())
-    assert len(servers) == 3
+    assert len(servers) == 4
 
 
 def test_prometheus_targets_pass_promtool_and_list_every_instance(rendered: Path, tmp_path: Path):
@@ -302,3 +333,31 @@ def test_redis_conf_starts_a_redis_that_refuses_writes_when_full(rendered: Path,
     finally:
         proc.terminate()
         proc.wait(seconds(10))
+
+
+def _env(path: Path) -> dict[str, str]:
+    """The variables of an environment file as systemd reads them (values in double quotes)."""
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in lines)}
+
+
+def test_authenticated_mode_reaches_the_service(rendered: Path, tmp_path: Path):
+    """web1's environment is an authenticated configuration the service accepts; web2's has
+    no AUTH_* at all (anonymous)."""
+    env = _env(rendered / "web1" / "8081.env")
+    auth = {k: v for k, v in env.items() if k.startswith("AUTH_")}
+    assert auth == {
+        "AUTH_SECRET_FILE": "/etc/webchat/auth-secret",
+        "AUTH_LEEWAY": "10",
+        "AUTH_AUDIENCE": "chat",
+        "AUTH_ISSUER": "https://app.example.com",
+        "AUTH_TOKEN_URL": "/auth/token",
+    }
+    assert not [k for k in _env(rendered / "web2" / "8081.env") if k.startswith("AUTH_")]
+    # What the service makes of it, with the secret file where this machine has it.
+    secret = tmp_path / "auth-secret"
+    secret.write_text(AUTH["webchat_auth_secret"] + "\n")
+    config = load_config([], {**env, "AUTH_SECRET_FILE": str(secret)})
+    assert config.authenticated
+    assert (config.auth_audience, config.auth_issuer) == ("chat", "https://app.example.com")
+    assert (config.auth_leeway, config.auth_token_url) == (10.0, "/auth/token")

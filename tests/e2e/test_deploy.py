@@ -8,8 +8,9 @@ exactly as they are. One deployment, checked in order:
 
 converge -> chat through Nginx over TLS on both web hosts, one history -> every Prometheus
 target up -> Redis refuses a client without the password -> hardened units -> a second run
-changes nothing -> --check --diff reports nothing -> upgrade.yml under live traffic loses and
-duplicates nothing -> a web host's service killed mid-traffic: its clients move, nothing lost.
+and --check --diff, at once, change nothing -> upgrade.yml under live traffic loses and
+duplicates nothing -> a web host's service killed mid-traffic: its clients move, nothing lost
+-> deploy.yml again with an ansible-vault secret: authenticated mode, tokens checked via Nginx.
 
 The test's clients run on this machine and reach Nginx at the lb container's address.
 """
@@ -19,21 +20,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 
-from tests.deploy.ansible import ANSIBLE_DIR, Run, run_playbook
+from tests.deploy.ansible import ANSIBLE_DIR, BIN, Run, env, run_playbook
 from tests.support.nginx import locate
 from tests.support.nspawn import Cluster
 from tests.support.reconnecting import ReconnectingClient
 from tests.support.redis import fetch_history
 from tests.support.servers import ROOT
 from tests.support.timing import poll, seconds
+from tests.support.tokens import claims
 
 GROUPS = {"lb": ["lb1"], "web": ["web1", "web2"], "redis": ["redis1"], "monitoring": ["mon1"]}
 HOSTS = [h for hosts in GROUPS.values() for h in hosts]
@@ -231,14 +237,28 @@ def test_webchat_runs_hardened(deployment: Deployment):
     assert f"{deployment.address('web1')}:{PORT}" in listening, "the private address only"
 
 
-def test_a_second_run_changes_nothing(deployment: Deployment):
-    run = deployment.run("deploy.yml")
+@pytest.fixture(scope="module")
+def reruns(deployment: Deployment) -> dict[str, Run]:
+    """deploy.yml again and deploy.yml --check --diff, both at once on the deployed stack.
+
+    Neither changes anything on an idempotent deployment, and each spends most of its time
+    waiting for the hosts (the control node is busy a fifth of it), so together they take
+    little longer than one. A run that did change something fails its test either way.
+    """
+    with ThreadPoolExecutor(2) as pool:
+        again = pool.submit(deployment.run, "deploy.yml")
+        check = pool.submit(deployment.run, "deploy.yml", "--check", "--diff")
+        return {"again": again.result(), "check": check.result()}
+
+
+def test_a_second_run_changes_nothing(reruns: dict[str, Run]):
+    run = reruns["again"]
     assert run.returncode == 0, run.output[-6000:]
     assert run.total("changed") == 0, [ln for ln in run.output.splitlines() if "changed" in ln]
 
 
-def test_check_diff_on_the_deployed_stack_reports_nothing(deployment: Deployment):
-    run = deployment.run("deploy.yml", "--check", "--diff")
+def test_check_diff_on_the_deployed_stack_reports_nothing(reruns: dict[str, Run]):
+    run = reruns["check"]
     assert run.returncode == 0, run.output[-6000:]
     assert run.total("changed") == 0, [ln for ln in run.output.splitlines() if "changed" in ln]
 
@@ -396,3 +416,95 @@ async def test_killing_a_web_hosts_service_moves_its_clients(
             return False
 
     await poll(ready, 30, "web2 ready again")
+
+
+async def _refused(session: aiohttp.ClientSession, url: str, **params: str) -> int:
+    """The HTTP status a WebSocket upgrade to `url` is refused with (fails if accepted)."""
+    try:
+        async with session.ws_connect(url, params={"room": "auth", **params}):
+            pass
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+    raise AssertionError(f"{url} accepted a WebSocket with {sorted(params)}")
+
+
+def _switch_to_authenticated(deployment: Deployment, folder: Path, secret: str) -> Run:
+    """deploy.yml for the web hosts with `secret` as an ansible-vault encrypted variable."""
+    password = folder / "vault-password"
+    password.write_text(secrets.token_hex(16))
+    vaulted = subprocess.run(
+        [
+            str(BIN / "ansible-vault"),
+            "encrypt_string",
+            "--vault-password-file",
+            str(password),
+            "--stdin-name",
+            "webchat_auth_secret",
+        ],
+        input=secret,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=seconds(60),
+        check=True,
+    ).stdout
+    assert "!vault" in vaulted and secret not in vaulted
+    (folder / "auth.yml").write_text(vaulted + "webchat_auth_audience: webchat-deploy-test\n")
+    return deployment.run(
+        "deploy.yml",
+        "--limit",
+        "web",
+        "-e",
+        f"@{folder / 'auth.yml'}",
+        "--vault-password-file",
+        str(password),
+    )
+
+
+async def test_authenticated_mode_by_rerunning_the_playbook(
+    deployment: Deployment, session: aiohttp.ClientSession, tmp_path: Path
+):
+    """The deployed (anonymous) stack switched to authenticated mode the way a user does:
+    the HS256 secret, ansible-vault encrypted, and deploy.yml run again for the web hosts.
+    Last in this module: the deployment stays authenticated."""
+    secret = secrets.token_urlsafe(36)
+    run = await asyncio.to_thread(_switch_to_authenticated, deployment, tmp_path, secret)
+    assert run.returncode == 0, run.output[-6000:]
+    assert set(run.recap) == set(GROUPS["web"])
+    assert secret not in run.output, "the secret is never shown"
+    for host in GROUPS["web"]:
+        assert run.recap[host]["changed"] > 0, run.recap
+        owner = deployment.cluster.ssh(host, "stat -c '%a %U %G' /etc/webchat/auth-secret")
+        assert owner.stdout.split() == ["640", "root", "webchat"]
+        # The instances restarted on it: each refuses a WebSocket without a token itself.
+        instance = f"ws://{deployment.address(host)}:{PORT}/ws"
+        assert await _refused(session, instance, name="x") == 401, host
+
+    def token(key: str, sub: str, aud: str = "webchat-deploy-test") -> str:
+        body = claims(sub, name=sub.title(), aud=aud, rooms=["auth"])
+        return jwt.encode(body, key, algorithm="HS256")
+
+    # Through Nginx: no token, a token signed with another secret, a bad audience: 401.
+    assert await _refused(session, deployment.ws_url, name="x") == 401
+    assert await _refused(session, deployment.ws_url, token=token("z" * 48, "mallory")) == 401
+    assert await _refused(session, deployment.ws_url, token=token(secret, "bob", "other")) == 401
+    async with session.get(deployment.url + "/api/rooms/auth/messages") as response:
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "unauthorized"
+    # A token signed with the deployed secret is welcomed, and its sub is the sender.
+    signed = token(secret, "alice")
+    params = {"room": "auth", "token": signed}
+    async with session.ws_connect(deployment.ws_url, params=params) as alice:
+        welcome = await alice.receive_json(timeout=seconds(10))
+        assert welcome["type"] == "welcome" and welcome["user"] == "alice", welcome
+        await alice.send_json({"type": "message", "text": "signed", "nonce": "a1"})
+        while (frame := await alice.receive_json(timeout=seconds(10)))["type"] != "message":
+            pass
+        assert (frame["user"], frame["name"], frame["text"]) == ("alice", "Alice", "signed")
+    # Neither the app's journal nor Nginx's logs hold a token (the access log is off; the
+    # service never logs one).
+    for host in GROUPS["web"]:
+        journal = deployment.cluster.ssh(host, f"journalctl -q -u webchat@{PORT}").stdout
+        assert signed not in journal and secret not in journal, host
+    logs = deployment.cluster.ssh("lb1", "cat /var/log/nginx/*.log").stdout
+    assert signed.split(".")[2] not in logs

@@ -217,14 +217,15 @@ TEST_SERVER_NAMES = ["127.0.0.1", "localhost"]
 
 
 def make_certificate(prefix: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (openssl, as Debian ships it), for the TLS
-    listeners of a test nginx; returns (certificate, key)."""
+    """A self-signed certificate for 127.0.0.1 and localhost (openssl, as Debian ships it),
+    for the TLS listeners of a test nginx; returns (certificate, key)."""
     cert, key = prefix / "tls.crt", prefix / "tls.key"
     subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key),
+            "-out", str(cert),
         ],
         check=True,
         capture_output=True,
@@ -324,7 +325,9 @@ class NginxServer:
         self, upstream_ports: Sequence[int], *, per_ip_limit: int | None = None, tls: bool = False
     ):
         """With `tls`, `port`, `url` and `ws_url` are the TLS listener's (a self-signed
-        certificate for 127.0.0.1, made by `render`), as at a deployment's front."""
+        certificate made by `render`), as at a deployment's front. Their host is `localhost`:
+        nginx.conf refuses TLS handshakes without a server name it serves (SNI), and clients
+        send none for an IP address."""
         plain_port, self.tls_port = free_port(), free_port()
         self.tls = tls
         self.port = self.tls_port if tls else plain_port
@@ -347,11 +350,15 @@ class NginxServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        if self.tls:
+            return f"https://localhost:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
+        if self.tls:
+            return f"wss://localhost:{self.port}/ws"
+        return f"ws://127.0.0.1:{self.port}/ws"
 
     @property
     def tls_url(self) -> str:

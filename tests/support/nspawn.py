@@ -245,7 +245,13 @@ class Cluster:
             f"[Match]\nName=host0\n\n[Network]\nAddress={host.address}/{self.subnet.prefixlen}\n"
         )
         proxy = files / "proxy.conf"
-        proxy.write_text(f'Acquire::http::Proxy "http://{self.gateway}:{APT_PROXY_PORT}";\n')
+        # apt-cacher-ng can leave a client waiting forever when several hosts ask for the same
+        # index in the same second (it logs "Failure to move file ... out of the way"): a
+        # timeout and retries make apt ask again instead of hanging the deployment.
+        proxy.write_text(
+            f'Acquire::http::Proxy "http://{self.gateway}:{APT_PROXY_PORT}";\n'
+            'Acquire::http::Timeout "30";\nAcquire::Retries "3";\n'
+        )
         keys = files / "authorized_keys"
         keys.write_text(Path(f"{self.key}.pub").read_text())
         keys.chmod(0o600)

@@ -50,12 +50,13 @@ class Sender:
             if self._stop.is_set():
                 return
             nonce = f"{name}-{n}"
-            errors = len(rec.errors)
+            errors, seen = len(rec.errors), len(rec.messages)
             await rec.client.send(f"{name} {n}", nonce=nonce)
 
-            def answered(nonce: str = nonce, errors: int = errors) -> bool:
+            def answered(nonce: str = nonce, errors: int = errors, seen: int = seen) -> bool:
+                # Every message since the send: a backfill after an outage may bring many at once.
                 return len(rec.errors) > errors or any(
-                    m.get("nonce") == nonce and m["name"] == name for m in rec.messages[-20:]
+                    m.get("nonce") == nonce and m["name"] == name for m in rec.messages[seen:]
                 )
 
             await rec.wait(answered, 15, f"an answer to {nonce}")

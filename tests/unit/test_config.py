@@ -117,6 +117,8 @@ GOOD = {
     "port": ("9000", 9000),
     "workers": ("1", 1),
     "redis_url": ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    # Above 0 it needs --redis-url too: test_replicas_ack_needs_redis.
+    "redis_replicas_ack": ("0", 0),
     "redis_pool": ("8", 8),
     "allowed_origins": (
         "https://a.example, http://b.example:8080",
@@ -233,6 +235,35 @@ def test_redis_urls(url):
     assert load_config(["--redis-url", url], {}).redis_url == url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://10.0.0.1:26379/mymaster",
+        "redis+sentinel://:s3cret@h1:26379,h2:26379,h3:26380/mymaster/2",
+        "redis+sentinel://h1:26379/my-master.1/",
+        "redis+cluster://h:7000",
+        "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000,[::1]:7001",
+        "redis+cluster://h:7000/",
+    ],
+)
+def test_sentinel_and_cluster_urls(url):
+    assert load_config(["--redis-url", url], {}).redis_url == url
+
+
+def test_replicas_ack_needs_redis():
+    text = refused(["--redis-replicas-ack", "1"])
+    assert text.startswith("--redis-replicas-ack:") and "--redis-url" in text
+    assert refused([], {"REDIS_REPLICAS_ACK": "2"}).startswith("REDIS_REPLICAS_ACK:")
+    config = load_config(
+        ["--redis-url", "redis+sentinel://h:26379/m", "--redis-replicas-ack", "2"], {}
+    )
+    assert config.redis_replicas_ack == 2
+    assert (
+        load_config([], {"REDIS_URL": "redis://h", "REDIS_REPLICAS_ACK": "1"}).redis_replicas_ack
+        == 1
+    )
+
+
 def test_empty_redis_url_means_memory_broker():
     assert load_config(["--redis-url", " "], {}).memory_broker
 
@@ -264,7 +295,25 @@ BAD: dict[str, list[str]] = {
         "redis://h/db",
         "unix://",
         "h:6379",
+        "redis+sentinel://h:26379",
+        "redis+sentinel://h:26379/",
+        "redis+sentinel://h/mymaster",
+        "redis+sentinel://h:26379,:26380/mymaster",
+        "redis+sentinel://h:26379,h2:x/mymaster",
+        "redis+sentinel://h:26379/my master",
+        "redis+sentinel://h:26379/mymaster/db",
+        "redis+sentinel://h:26379/mymaster/0/extra",
+        "redis+sentinel://pw@h:26379/mymaster",
+        "redis+sentinel://h:26379/mymaster?ssl=true",
+        "redis+sentinel:///mymaster",
+        "redis+cluster://",
+        "redis+cluster://h",
+        "redis+cluster://h:7000/0",
+        "redis+cluster://h:0",
+        "redis+cluster://h:7000,h:70000",
+        "redis+cluster://::1:7000",
     ],
+    "redis_replicas_ack": ["-1", "101", "one", "1.5"],
     "allowed_origins": ["example.com", "http://a.example/", "http://a b", "https://a/path"],
     "history_size": ["0", "-5", "1000001", "many"],
     "room_ttl": ["0", "0.5", "-1", "inf", "nan", "7d", ""],

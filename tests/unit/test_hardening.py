@@ -258,3 +258,13 @@ async def test_admission_refuses_while_the_loop_is_late_or_the_cap_is_reached() 
     off = Node(WebchatConfig(max_loop_lag=0), limits=Budget(websockets=2, sockets=18))
     off.loop_lag.probe(30.0, now=off.loop_lag._since + 31.0)
     assert off.admission() is None  # 0: never refuse for lag
+
+
+def test_close_frame_is_rfc_6455_with_a_short_reason() -> None:
+    from webchat.protocol import ws_close_frame
+
+    frame = ws_close_frame(1008, "rate limit abuse")
+    assert frame[0] == 0x88 and frame[1] == 2 + len("rate limit abuse")
+    assert int.from_bytes(frame[2:4], "big") == 1008 and frame[4:] == b"rate limit abuse"
+    long = ws_close_frame(1013, "x" * 500)  # a control frame's payload is at most 125 bytes
+    assert long[1] == 125 and len(long) == 127

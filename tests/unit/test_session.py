@@ -38,7 +38,7 @@ class Recorder:
             return wait
         return None
 
-    def handle_control(self, conn: Connection, bucket: TokenBucket) -> bool:
+    def handle_control(self, conn: Connection, bucket: TokenBucket, pong: bool) -> bool:
         self.controls += 1
         return self.allow_control
 
@@ -127,10 +127,10 @@ async def test_a_clean_close_leaves_the_reason_to_whoever_ends_it():
 
 async def test_pings_and_pongs_are_put_to_the_handler_until_the_connection_closes():
     session, recorder, _ = make_session()
-    assert session.on_control() is True
+    assert session.on_control(False) is True
     recorder.allow_control = False
-    assert session.on_control() is False  # refused: websocket.py sends no pong
+    assert session.on_control(True) is False  # refused: websocket.py sends no pong
     assert recorder.controls == 2
     session.on_closing(False)
-    assert session.on_control() is True  # closing: nothing is charged any more
+    assert session.on_control(False) is False  # closing: nothing is charged or answered
     assert recorder.controls == 2

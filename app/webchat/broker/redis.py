@@ -2,10 +2,14 @@
 
 Choose it (`--redis-url redis://...`, or `rediss://` with TLS, password in the URL) whenever
 more than one process serves the same rooms (`--workers N`, several hosts behind a load
-balancer), or history must outlive a restart. A stream per room is the history, a pub/sub
-channel per room carries live messages and presence; publishing is one atomic Lua script, so
-every node delivers one order, the order of history. Each node subscribes to a room's
-channel only while it has members there.
+balancer), or history must outlive a restart. `redis+sentinel://` follows a master that
+Sentinel fails over to a replica; `redis+cluster://` spreads rooms over the shards of a Redis
+Cluster (redis_connect.py), with sharded pub/sub (redis_shards.py); `--redis-replicas-ack N`
+acknowledges a message only once N replicas have it (redis_acks.py).
+
+A stream per room is the history, a pub/sub channel per room carries live messages and
+presence; publishing is one atomic Lua script, so every node delivers one order, the order of
+history. Each node subscribes to a room's channel only while it has members there.
 
 The broker tolerates Redis being down: the process starts anyway and reports not ready,
 publishes and history reads fail fast with BrokerUnavailable, and after Redis is back the
@@ -27,11 +31,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     OutOfMemoryError,
@@ -51,6 +51,7 @@ from webchat.broker.base import (
     RoomInfo,
     dedupe_seconds,
 )
+from webchat.broker.redis_acks import NotConfirmed, ReplicaAcks
 from webchat.broker.redis_codec import (
     channel,
     decode_message,
@@ -64,23 +65,25 @@ from webchat.broker.redis_codec import (
     start_after,
     stream_key,
 )
+from webchat.broker.redis_connect import ShardedCluster, close_client, command_client
 from webchat.broker.redis_index import RoomIndex
 from webchat.broker.redis_keepalive import RoomKeeper
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
 from webchat.broker.redis_rooms import BACKOFF_CAP
-from webchat.broker.redis_scripts import PUBLISH
-from webchat.broker.redis_subscriber import Subscriber
+from webchat.broker.redis_scripts import PUBLISH, awaiting_replicas
+from webchat.broker.redis_shards import ShardedSubscriber
+from webchat.broker.redis_subscriber import Subscriber, keep_running
 from webchat.config import Config
 from webchat.metrics import Metrics
 from webchat.protocol import parse_id
+from webchat.redis_url import parse_redis_url
 
 if TYPE_CHECKING:
     from webchat.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
-SOCKET_TIMEOUT: Final = 1.0  # every command; a slower Redis counts as unavailable
 POOL_WAIT: Final = 5.0  # a request waits this long for a pooled connection, then is unavailable
 CONTROL_POOL: Final = 8  # connections of the background loops: more than they ever use at once
 CONTROL_WAIT: Final = 1.0
@@ -100,25 +103,6 @@ def refuses_writes(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(
         ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
     )
-
-
-def _safe_url(url: str) -> str:
-    """The URL without credentials, for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or parts.path
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
-
-
-async def _owned(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a background loop until cancelled; a crash is logged and the loop restarted."""
-    while True:
-        try:
-            await loop()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("Redis broker %s loop crashed; restarting it", name)
-        await asyncio.sleep(1.0)
 
 
 class RedisBroker:
@@ -141,15 +125,20 @@ class RedisBroker:
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
     ) -> None:
-        self._url = config.redis_url
+        target = parse_redis_url(config.redis_url)
+        self._where = target.describe()
         self._history_size = config.history_size
         self._dedupe_ms = int(dedupe_seconds(config.room_ttl) * 1000)
         self._node_id = node_id
-        self._client = self._connect(config.redis_url, config.redis_pool, POOL_WAIT, "")
-        self._control = self._connect(config.redis_url, CONTROL_POOL, CONTROL_WAIT, "-ctl")
+        self._client = command_client(target, config.redis_pool, POOL_WAIT, f"webchat-{node_id}")
+        self._control = command_client(target, CONTROL_POOL, CONTROL_WAIT, f"webchat-{node_id}-ctl")
         self._metrics = metrics or Metrics()
-        self._ops = RedisOps(self._metrics, tracing, config.redis_url)
-        self._publish = self._client.register_script(PUBLISH)
+        self._ops = RedisOps(self._metrics, tracing, target)
+        self._replicas = config.redis_replicas_ack
+        self._acks = ReplicaAcks(self._client)
+        self._publish = self._client.register_script(
+            awaiting_replicas(PUBLISH, self._replicas) if self._replicas else PUBLISH
+        )
         self._keeper = RoomKeeper(self._control, self._ops, config.room_ttl)
         self._index = RoomIndex(
             self._client, self._control, config.presence_timeout, self._ops, config.room_ttl
@@ -163,39 +152,39 @@ class RedisBroker:
             self._index.counted,
             control=self._control,
         )
-        self._subscriber = Subscriber(
-            self._client,
-            node_id,
-            self._readiness_changed,
-            f"webchat-{node_id}-sub",
-            self._ops,
-            on_reconnect=self._metrics.broker_reconnects.inc,
-            control=self._control,
-            keep_ms=self._keeper.ttl_ms,
-        )
+        self._subscriber: Subscriber | ShardedSubscriber
+        if isinstance(self._client, ShardedCluster):
+            assert isinstance(self._control, ShardedCluster)  # one target, one kind of client
+            self._subscriber = ShardedSubscriber(
+                self._client,
+                node_id,
+                self._readiness_changed,
+                f"webchat-{node_id}-sub",
+                self._ops,
+                on_reconnect=self._metrics.broker_reconnects.inc,
+                confirm=self._confirm,
+                replicas=self._replicas,
+                control=self._control,
+                keep_ms=self._keeper.ttl_ms,
+            )
+        else:
+            self._subscriber = Subscriber(
+                self._client,
+                node_id,
+                self._readiness_changed,
+                f"webchat-{node_id}-sub",
+                self._ops,
+                on_reconnect=self._metrics.broker_reconnects.inc,
+                confirm=self._confirm,
+                replicas=self._replicas,
+                control=self._control,
+                keep_ms=self._keeper.ttl_ms,
+            )
         self._client_ok = False
         self._writable = True  # until Redis refuses a write: then until a probe succeeds
         self._closing = False
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-
-    def _connect(self, url: str, size: int, wait: float, suffix: str) -> Redis:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=size,
-            timeout=wait,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            # One immediate retry on a connection error, for a pooled connection that went
-            # stale while Redis restarted. Never on a timeout: the script may have run.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            health_check_interval=0,
-            client_name=f"webchat-{self._node_id}{suffix}",
-            # RESP2 works with every Redis and its replies do not change with redis-py's
-            # default; a `?protocol=3` in the URL still wins.
-            protocol=2,
-        )
-        return Redis.from_pool(pool)
 
     # --- the Broker protocol ----------------------------------------------------------
 
@@ -215,8 +204,7 @@ class RedisBroker:
         """
         self._subscriber.handler = handler
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
-            ("subscriber", self._subscriber.run),
-            ("backfill", self._subscriber.backfill_loop),
+            *self._subscriber.loops(),
             ("health", self._health_loop),
             ("presence refresh", self._presence.refresh_loop),
             ("presence settle", self._presence.settle_loop),
@@ -224,7 +212,7 @@ class RedisBroker:
             ("room index", self._index.flush_loop),
             ("keep-alive", lambda: self._keeper.loop(lambda: self._subscriber.rooms)),
         ]
-        self._tasks = [asyncio.create_task(_owned(name, loop)) for name, loop in loops]
+        self._tasks = [asyncio.create_task(keep_running(name, loop)) for name, loop in loops]
         try:
             async with asyncio.timeout(START_WAIT):
                 await self._subscriber.attempted.wait()
@@ -235,7 +223,7 @@ class RedisBroker:
         if not self.ready:
             log.warning(
                 "Redis at %s is not reachable yet; not ready, retrying in the background",
-                _safe_url(self._url),
+                self._where,
             )
 
     async def close(self) -> None:
@@ -245,8 +233,8 @@ class RedisBroker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._subscriber.handler = None
-        await self._client.aclose()
-        await self._control.aclose()
+        await close_client(self._client)
+        await close_client(self._control)
 
     async def subscribe(self, room: str) -> None:
         await self._subscriber.subscribe(room)
@@ -270,12 +258,25 @@ class RedisBroker:
             keys.append(dedupe_key(room, draft.sender, draft.nonce))
             args.append(draft.nonce)
         try:
-            duplicate, value = await self._ops.call("publish", self._publish(keys=keys, args=args))
+            if self._replicas:
+                duplicate, value = await self._ops.call("publish", self._acked(room, keys, args))
+            else:
+                duplicate, value = await self._ops.call(
+                    "publish", self._publish(keys=keys, args=args)
+                )
+        except NotConfirmed as exc:
+            log.debug("publish in %s not confirmed: %s", room, exc)
+            raise
         except (RedisError, OSError) as exc:
             raise self._unavailable("publish", exc) from exc
         if duplicate:
-            return Published(decode_message(room, value), duplicate=True)
+            original = decode_message(room, value)
+            if self._replicas:
+                await self._commit(room, original.id)
+            return Published(original, duplicate=True)
         message_id = value.decode()
+        if self._replicas:
+            await self._commit(room, message_id)
         self._index.published(room, id_key(message_id)[0])
         message = Message(
             message_id,
@@ -290,7 +291,12 @@ class RedisBroker:
         return Published(message, duplicate=False)
 
     async def history(self, room: str, since: str | None, limit: int) -> History:
-        """memory.select_history's rule, read from the room's stream in one round trip."""
+        """memory.select_history's rule, read from the room's stream; with replica acks, only
+        once the replicas have what was read (`_confirmed`)."""
+        return await self._confirmed(room, await self._history(room, since, limit))
+
+    async def _history(self, room: str, since: str | None, limit: int) -> History:
+        """The read itself, in one round trip."""
         key = stream_key(room)
         try:
             if since is None:
@@ -332,6 +338,42 @@ class RedisBroker:
 
     # --- internals ----------------------------------------------------------------------
 
+    async def _acked(self, room: str, keys: list[str], args: list[Any]) -> tuple[int, Any]:
+        """The publish script and WAIT on one connection. A duplicate's original may not be on
+        the replicas yet (its WAIT timed out): it is confirmed again before it is answered."""
+        (duplicate, value), acked = await self._acks.script(
+            self._publish, keys, args, self._replicas
+        )
+        if duplicate:
+            await self._acks.confirm(room, self._replicas)
+        elif acked < self._replicas:
+            raise NotConfirmed(
+                f"{acked} of {self._replicas} replicas confirmed the message within the timeout"
+            )
+        return int(duplicate), value
+
+    async def _commit(self, room: str, message_id: str) -> None:
+        """Release the message to every subscriber: it is on the replicas. A lost commit only
+        delays it: subscribers confirm what they hold for long with a WAIT of their own."""
+        try:
+            await self._ops.call("commit", self._acks.commit(room, message_id))
+        except (RedisError, OSError) as exc:
+            log.debug("commit of %s in %s failed: %s", message_id, room, describe(exc))
+
+    async def _confirm(self, room: str, replicas: int) -> None:
+        """Return once `replicas` replicas have every write made to `room`'s shard so far."""
+        try:
+            await self._ops.call("confirm", self._acks.confirm(room, replicas))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("confirm", exc) from exc
+
+    async def _confirmed(self, room: str, history: History) -> History:
+        """`history`, once (with replica acks) the replicas have it: a client must not see a
+        message that a failover could take back."""
+        if self._replicas and history.messages:
+            await self._confirm(room, self._replicas)
+        return history
+
     @staticmethod
     def _messages(room: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Message]:
         return [message_from_entry(room, entry_id, fields) for entry_id, fields in entries]
@@ -357,7 +399,7 @@ class RedisBroker:
     def _readiness_changed(self) -> None:
         if self.ready:
             if not self._ready.is_set():
-                log.info("Redis broker ready (%s)", _safe_url(self._url))
+                log.info("Redis broker ready (%s)", self._where)
                 self._presence.reconnected(REAP_GRACE)
             self._ready.set()
         else:
@@ -366,8 +408,9 @@ class RedisBroker:
             self._ready.clear()
 
     async def _health_loop(self) -> None:
-        """PING by self-ping: PUBLISH on this node's channel, which the subscriber listens to;
-        then a write probe: a tiny SET with a TTL on this node's own key.
+        """PING by self-ping: PUBLISH on this node's channel, which the subscriber listens to
+        (on a cluster, on each shard's, which that shard's connection listens to); then a write
+        probe: a tiny SET with a TTL on this node's own key.
 
         The ping proves the command connection (readiness), and a ping that does not come back
         through pub/sub proves the subscriber dead even when its socket looks fine. PUBLISH is
@@ -375,27 +418,33 @@ class RedisBroker:
         when every message would be refused; the probe is what notices those.
         """
         loop = asyncio.get_running_loop()
-        ping_channel = self._subscriber.ping_channel
         probe = probe_key(self._node_id)
         seq = 0
         while True:
             seq += 1
-            token = self._subscriber.ping_token()
+            links = self._subscriber.links
             try:
-                receivers = await self._ops.call(
-                    "ping",
-                    asyncio.wait_for(self._control.publish(ping_channel, seq), HEALTH_TIMEOUT),
-                )
-                self._client_ok = True
-                self._subscriber.ping_published(token, seq, int(receivers), loop.time())
-                await self._probe_writes(probe, seq)
+                for link in links:
+                    token = link.ping_token()
+                    receivers = await self._ops.call(
+                        "ping",
+                        asyncio.wait_for(
+                            self._control.publish(link.ping_channel, seq), HEALTH_TIMEOUT
+                        ),
+                    )
+                    link.ping_published(token, seq, int(receivers), loop.time())
+                # Until a cluster's subscriber knows its shards there is nothing to ping.
+                self._client_ok = bool(links)
+                if links:
+                    await self._probe_writes(probe, seq)
             except (TimeoutError, RedisError, OSError) as exc:
                 if self._client_ok:
                     log.warning("Redis unreachable (health check: %s)", describe(exc))
                 self._client_ok = False
-            self._subscriber.check_pong(loop.time())
+            for link in links:
+                link.check_pong(loop.time())
             self._readiness_changed()
-            await asyncio.sleep(HEALTH_INTERVAL)
+            await asyncio.sleep(HEALTH_INTERVAL if links else HEALTH_INTERVAL / 10)
 
     async def _probe_writes(self, key: str, seq: int) -> None:
         """Whether Redis accepts writes now; raises what an unreachable Redis raises."""

@@ -6,8 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from redis.asyncio import Redis
-
 from webchat.broker.base import Message
 from webchat.broker.redis_codec import (
     Announced,
@@ -17,6 +15,7 @@ from webchat.broker.redis_codec import (
     presence_stream_key,
     stream_key,
 )
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_rooms import Read, RoomSub
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ BACKFILL_COUNT: Final = 1000  # stream entries per XRANGE
 
 
 async def read_after(
-    client: Redis, rooms: list[tuple[str, RoomSub]]
+    client: RedisClient, rooms: list[tuple[str, RoomSub]]
 ) -> list[tuple[Read[Message], Read[Announced]]]:
     """Per room, both streams after its cursors and their newest ids, in one round trip."""
     pipe = client.pipeline(transaction=False)

@@ -12,8 +12,10 @@ one slot and each Lua script touches one slot, as Redis Cluster requires.
 | `wc:{room}:e`                       | zset   | `<node>:<name>` by expiry (ms)        | pres (3) |
 | `wc:{room}:ps`                      | stream | the last ~1000 presence events        | pres (3) |
 | `wc:{room}:k`                       | hash   | name -> its holder (key's SHA-256)    | pres (3) |
+| `wc:{room}:w`                       | string | a write for WAIT to confirm (5)       | 10 s     |
 | `wc:node:<node>`                    | pubsub | this node's self-ping                 | -        |
 | `wc:node:<node>:w`                  | string | this node's write probe               | 10 s     |
+| `wc:node:<node>:<k>`                | pubsub | on a cluster: one shard link's ping   | -        |
 | `wc:{#index}:members`               | zset   | room -> names present (/api/rooms)    | pruned   |
 | `wc:{#index}:seen`                  | zset   | room -> when a live node confirmed it | pruned   |
 | `wc:{#index}:active`                | zset   | room -> ts of its last message        | 24 h (4) |
@@ -25,6 +27,7 @@ The window is 5 minutes, or the room TTL if that is shorter.
 (3) 3 presence timeouts after the last refresh of a node holding a name there; empty hashes
 and sets go at once, the presence stream of an emptied room a few seconds after its last leave.
 (4) entries older than 24 hours, or the room TTL if shorter.
+(5) `--redis-replicas-ack`: written before a WAIT that confirms everything before it.
 
 The index keys share one hash tag that no room name can have (`#`), so the index is one
 slot and never collides with a room's keys.
@@ -36,6 +39,11 @@ millisecond part. Channel payloads are JSON objects written by cjson in Lua:
 (`a`: Redis's `TIME` at acceptance in microseconds, as a string of digits) and
 `{"k":"p","i":id,"e":"join"|"leave","n":name,"c":count}` for presence, `i` being the id of
 the event in the presence stream (fields `e`, `n`, `c`).
+
+With `--redis-replicas-ack N` a message's payload also has `"w":N`: subscribers hold it until
+`{"k":"c","i":id}` (a commit: every message up to `id` is on N replicas) or their own WAIT
+confirms it, so no client sees a message a failover could still take back. On a Redis Cluster
+every channel is a shard channel (SPUBLISH/SSUBSCRIBE), in its room's slot.
 """
 
 from __future__ import annotations
@@ -89,6 +97,10 @@ def index_keys() -> list[str]:
     return [f"{PREFIX}:{{#index}}:{part}" for part in ("members", "seen", "active")]
 
 
+def barrier_key(room: str) -> str:
+    return f"{PREFIX}:{{{room}}}:w"
+
+
 def presence_stream_key(room: str) -> str:
     return f"{PREFIX}:{{{room}}}:ps"
 
@@ -136,6 +148,26 @@ def encode_trace(trace: dict[str, str] | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """A message published with `--redis-replicas-ack`: delivered once `replicas` replicas
+    have it (a commit covers it, or a WAIT of the subscriber's own confirms it)."""
+
+    message: Message
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Every message of the room up to `id` is on the replicas its publisher asked for."""
+
+    id: str
+
+
+def encode_commit(message_id: str) -> str:
+    return json.dumps({"k": "c", "i": message_id}, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
 class Announced:
     """A presence event and its id in the room's presence stream."""
 
@@ -143,13 +175,13 @@ class Announced:
     event: PresenceEvent
 
 
-def decode_event(room: str, payload: bytes) -> Message | Announced:
+def decode_event(room: str, payload: bytes) -> Message | Pending | Announced | Committed:
     """A channel payload as the broker's value; raises ValueError/KeyError if malformed."""
     data = json.loads(payload)
     kind = data["k"]
     if kind == "m":
         message_id = str(data["i"])
-        return Message(
+        message = Message(
             message_id,
             room,
             data["n"],
@@ -160,6 +192,10 @@ def decode_event(room: str, payload: bytes) -> Message | Announced:
             accepted_us=_micros(data.get("a")),
             user=data.get("u"),
         )
+        replicas = data.get("w")
+        return Pending(message, int(replicas)) if replicas else message
+    if kind == "c":
+        return Committed(str(data["i"]))
     if kind == "p":
         return Announced(str(data["i"]), PresenceEvent(room, data["e"], data["n"], int(data["c"])))
     raise ValueError(f"unknown event kind {kind!r}")
@@ -173,6 +209,8 @@ def presence_from_entry(room: str, entry_id: bytes, fields: dict[bytes, bytes]) 
 
 def decode_message(room: str, payload: bytes) -> Message:
     event = decode_event(room, payload)
+    if isinstance(event, Pending):
+        return event.message
     if not isinstance(event, Message):
         raise ValueError("expected a message payload")
     return event

@@ -17,11 +17,11 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from webchat.broker.base import ROOM_ACTIVITY_SECONDS, BrokerUnavailable, RoomInfo, room_order
 from webchat.broker.redis_codec import describe, id_key, index_keys, stream_key
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_scripts import INDEX, ROOMS
 
@@ -37,8 +37,8 @@ class RoomIndex:
 
     def __init__(
         self,
-        client: Redis,
-        control: Redis,
+        client: RedisClient,
+        control: RedisClient,
         staleness: float,
         ops: RedisOps,
         room_ttl: float = ROOM_ACTIVITY_SECONDS,

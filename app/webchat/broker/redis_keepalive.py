@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from webchat.broker.redis_codec import describe, stream_key
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ _CHUNK: Final = 500  # rooms per pipeline
 class RoomKeeper:
     """Pushes back the TTL of the streams of subscribed rooms; the broker runs `loop`."""
 
-    def __init__(self, client: Redis, ops: RedisOps, room_ttl: float) -> None:
+    def __init__(self, client: RedisClient, ops: RedisOps, room_ttl: float) -> None:
         self._client = client
         self._ops = ops
         self.ttl_ms = max(1, int(room_ttl * 1000))

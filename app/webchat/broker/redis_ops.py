@@ -10,9 +10,9 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 from webchat.metrics import REDIS_OPERATIONS, Metrics
+from webchat.redis_url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
     from webchat.tracing import Tracing
@@ -35,6 +35,9 @@ COMMANDS: Final = {
     "room_index": "EVALSHA",
     "rooms": "EVALSHA",
     "ping": "PUBLISH",
+    "confirm": "WAIT",
+    "commit": "PUBLISH",
+    "topology": "CLUSTER SLOTS",
     "write_probe": "SET",
     "keep_alive": "PEXPIRE",
 }
@@ -47,19 +50,19 @@ class RedisOps:
     increment and a histogram observation (~2 µs), plus a span only inside a sampled trace.
     """
 
-    def __init__(self, metrics: Metrics, tracing: Tracing | None, url: str) -> None:
+    def __init__(self, metrics: Metrics, tracing: Tracing | None, url: str | RedisTarget) -> None:
         self._ok = {op: metrics.redis_operations.labels(op, "ok") for op in REDIS_OPERATIONS}
         self._error = {op: metrics.redis_operations.labels(op, "error") for op in REDIS_OPERATIONS}
         self._latency = {op: metrics.redis_latency.labels(op) for op in REDIS_OPERATIONS}
         self._tracing = tracing
-        parts = urlsplit(url)
+        target = parse_redis_url(url) if isinstance(url, str) else url
         self._span_attributes: dict[str, Any] = {"db.system.name": "redis"}
-        if parts.hostname:
-            self._span_attributes["server.address"] = parts.hostname
-            self._span_attributes["server.port"] = parts.port or 6379
-        db = parts.path.lstrip("/")
-        if db.isdigit():
-            self._span_attributes["db.namespace"] = db
+        host, port = target.address
+        if host:
+            self._span_attributes["server.address"] = host
+            self._span_attributes["server.port"] = port
+        if target.kind != "cluster":  # a cluster has database 0 only
+            self._span_attributes["db.namespace"] = str(target.db)
 
     async def call(self, operation: str, awaitable: Awaitable[T]) -> T:
         span = None

@@ -26,11 +26,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from webchat.broker.base import BrokerUnavailable, NameTaken
 from webchat.broker.redis_codec import channel, describe, presence_keys
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_scripts import HOLDER, JOIN, LEAVE, MEMBERS, REAP, REFRESH
 
@@ -57,13 +57,13 @@ class RedisPresence:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         node_id: str,
         timeout: float,
         reachable: Callable[[], bool],
         ops: RedisOps,
         on_count: Callable[[str, int], None] = lambda room, count: None,
-        control: Redis | None = None,
+        control: RedisClient | None = None,
     ) -> None:
         self._client = client
         self._control = control or client  # the refresh and reap loops

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from enum import Enum
 from typing import Final, Generic, NamedTuple, TypeVar
 
 from webchat.broker.base import Message, PresenceEvent
-from webchat.broker.redis_codec import Announced, id_key
+from webchat.broker.redis_codec import Announced, Committed, Pending, id_key
 
 BACKOFF_BASE: Final = 0.1
 BACKOFF_CAP: Final = 2.0
@@ -68,21 +69,95 @@ class Backfill(NamedTuple):
     gap: bool  # history was trimmed past the message cursor: some messages were never seen
 
 
-class RoomSub:
-    """One subscribed room: its state and what was delivered from its two streams."""
+Live = Message | Pending | Announced | Committed
 
-    __slots__ = ("buffer", "generation", "messages", "presence", "state", "waiters")
+
+class RoomSub:
+    """One subscribed room: its state and what was delivered from its two streams.
+
+    Messages published with `--redis-replicas-ack` (Pending) are held, with every message
+    after them so the order stays history's, until a commit covers them or a WAIT of this
+    subscriber confirms them (`confirmed`): the echo is the acknowledgement, so no client may
+    see a message before the replicas have it.
+    """
+
+    __slots__ = (
+        "buffer",
+        "committed",
+        "generation",
+        "held",
+        "messages",
+        "presence",
+        "state",
+        "waiters",
+    )
 
     def __init__(self, last_message: str, last_presence: str) -> None:
         self.messages = Cursor(last_message)
         self.presence = Cursor(last_presence)
         self.state = State.PENDING
-        self.buffer: list[Message | Announced] = []  # live events received while backfilling
+        self.buffer: list[Live] = []  # live events received while backfilling
         self.generation = 0  # confirmations seen; a backfill completes only for the newest
         self.waiters: list[asyncio.Future[None]] = []
+        # Live messages held for their confirmation: the message, the replicas it waits for (0:
+        # none, it only follows one that does) and when it was received (loop time).
+        self.held: deque[tuple[Message, int, float]] = deque()
+        self.committed = (0, 0)  # the newest commit seen on this connection
+
+    def lost(self) -> None:
+        """The connection is gone: SUBSCRIBE again, backfill from the cursors."""
+        self.state, self.buffer = State.PENDING, []
+        self.held.clear()
+        self.committed = (0, 0)
+
+    def live(self, event: Message | Pending | Committed, now: float) -> list[Message]:
+        """A live message or commit; returns the messages to deliver now, in order."""
+        if isinstance(event, Committed):
+            self.committed = max(self.committed, id_key(event.id))
+            return self._release(0)
+        message, replicas = (
+            (event.message, event.replicas) if isinstance(event, Pending) else (event, 0)
+        )
+        if id_key(message.id) <= self.messages.key:
+            return []  # delivered already (by a backfill)
+        if not self.held and not replicas:
+            self.messages.advance(message.id)
+            return [message]
+        self.held.append((message, replicas, now))
+        return self._release(0)
+
+    def confirmed(self, count: int) -> list[Message]:
+        """The first `count` held messages are on their replicas (a WAIT after they arrived)."""
+        return self._release(count)
+
+    @property
+    def held_since(self) -> float | None:
+        """When the oldest message still held was received, if any is."""
+        return self.held[0][2] if self.held else None
+
+    @property
+    def held_replicas(self) -> int:
+        """The most replicas any held message waits for."""
+        return max((replicas for _, replicas, _ in self.held), default=0)
+
+    def _release(self, confirmed: int) -> list[Message]:
+        out: list[Message] = []
+        while self.held:
+            message, replicas, _ = self.held[0]
+            if confirmed <= 0 and replicas and id_key(message.id) > self.committed:
+                break
+            self.held.popleft()
+            confirmed -= 1
+            if self.messages.advance(message.id):
+                out.append(message)
+        return out
 
     def backfilled(
-        self, generation: int, messages: Read[Message], presence: Read[Announced]
+        self,
+        generation: int,
+        messages: Read[Message],
+        presence: Read[Announced],
+        now: float = 0.0,
     ) -> Backfill:
         """Apply reads of both streams after their cursors.
 
@@ -113,11 +188,11 @@ class RoomSub:
             return Backfill(out_messages, out_presence, again=True, reset=False, gap=gap)
         if self.state is State.BACKFILL and self.generation == generation:
             for item in self.buffer:
-                if isinstance(item, Message):
-                    if self.messages.advance(item.id):
-                        out_messages.append(item)
-                elif self.presence.advance(item.id):
-                    out_presence.append(item.event)
+                if isinstance(item, Announced):
+                    if self.presence.advance(item.id):
+                        out_presence.append(item.event)
+                else:
+                    out_messages += self.live(item, now)
             self.state, self.buffer = State.LIVE, []
         return Backfill(out_messages, out_presence, again=False, reset=False, gap=gap)
 

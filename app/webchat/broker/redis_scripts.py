@@ -8,6 +8,25 @@ from __future__ import annotations
 
 from typing import Final
 
+
+def sharded(script: str) -> str:
+    """The script for a Redis Cluster: SPUBLISH (Redis 7 sharded pub/sub) for PUBLISH, so a
+    room's events go to its own shard only, not over the cluster bus to every node. Every
+    channel a script publishes on carries its room's hash tag, as its keys do."""
+    result = script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    # A PUBLISH written another way would broadcast over the cluster bus, unseen by SSUBSCRIBE.
+    assert "PUBLISH'" not in result.replace("'SPUBLISH'", ""), "write redis.call('PUBLISH', ...)"
+    return result
+
+
+def awaiting_replicas(script: str, replicas: int) -> str:
+    """The PUBLISH script for `--redis-replicas-ack`: the channel payload says how many replicas
+    the message waits for (`w`), so subscribers hold it until it is confirmed (redis_acks.py)."""
+    marked = script.replace("event.i = id\n", f"event.i = id\nevent.w = {int(replicas)}\n")
+    assert marked != script, "the PUBLISH script names the message id `event.i`"
+    return marked
+
+
 # KEYS[1] the room's stream; KEYS[2] the dedupe key, only when the draft has a nonce.
 # ARGV: channel, history size, dedupe ms, room TTL ms, name, text, trace JSON or '', user (''
 # in anonymous mode), [nonce].

@@ -16,20 +16,30 @@ A room's subscription goes PENDING (SUBSCRIBE sent) -> BACKFILL (confirmed: live
 buffered while the streams are read after the last ids) -> LIVE (see redis_rooms.py). A fresh
 subscription starts from the streams' newest ids read before SUBSCRIBE, so it too delivers
 everything published after `subscribe` was called, exactly once.
+
+On a Redis Cluster one subscriber serves one shard (redis_shards.py owns them): its connection
+goes to that shard's master, and its channels are shard channels (SSUBSCRIBE). A room whose slot
+moved elsewhere (MOVED, or an SUNSUBSCRIBE from the server) makes it replace its connection and
+ask for the slots to be relearnt; the room then moves, with its cursors, to the subscriber of
+the shard that owns it now, and is backfilled there as after an outage.
+
+With `--redis-replicas-ack` messages are held until their replicas have them (redis_rooms.py):
+a commit from the publisher releases them, or, if none comes within HOLD_CHECK, a WAIT of the
+subscriber's own; a backfill is confirmed by a WAIT before it is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from webchat.broker.base import BrokerUnavailable, EventHandler, Message, PresenceEvent
 from webchat.broker.redis_backfill import read_after
@@ -43,6 +53,7 @@ from webchat.broker.redis_codec import (
     room_of_channel,
     stream_key,
 )
+from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_rooms import RoomSub, State, backoff_delay
 
@@ -55,25 +66,71 @@ PONG_TIMEOUT: Final = 1.5  # a self-ping not back by then means the connection i
 MAX_BATCH: Final = 1000  # replies handled before the handler is called, at most
 BACKFILL_ROOMS: Final = 100  # rooms per backfill pipeline
 SUBSCRIBE_CHUNK: Final = 1000  # channels per SUBSCRIBE command on reconnect
+HOLD_CHECK: Final = 1.0  # a message held this long without a commit is confirmed by a WAIT
+
+# What a connection is made of: its class and keyword arguments (a pool's, or a cluster node's).
+ConnectionArgs = Callable[[], tuple[type[AbstractConnection], dict[str, Any]]]
+# confirm(room, replicas): returns once `replicas` replicas have every write made before the
+# call to the room's shard; raises BrokerUnavailable when they do not confirm in time.
+Confirm = Callable[[str, int], Awaitable[None]]
+Loops = list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]
+
+
+async def keep_running(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background loop until cancelled; a crash is logged and the loop restarted."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Redis broker %s loop crashed; restarting it", name)
+        await asyncio.sleep(1.0)
 
 
 class Subscriber:
-    """The pub/sub connection, the subscribed rooms and their backfill. Owned by RedisBroker."""
+    """The pub/sub connection, the subscribed rooms and their backfill. Owned by RedisBroker
+    (or, one per shard of a cluster, by ShardedSubscriber), which runs its `loops()`.
+
+    `connection_args` makes its connection (default: like the client's pooled ones),
+    `sharded` uses shard channels (SSUBSCRIBE), `ping_channel` is its self-ping's channel
+    (default `wc:node:<id>`), `confirm` is the WAIT behind `--redis-replicas-ack` (this node's
+    setting is `replicas`: backfills are confirmed with it), and `on_moved` is told when a room
+    turns out to live on another shard.
+    """
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         node_id: str,
         on_change: Callable[[], None],
         name: str,
         ops: RedisOps,
         on_reconnect: Callable[[], None],
-        control: Redis | None = None,
+        *,
+        connection_args: ConnectionArgs | None = None,
+        sharded: bool = False,
+        ping_channel: str | None = None,
+        confirm: Confirm | None = None,
+        replicas: int = 0,
+        on_moved: Callable[[], None] | None = None,
+        control: RedisClient | None = None,
         keep_ms: int | None = None,
     ) -> None:
         self._client = client  # a subscribe's reads (requests)
         self._control = control or client  # backfill
         self._keep_ms = keep_ms  # a fresh subscription pushes back its history's TTL by this
+        self._connection_args = connection_args
+        self._sharded = sharded
+        self._sub_command, self._unsub_command = (
+            ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
+        )
+        self._message_kind, self._subscribe_kind = (
+            (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
+        )
+        self._confirm = confirm
+        self._replicas = replicas
+        self._on_moved = on_moved
         self._on_change = on_change
         self._ops = ops
         self._on_reconnect = on_reconnect
@@ -85,21 +142,31 @@ class Subscriber:
         self._reader: asyncio.Task[None] | None = None
         self._attempt = 0
         self._epoch = 0  # connections that went live
-        self._ping_channel = node_channel(node_id).encode()
+        self._ping_channel = (ping_channel or node_channel(node_id)).encode()
         self._pong_seq = 0
         # The self-ping awaited: its seq, when it was published, replies read by then.
         self._ping_pending: tuple[int, float, int] | None = None
         self._replies = 0  # replies read from the connection, to tell "behind" from "dead"
         self._batch_room: str | None = None
         self._batch: list[Message] = []
+        self._now = 0.0  # loop time of the replies being handled
         self._backfill_wanted = asyncio.Event()
         self._live_event = asyncio.Event()
         self.attempted = asyncio.Event()  # set once the first connection attempt has ended
 
+    def loops(self) -> Loops:
+        """The background loops to run, each in a task of its owner, until close."""
+        return [
+            ("subscriber", self.run),
+            ("backfill", self.backfill_loop),
+            ("held messages", self.confirm_loop),
+        ]
+
     # --- subscriptions ------------------------------------------------------------------
 
     async def subscribe(self, room: str) -> None:
-        """Subscribe to `room`'s channel; returns once Redis confirmed (timed as one call)."""
+        """Subscribe to `room`'s channel; returns once Redis confirmed it and what the room's
+        streams held beyond the cursors was read (timed as one call)."""
         await self._ops.call("subscribe", self._subscribe(room))
 
     async def _subscribe(self, room: str) -> None:
@@ -125,7 +192,7 @@ class Subscriber:
         sub.waiters.append(waiter)
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-                await self._send(conn, "SUBSCRIBE", channel(room))
+                await self._send(conn, self._sub_command, channel(room))
                 await waiter
         except BaseException as exc:
             if waiter in sub.waiters:  # nobody reads it now: unsubscribe must not fail it
@@ -153,10 +220,35 @@ class Subscriber:
         if conn is None:
             return
         try:
-            await self._ops.call("unsubscribe", self._send(conn, "UNSUBSCRIBE", channel(room)))
+            await self._ops.call(
+                "unsubscribe", self._send(conn, self._unsub_command, channel(room))
+            )
         except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
             # Its messages are dropped (the room is gone) until the connection is replaced.
             log.debug("UNSUBSCRIBE %s failed: %s", room, exc)
+
+    async def adopt(self, room: str, sub: RoomSub) -> None:
+        """Take over `room` from the subscriber of another shard, cursors and waiters included:
+        it is subscribed here and backfilled from what was delivered, as after an outage."""
+        sub.lost()
+        self.rooms[room] = sub
+        conn = self._conn
+        if self.live and conn is not None:
+            try:
+                await self._send(conn, self._sub_command, channel(room))
+            except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
+                self.fail(f"cannot subscribe to {room}: {describe(exc)}")
+
+    async def release(self, room: str) -> RoomSub | None:
+        """Give `room` up for another shard's subscriber to `adopt`; its waiters go with it."""
+        sub = self.rooms.pop(room, None)
+        conn = self._conn
+        if sub is not None and conn is not None and self.live:
+            try:
+                await self._send(conn, self._unsub_command, channel(room))
+            except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
+                log.debug("%s %s failed: %s", self._unsub_command, room, exc)
+        return sub
 
     async def _send(self, conn: AbstractConnection, *args: Any) -> None:
         if self._conn is not conn or not conn.is_connected:
@@ -164,6 +256,20 @@ class Subscriber:
             raise BrokerUnavailable("the pub/sub connection was lost")
         async with asyncio.timeout(SEND_TIMEOUT):
             await conn.send_command(*args, check_health=False)
+
+    async def _subscribe_all(self, conn: AbstractConnection, channels: list[str]) -> None:
+        """SUBSCRIBE many channels per command; SSUBSCRIBE one per command (a command's shard
+        channels must share a slot), sent together."""
+        for start in range(0, len(channels), SUBSCRIBE_CHUNK):
+            chunk = channels[start : start + SUBSCRIBE_CHUNK]
+            if not self._sharded:
+                await self._send(conn, self._sub_command, *chunk)
+                continue
+            if self._conn is not conn or not conn.is_connected:
+                raise BrokerUnavailable("the pub/sub connection was lost")
+            async with asyncio.timeout(SEND_TIMEOUT):
+                commands = [(self._sub_command, name) for name in chunk]
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
     # --- the connection -----------------------------------------------------------------
 
@@ -179,12 +285,9 @@ class Subscriber:
                     self._conn = conn
                     channels = [channel(room) for room in self.rooms]
                     for sub in self.rooms.values():
-                        sub.state, sub.buffer = State.PENDING, []
-                    await self._send(conn, "SUBSCRIBE", self._ping_channel)
-                    for start in range(0, len(channels), SUBSCRIBE_CHUNK):
-                        await self._send(
-                            conn, "SUBSCRIBE", *channels[start : start + SUBSCRIBE_CHUNK]
-                        )
+                        sub.lost()
+                    await self._send(conn, self._sub_command, self._ping_channel)
+                    await self._subscribe_all(conn, channels)
                     reader = self._reader = asyncio.create_task(self._read(conn))
                     live = asyncio.ensure_future(self._live_event.wait())
                     try:
@@ -210,8 +313,12 @@ class Subscriber:
             self._attempt += 1
 
     def _new_connection(self) -> AbstractConnection:
-        pool = self._client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
+        if self._connection_args is not None:
+            connection_class, kwargs = self._connection_args()
+        else:
+            assert isinstance(self._client, Redis), "a cluster's subscribers get connection_args"
+            pool = self._client.connection_pool
+            connection_class, kwargs = pool.connection_class, dict(pool.connection_kwargs)
         # Reads block until a message comes: liveness is the self-ping's job, not a timeout.
         # No retries: a failure goes to the run loop, which re-subscribes and backfills.
         # RESP2 even if the URL asks for RESP3: messages are plain arrays, no push handling.
@@ -222,7 +329,7 @@ class Subscriber:
             health_check_interval=0,
             client_name=self._client_name,
         )
-        return pool.connection_class(**kwargs)
+        return connection_class(**kwargs)
 
     async def _lost(
         self, conn: AbstractConnection | None, reader: asyncio.Task[None] | None
@@ -235,7 +342,7 @@ class Subscriber:
         self._ping_pending = None
         self._flush()
         for sub in self.rooms.values():
-            sub.state, sub.buffer = State.PENDING, []
+            sub.lost()
         if was_live:
             self._on_change()
         if reader is not None and not reader.done():
@@ -258,6 +365,11 @@ class Subscriber:
             reader.cancel()
 
     # --- self-ping ----------------------------------------------------------------------
+
+    @property
+    def links(self) -> list[Subscriber]:
+        """The pub/sub connections to self-ping: this one."""
+        return [self]
 
     @property
     def ping_channel(self) -> bytes:
@@ -304,29 +416,41 @@ class Subscriber:
 
     async def _read(self, conn: AbstractConnection) -> None:
         read = conn.read_response
-        while True:
-            self._flush()
-            self._handle(await read())
-            handled = 1
-            while handled < MAX_BATCH and await conn.can_read():
-                self._handle(await read())
-                handled += 1
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._flush()
+                reply = await read()
+                self._now = loop.time()
+                self._handle(reply)
+                handled = 1
+                while handled < MAX_BATCH and await conn.can_read():
+                    self._handle(await read())
+                    handled += 1
+        except ResponseError as exc:
+            # A (S)SUBSCRIBE refused: on a cluster, MOVED (its slot is served elsewhere). The
+            # connection is replaced once the slots are relearnt; the rooms move meanwhile.
+            if self._on_moved is not None:
+                self._on_moved()
+            raise BrokerUnavailable(f"Redis refused a subscription: {describe(exc)}") from exc
 
     def _handle(self, reply: Any) -> None:
         self._replies += 1
         if not isinstance(reply, list) or len(reply) != 3:
             return
         kind, name, data = reply
-        if kind == b"message":
+        if kind == self._message_kind:
             if name == self._ping_channel:
                 self._pong(data)
             else:
                 self._on_message(name, data)
-        elif kind == b"subscribe":
+        elif kind == self._subscribe_kind:
             if name == self._ping_channel:
                 self._on_live()
             else:
                 self._on_confirmed(name)
+        elif kind == b"sunsubscribe":
+            self._on_unsubscribed(name)
 
     def _on_message(self, name: bytes, data: bytes) -> None:
         room = room_of_channel(name)
@@ -344,8 +468,12 @@ class Subscriber:
             if sub.presence.advance(event.id):
                 self._flush()
                 self._announce(event.event)
-        elif sub.messages.advance(event.id):
-            self._batch_message(room, event)
+        elif type(event) is Message and not sub.held:  # the common case, without holding
+            if sub.messages.advance(event.id):
+                self._batch_message(room, event)
+        else:
+            for message in sub.live(event, self._now):
+                self._batch_message(room, message)
 
     def _batch_message(self, room: str, event: Message) -> None:
         if self._batch_room != room:
@@ -391,6 +519,16 @@ class Subscriber:
         self._attempt = 0
         self._on_change()
 
+    def _on_unsubscribed(self, name: bytes) -> None:
+        """An SUNSUBSCRIBE this node did not ask for: the room's slot moved to another shard."""
+        room = room_of_channel(name)
+        sub = self.rooms.get(room) if room is not None else None
+        if sub is None or sub.state is State.PENDING:
+            return  # one this node asked for, or an answer to an earlier subscription
+        if self._on_moved is not None:
+            self._on_moved()
+        self.fail(f"Redis unsubscribed {room}: its slot moved")
+
     def _on_confirmed(self, name: bytes) -> None:
         room = room_of_channel(name)
         sub = self.rooms.get(room) if room is not None else None
@@ -399,9 +537,6 @@ class Subscriber:
         sub.state = State.BACKFILL
         sub.generation += 1
         self._backfill_wanted.set()
-        for waiter in sub.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     # --- backfill -----------------------------------------------------------------------
 
@@ -421,6 +556,16 @@ class Subscriber:
                     reads = await self._ops.call(
                         "backfill", read_after(self._control, [(r, s) for r, s, _ in chunk])
                     )
+                    found = [
+                        room for (room, _, _), (m, _) in zip(chunk, reads, strict=True) if m.events
+                    ]
+                    if found and self._replicas and self._confirm is not None:
+                        # Delivered only once the replicas have what was read (a WAIT after).
+                        await self._confirm(found[0], self._replicas)
+                except BrokerUnavailable as exc:
+                    log.info("backfill not confirmed yet (%s); retrying", exc)
+                    asyncio.get_running_loop().call_later(HOLD_CHECK, self._backfill_wanted.set)
+                    continue
                 except (RedisError, OSError) as exc:
                     # Retried on the next connection, which re-confirms every room.
                     self.fail(f"backfill failed: {describe(exc)}")
@@ -432,7 +577,9 @@ class Subscriber:
                 for (room, sub, generation), (messages, presence) in zip(chunk, reads, strict=True):
                     if self.rooms.get(room) is not sub:
                         continue  # unsubscribed meanwhile
-                    result = sub.backfilled(generation, messages, presence)
+                    result = sub.backfilled(
+                        generation, messages, presence, asyncio.get_running_loop().time()
+                    )
                     if result.reset:
                         log.warning(
                             "the streams of %s went back behind what was delivered (lost, expired)",
@@ -446,3 +593,39 @@ class Subscriber:
                     self._deliver(room, result.messages)
                     for event in result.presence:
                         self._announce(event)
+                    if sub.state is State.LIVE:
+                        # `subscribe` returns only now: an event published after it returns
+                        # (the caller's own join, say) is delivered as it arrives, not held
+                        # in the buffer behind this backfill, where a client connecting
+                        # meanwhile would get it after a welcome that already lists it.
+                        for waiter in sub.waiters:
+                            if not waiter.done():
+                                waiter.set_result(None)
+
+    # --- held messages (--redis-replicas-ack) -------------------------------------------
+
+    async def confirm_loop(self) -> None:
+        """Release messages held longer than HOLD_CHECK once a WAIT confirms them: their commit
+        was lost (its publisher failed after WAIT) or never sent (its WAIT timed out, the
+        sender was told `unavailable`, and the replicas caught up since)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HOLD_CHECK / 2)
+            if self._confirm is None:
+                continue
+            now = loop.time()
+            for room, sub in list(self.rooms.items()):
+                since = sub.held_since
+                if since is None or now - since < HOLD_CHECK or sub.state is not State.LIVE:
+                    continue
+                count, generation, epoch = len(sub.held), sub.generation, self._epoch
+                try:
+                    await self._confirm(room, sub.held_replicas)
+                except (BrokerUnavailable, RedisError, OSError) as exc:
+                    log.debug("held messages of %s not confirmed yet: %s", room, describe(exc))
+                    continue
+                if self.rooms.get(room) is sub and (sub.generation, self._epoch) == (
+                    generation,
+                    epoch,
+                ):
+                    self._deliver(room, sub.confirmed(count))

@@ -19,6 +19,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from webchat.config import Config, ConfigError, load_config
 from webchat.limits import Budget, budget, raise_descriptor_limit
@@ -122,6 +123,28 @@ def _setup_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequests())
+
+
+class _MalformedRequests(logging.Filter):
+    """A request aiohttp could not parse (answered 400) is the client's error, not ours.
+
+    aiohttp logs it at ERROR with a traceback and the request line, so any client could fill
+    the log with tracebacks, trip error alerts and have a `key=` written to it. Kept: one INFO
+    line with what was wrong, and nothing the client sent.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        what = str(exc.message).split(":", 1)[0].strip()[:80] or type(exc).__name__
+        record.msg, record.args = "malformed HTTP request answered %d: %s", (exc.code, what)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
 
 
 # Workers stop within EXIT_DEADLINE of the signal by themselves; a straggler is killed after

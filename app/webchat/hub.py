@@ -10,6 +10,7 @@ recipient) and, for sampled messages, traced by a CONSUMER span around the write
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -25,21 +26,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A room sends presence frames at most this often (s); what comes meanwhile waits and goes in
+# one write per member. A lone join or leave goes out at once.
+PRESENCE_INTERVAL = 0.5
+
 
 class Room:
     __slots__ = (
+        "clock",
         "conns",
         "grace",
         "holders",
         "joining",
         "lock",
         "names",
+        "presence",
+        "presence_next",
         "present",
         "subscribed",
     )
 
     def __init__(self) -> None:
-        self.conns: dict[Connection, None] = {}  # insertion-ordered set
+        # Local connections, in the order they came, each with the room's clock then.
+        self.conns: dict[Connection, int] = {}
         self.names: Counter[str] = Counter()  # local connections per name
         self.present: set[str] = set()  # names this node has joined in presence (until leave)
         self.grace: dict[str, asyncio.TimerHandle] = {}  # names whose last connection left
@@ -49,6 +58,12 @@ class Room:
         self.joining: dict[str, asyncio.Future[Exception | None]] = {}
         self.lock = asyncio.Lock()  # serialises subscribe/unsubscribe of this room
         self.subscribed = False
+        # Presence frames waiting to go out together: (clock, name, frame); and when (loop
+        # time) the room may send presence frames again. The clock counts attaches and
+        # presence events, so a frame goes only to connections that were there before it.
+        self.presence: list[tuple[int, str, bytes]] | None = None
+        self.presence_next = 0.0
+        self.clock = 0
 
     @property
     def idle(self) -> bool:
@@ -115,7 +130,8 @@ class Hub:
         if held_by is not None and held_by != conn.holder:
             raise NameTaken(f"{conn.name!r} is held by another key in {conn.room}")
         room.holders[conn.name] = conn.holder
-        room.conns[conn] = None
+        room.clock += 1
+        room.conns[conn] = room.clock
         room.names[conn.name] += 1
         timer = room.grace.pop(conn.name, None)
         if timer is not None:
@@ -213,16 +229,24 @@ class Hub:
             log.exception("background room task failed")
 
     async def close(self) -> None:
-        """Leave every room this process still holds, then stop background tasks."""
+        """Leave every room this process still holds, then stop background tasks.
+
+        The leaves go together (a broker may batch them: one call per room, not per name).
+        """
+        leaves: list[tuple[str, str]] = []
         for room_name, room in list(self._rooms.items()):
             for name in list(room.present):
                 timer = room.grace.pop(name, None)
                 if timer is not None:
                     timer.cancel()
-                try:
-                    await self._broker.presence.leave(room_name, name)
-                except Exception:
-                    log.warning("could not announce leave of %s in %s", name, room_name)
+                leaves.append((room_name, name))
+        left = await asyncio.gather(
+            *(self._broker.presence.leave(room, name) for room, name in leaves),
+            return_exceptions=True,
+        )
+        for (room_name, name), outcome in zip(leaves, left, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("could not announce leave of %s in %s", name, room_name)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -233,6 +257,8 @@ class Hub:
         room = self._rooms.get(room_name)
         if room is None or not room.conns:
             return
+        if room.presence:  # announced before these messages: sent before them
+            self._send_presence(room_name, room)
         batch = Batch(messages, [ws_text_frame(encode_message(m)) for m in messages])
         recipients = len(room.conns)
         tracing = self._tracing
@@ -251,12 +277,48 @@ class Hub:
             conn.close(CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap")
 
     def on_presence(self, event: PresenceEvent) -> None:
+        """Queue the frame. A room sends its presence frames at once, then at most every
+        PRESENCE_INTERVAL, all that came meanwhile in one write per member: in a storm of
+        joins and leaves a write per event per member would cost more than the rest."""
         if event.count > self._presence_limit:
             return
         room = self._rooms.get(event.room)
-        if room is None:
-            return
+        if room is None or len(room.names) > self._presence_limit:
+            return  # more names here alone than the limit: the room is past it (PROTOCOL.md)
         frame = ws_text_frame(encode_presence(event.room, event.event, event.name))
-        for conn in room.conns:
-            if conn.name != event.name:
-                conn.send(frame)
+        if room.presence is None:
+            room.presence = []
+            loop = asyncio.get_running_loop()
+            delay = room.presence_next - loop.time()
+            if delay > 0:
+                loop.call_later(delay, self._send_presence, event.room, room)
+            else:
+                loop.call_soon(self._send_presence, event.room, room)
+        room.clock += 1
+        room.presence.append((room.clock, event.name, frame))
+
+    def _send_presence(self, room_name: str, room: Room) -> None:
+        pending, room.presence = room.presence, None
+        if not pending or self._rooms.get(room_name) is not room:
+            return
+        if len(room.names) > self._presence_limit:
+            # The room grew past the limit while these waited (an event's count is the
+            # broker's when it happened; in a storm that is long before it reaches us).
+            return
+        room.presence_next = asyncio.get_running_loop().time() + PRESENCE_INTERVAL
+        about = {name for _, name, _ in pending}
+        joined: dict[int, bytes] = {}  # frames from the i-th on, joined
+        for conn, attached in room.conns.items():
+            # The frames of events after the connection came (its welcome has the others),
+            # none about its own name.
+            start = bisect.bisect_right(pending, attached, key=lambda item: item[0])
+            if start == len(pending):
+                continue
+            if conn.name not in about:
+                data = joined.get(start)
+                if data is None:
+                    data = joined[start] = b"".join(frame for _, _, frame in pending[start:])
+            else:
+                data = b"".join(f for _, name, f in pending[start:] if name != conn.name)
+            if data:
+                conn.send(data)

@@ -116,9 +116,9 @@ REDIS_OPERATIONS: Final = (
     "subscribe",  # a room's stream heads and its SUBSCRIBE, until confirmed
     "unsubscribe",
     "backfill",  # reading what subscribed rooms missed, after a reconnect or a subscribe
-    "presence_join",
-    "presence_leave",
-    "presence_members",
+    # a node's batched presence work: joins, leaves and member listings of every room with
+    # some, one script per room in one pipeline (redis_presence.py)
+    "presence_batch",
     "presence_refresh",
     "presence_reap",
     "presence_holder",  # which key holds a name, read before an upgrade

@@ -19,6 +19,7 @@ from webchat.broker.base import (
     Broker,
     BrokerUnavailable,
     Draft,
+    History,
     Message,
     NameTaken,
     RoomInfo,
@@ -238,7 +239,7 @@ class Node:
         are written by a task of the node's (`_open`); the client's messages then come by
         callback (session.py, `handle_message`), with no task left for an idle client;
         `session_ended` runs when its socket is gone. The request must be a valid WebSocket
-        handshake (web.py checks it: upgrade.handshake_problem).
+        handshake (web.py checks it: protocol.upgrade_problem).
 
         In authenticated mode `identity` is the verified token (web.py checked it and the
         room); the connection is closed with 4001 when the token expires unrefreshed.
@@ -337,25 +338,36 @@ class Node:
         (bytes, age) instead of the replay piling up in memory.
         """
         conn.forget_held_presence()
-        members, count = await self.broker.presence.members(
-            params.room, self.config.presence_limit, params.member
-        )
+        # The member listing and the first history reads are asked for together: a broker
+        # that batches them with other clients' (Redis) answers them in one wait, not three.
+        room, read = params.room, self.broker.history
+        listing = self.broker.presence.members(room, self.config.presence_limit, params.member)
+        if params.since is not None:
+            # `newest` is asked first, so it is read before the replay: if nothing is replayed,
+            # held live messages newer than it are news even when `since` claims more (history
+            # lost, clock behind).
+            first = min(REPLAY_PAGE, self.config.history_size)
+            (members, count), newest, page = await asyncio.gather(
+                listing, read(room, None, 1), read(room, params.since, first)
+            )
+        elif params.history:
+            (members, count), recent = await asyncio.gather(
+                listing, read(room, None, params.history)
+            )
+        else:
+            members, count = await listing
         welcome = encode_welcome(params.room, params.member, members, count, self._limits)
         conn.write_now(welcome)
         watermark = None
         if params.since is None and params.history:
             # The newest n, then live ones newer than the last of them (held ones are dropped
             # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
-            recent = await self.broker.history(params.room, None, params.history)
             if not await self._replay(conn, recent.messages):
                 return
             if recent.messages:
                 watermark = recent.messages[-1].id
         elif params.since is not None:
-            # The newest id before the replay read: if nothing is replayed, held live messages
-            # newer than it are news even when `since` claims more (history lost, clock behind).
-            newest = await self.broker.history(params.room, None, 1)
-            going, last = await self._replay_since(conn, params.room, params.since)
+            going, last = await self._replay_since(conn, params.room, params.since, page)
             if not going:
                 return
             if last is not None:
@@ -365,16 +377,18 @@ class Node:
         conn.go_live(watermark)
 
     async def _replay_since(
-        self, conn: Connection, room: str, since: str
+        self, conn: Connection, room: str, since: str, page: History
     ) -> tuple[bool, str | None]:
-        """Replay what history holds after `since`, a page at a time. Returns whether the
-        connection is still going, and the id of the last message replayed (or None)."""
+        """Replay what history holds after `since`, a page at a time, starting with `page`
+        (read with the welcome). Returns whether the connection is still going, and the id of
+        the last message replayed (or None)."""
         left = self.config.history_size
         last: str | None = None
         first = True
         while left > 0:
             wanted = min(REPLAY_PAGE, left)
-            page = await self.broker.history(room, last or since, wanted)
+            if not first:
+                page = await self.broker.history(room, last or since, wanted)
             if page.gap:
                 if not first:
                     # History was trimmed past this replay while it ran: what it missed is

@@ -5,6 +5,7 @@ Server frames are encoded to bytes once here; the hub writes the same bytes to e
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -20,6 +21,8 @@ ROOM_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 LIMIT_RE: Final = re.compile(r"[0-9]{1,9}")
 KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+# RFC 6455's version 13, and the drafts 7 and 8 with the same framing (aiohttp speaks them).
+WS_VERSIONS: Final = ("13", "8", "7")
 MAX_NAME: Final = 32
 MAX_NONCE: Final = 64
 MAX_HISTORY: Final = 500
@@ -193,6 +196,36 @@ def parse_limit(raw: str | None, default: int = 100, maximum: int = 500) -> int:
     return int(raw)
 
 
+def upgrade_problem(method: str, headers: Mapping[str, str]) -> tuple[int, str] | None:
+    """What is wrong with a request that asks for an `Upgrade` (RFC 6455 4.2.1), or None.
+
+    For a request the WebSocket handshake refused: 426 if the version is not one spoken here
+    (the caller names version 13 in `Sec-WebSocket-Version`), else 400. A request without an
+    `Upgrade` header is no upgrade attempt at all (None).
+    """
+    upgrade = headers.get("Upgrade")
+    if upgrade is None:
+        return None
+    if method != "GET":
+        return 400, f"a WebSocket upgrade must be a GET, not {method[:20]!r}"
+    if upgrade.strip().lower() != "websocket":
+        return 400, f"Upgrade must be 'websocket', got {upgrade[:40]!r}"
+    tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+    if "upgrade" not in tokens:
+        return 400, "Connection must include 'Upgrade' for a WebSocket upgrade"
+    version = headers.get("Sec-WebSocket-Version", "")
+    if version not in WS_VERSIONS:
+        return 426, f"Sec-WebSocket-Version must be 13, got {version[:20]!r}"
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        valid = len(base64.b64decode(key)) == 16
+    except ValueError:  # binascii.Error, or not ASCII
+        valid = False
+    if not valid:
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64"
+    return None
+
+
 # --- client frames -----------------------------------------------------------------------
 
 
@@ -229,10 +262,21 @@ def _json_type(value: object) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
+def _not_json(constant: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON (RFC 8259) has none."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _any_int(digits: str) -> Any:
+    """An integer of any length, as JSON allows; int() refuses more than 4300 digits, and a
+    number is never used (only its type), so a huge one is read as a float, not refused."""
+    return int(digits) if len(digits) <= 1000 else float(digits)
+
+
 def parse_client_frame(data: str | bytes, max_text: int) -> SendRequest | RefreshRequest:
     """Parse one client text frame; raises ProtocolError with bad_json/bad_type/bad_message."""
     try:
-        frame = json.loads(data)
+        frame = json.loads(data, parse_constant=_not_json, parse_int=_any_int)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     except RecursionError:  # e.g. "[[[[...": nested deeper than the parser's recursion limit

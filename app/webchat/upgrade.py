@@ -2,9 +2,9 @@
 
 aiohttp's WebSocketResponse keeps, for the whole session, the parsed request and its headers,
 the HTTP protocol and parser, a WebSocket reader, writer and queue, and two tasks: about 10 KiB
-of each idle client (docs/performance.md). Here aiohttp still parses and routes the request and
-runs the checks before the upgrade (web.py, with this module's handshake check) and the join
-(node.py); this module has aiohttp write the 101, gives the transport to another
+of each idle client (docs/performance.md). Here aiohttp still parses and routes the request,
+web.py runs the checks before the upgrade (the handshake's: protocol.upgrade_problem) and
+node.py the join; this module has aiohttp write the 101, gives the transport to another
 asyncio.Protocol (websocket.py), and once the handler has returned, aiohttp forgets the
 connection and frees everything it held for it.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Mapping
 from typing import Any, Final, cast
 
 from aiohttp import web
@@ -53,35 +52,10 @@ class _Tail:
         """aiohttp calls this when it lets the connection go; nothing to do."""
 
 
-def handshake_problem(headers: Mapping[str, str]) -> str | None:
-    """What makes a request no WebSocket opening handshake (RFC 6455 4.2.1), or None if it is one.
-
-    aiohttp's rules (versions 13, 8 and 7 accepted, as it does), checked here because
-    `WebSocketResponse.can_prepare` costs about 10 % of a connect's CPU.
-    """
-    upgrade = headers.get("Upgrade", "")
-    if upgrade.strip().lower() != "websocket":
-        return f"the Upgrade header must be 'websocket', got {upgrade[:40]!r}"
-    connection = headers.get("Connection", "")
-    if "upgrade" not in (token.strip().lower() for token in connection.split(",")):
-        return f"the Connection header must include 'upgrade', got {connection[:40]!r}"
-    version = headers.get("Sec-WebSocket-Version", "")
-    if version not in ("13", "8", "7"):
-        return f"Sec-WebSocket-Version must be 13, got {version[:40]!r}"
-    key = headers.get("Sec-WebSocket-Key", "")
-    try:
-        valid = len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:  # binascii.Error: not base64
-        valid = False
-    if not valid:
-        return f"Sec-WebSocket-Key must be 16 bytes in base64, got {key[:40]!r}"
-    return None
-
-
 async def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.StreamResponse:
     """Answer the upgrade with 101 and give the socket to `protocol`; return the 101 at once.
 
-    The request must be a valid handshake (`handshake_problem` found none). Then
+    The request must be a valid handshake (web.py: protocol.upgrade_problem found none). Then
     `protocol.connection_made(transport)` is called (unless the client is gone already: then
     never), and `data_received` with anything the client sent after its request. The handler
     should return the response at once: aiohttp holds the request and its objects until then.

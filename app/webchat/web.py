@@ -24,10 +24,10 @@ from webchat.protocol import (
     parse_connect_params,
     parse_id,
     parse_limit,
+    upgrade_problem,
     validate_room,
     with_identity,
 )
-from webchat.upgrade import handshake_problem
 
 if TYPE_CHECKING:
     from webchat.auth import Identity
@@ -72,7 +72,10 @@ PROBES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def _host_port(netloc: str, scheme: str | None = None) -> str:
     """`host[:port]` lower-cased with default ports (80, 443) dropped, for origin checks."""
-    parts = urlsplit(f"//{netloc}")
+    try:
+        parts = urlsplit(f"//{netloc}")
+    except ValueError:  # an unbalanced '[' (no IPv6 address): compared as it is
+        return netloc.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
@@ -119,12 +122,15 @@ def origin_allowed(
         return True
     if "*" in allowed or origin in allowed:
         return True
-    parts = urlsplit(origin)
-    if not parts.netloc or host is None:
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # an unbalanced '[': what follows the scheme, as it is
+        netloc = origin.partition("://")[2]
+    if not netloc or host is None:
         return False
-    if not host_allowed(parts.netloc, allowed_hosts):
+    if not host_allowed(netloc, allowed_hosts):
         return False
-    return _host_port(parts.netloc) == _host_port(host)
+    return _host_port(netloc) == _host_port(host)
 
 
 def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
@@ -199,7 +205,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         node.metrics.upgrade("unavailable")
         why = "draining" if node.draining else "message broker unreachable"
         return _error(503, "unavailable", f"service unavailable ({why}); retry with backoff")
-    if handshake_problem(request.headers) is not None:
+    # An upgrade asked for, but malformed: said so (before aiohttp's handshake, which answers
+    # 500 to a key that is not ASCII).
+    problem = upgrade_problem(request.method, request.headers)
+    if problem is not None:
+        status, message = problem
+        node.metrics.upgrade("bad_request")
+        response = _error(status, "bad_request", message)
+        if status == 426:
+            response.headers["Sec-WebSocket-Version"] = "13"
+        return response
+    if request.headers.get("Upgrade") is None:
         # Not an upgrade: answer what the upgrade would get. A browser cannot read why its
         # WebSocket was refused; it asks again this way (e.g. to learn of name_taken).
         return await node.check(params)

@@ -156,6 +156,21 @@ async def test_resend_on_a_new_connection_is_deduplicated(server, session):
     assert (await history(session, server, "r"))["messages"] == [original, marker]
 
 
+async def test_a_resend_never_overtakes_the_original(server, session):
+    """Sent back to back, the re-sent original comes after the original's own delivery (a
+    client that takes the newest id it saw for `since` must not skip the messages before)."""
+    alice = await connect(session, server, name="alice", room="r")
+    for round_ in range(5):
+        first, second = f"a{round_}", f"b{round_}"
+        # Written without waiting: the server reads them together.
+        await alice.send(first, nonce=first)
+        await alice.send(second, nonce=second)
+        await alice.send("again", nonce=second)
+        got = [await alice.expect("message") for _ in range(3)]
+        assert [m["text"] for m in got] == [first, second, second], got
+        assert got[2] == got[1]
+
+
 async def test_same_nonce_from_another_name_or_room_is_a_new_message(server, session):
     alice = await connect(session, server, name="alice", room="r")
     bob = await connect(session, server, name="bob", room="r")

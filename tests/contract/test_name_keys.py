@@ -125,6 +125,12 @@ async def test_keys_are_never_sent_to_anyone_or_logged(make_server, session):
     assert [f["type"] for f in frames[2:]] == ["presence", "message", "presence"]
     _, _, api = await get(session, f"{server.url}/api/rooms/r/messages")
     _, _, listing = await get(session, f"{server.url}/api/rooms")
+    # A request HTTP cannot parse, with the key in it: refused, and the key not logged.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /ws?room=r&name=x&key={KEY_A}&x=\xff HTTP/1.1\r\n\r\n".encode())
+    assert (await asyncio.wait_for(reader.readline(), seconds(5))).split()[1] == b"400"
+    writer.close()
+    await poll(lambda: "malformed HTTP request" in server.log(), 5, "its log line")
     log = server.log()
     assert "listening" in log  # the log was read: the same file a deployment keeps
     for secret in secrets:

@@ -277,6 +277,9 @@ def test_bytes_are_accepted_as_utf8():
 
 def test_unknown_fields_are_ignored():
     assert parse_client_frame(frame(text="hi", extra={"a": 1}), 2000).text == "hi"
+    # Numbers of any size are JSON (int() alone refuses more than 4300 digits).
+    huge = '{"type": "message", "text": "hi", "n": ' + "9" * 5000 + ', "m": -' + "1" * 5000 + "}"
+    assert parse_client_frame(huge, 2000).text == "hi"
 
 
 def test_text_is_trimmed_of_white_space_only():
@@ -299,6 +302,8 @@ def test_text_is_trimmed_of_white_space_only():
         "42",
         "true",
         "NaN",
+        '{"type": "message", "text": "hi", "n": NaN}',  # JSON has no NaN, Infinity
+        '{"type": "message", "text": "hi", "n": -Infinity}',
         "[" * 5000,  # deeper than the parser's recursion limit
         "[" * 5000 + "]" * 5000,
         '{"type": "message", "text": ' + "[" * 5000 + "]" * 5000 + "}",
@@ -526,3 +531,42 @@ def test_rooms_body():
         ]
     }
     assert json.loads(encode_rooms([])) == {"rooms": []}
+
+
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "keep-alive, Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "changes", "status", "says"),
+    [
+        ("HEAD", {}, 400, "must be a GET"),
+        ("GET", {"Upgrade": "h2c"}, 400, "Upgrade must be 'websocket'"),
+        ("GET", {"Connection": "keep-alive"}, 400, "Connection must include 'Upgrade'"),
+        ("GET", {"Sec-WebSocket-Version": "12"}, 426, "must be 13"),
+        ("GET", {"Sec-WebSocket-Version": ""}, 426, "must be 13"),
+        ("GET", {"Sec-WebSocket-Key": "c2hvcnQ="}, 400, "16 bytes"),
+        ("GET", {"Sec-WebSocket-Key": "not base64 at all!"}, 400, "16 bytes"),
+        ("GET", {"Sec-WebSocket-Key": ""}, 400, "16 bytes"),
+        ("GET", {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25\xeaZQ=="}, 400, "16 bytes"),
+    ],
+)
+def test_malformed_upgrades_say_what_is_wrong(method, changes, status, says):
+    from webchat.protocol import upgrade_problem
+
+    headers = {**UPGRADE, **changes}
+    problem = upgrade_problem(method, headers)
+    assert problem is not None and problem[0] == status and says in problem[1], problem
+    assert "\n" not in problem[1]
+
+
+def test_no_upgrade_header_is_no_upgrade_attempt():
+    from webchat.protocol import upgrade_problem
+
+    assert upgrade_problem("GET", {}) is None
+    assert upgrade_problem("GET", UPGRADE) is None
+    assert upgrade_problem("GET", {**UPGRADE, "Sec-WebSocket-Version": "8"}) is None

@@ -187,6 +187,8 @@ class Broker(Protocol):
     async def publish(self, room: str, draft: Draft) -> Published:
         """Accept a message: dedupe its nonce, store it in history, deliver it to subscribers.
 
+        A duplicate returns once what this node had accepted before (the original among it)
+        has reached the handler, so a re-send to the sender never overtakes the original.
         Raises BrokerUnavailable when it cannot; then nothing was accepted.
         """
 

@@ -184,6 +184,7 @@ class MemoryBroker:
         if key is not None:
             seen = self._seen.get(key)
             if seen is not None:
+                await self._delivered()
                 return Published(seen[1], duplicate=True)
         message_id, ts = self._clock.next(int(now * 1000))
         message = Message(
@@ -229,6 +230,15 @@ class MemoryBroker:
         ]
         infos += [RoomInfo(room, n, None) for room, n in counts.items() if room not in self._rooms]
         return rank_rooms(infos, int(time.time() * 1000), limit)
+
+    async def _delivered(self) -> None:
+        """Returns once the messages accepted so far are delivered: the flush scheduled for
+        them runs first (call_soon keeps order)."""
+        if self._pending:
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            loop.call_soon(done.set_result, None)
+            await done
 
     def announce(self, event: PresenceEvent) -> None:
         if self._handler is not None and event.room in self._subscribed:

@@ -62,7 +62,6 @@ from webchat.broker.redis_codec import (
     id_key,
     message_from_entry,
     probe_key,
-    start_after,
     stream_key,
 )
 from webchat.broker.redis_connect import ShardedCluster, close_client, command_client
@@ -70,6 +69,7 @@ from webchat.broker.redis_index import RoomIndex
 from webchat.broker.redis_keepalive import RoomKeeper
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
+from webchat.broker.redis_reads import HistoryReads
 from webchat.broker.redis_rooms import BACKOFF_CAP
 from webchat.broker.redis_scripts import PUBLISH, awaiting_replicas
 from webchat.broker.redis_shards import ShardedSubscriber
@@ -93,6 +93,7 @@ PROBE_TTL_MS: Final = 10_000  # the write probe's key outlives a few probes, the
 # After reconnecting, reaping waits until every live node has reconnected and refreshed.
 REAP_GRACE: Final = BACKOFF_CAP + 2 * HEALTH_INTERVAL
 START_WAIT: Final = 2.0  # start() waits this long for a first connection, then goes on
+BARRIER_TIMEOUT: Final = 1.0  # a duplicate's wait for the original's delivery, at most
 
 
 def refuses_writes(exc: BaseException) -> bool:
@@ -143,6 +144,7 @@ class RedisBroker:
         self._index = RoomIndex(
             self._client, self._control, config.presence_timeout, self._ops, config.room_ttl
         )
+        self._reads = HistoryReads(self._client, self._ops)
         self._presence = RedisPresence(
             self._client,
             node_id,
@@ -150,6 +152,7 @@ class RedisBroker:
             lambda: self._client_ok,
             self._ops,
             self._index.counted,
+            config.presence_limit,
             control=self._control,
         )
         self._subscriber: Subscriber | ShardedSubscriber
@@ -206,6 +209,8 @@ class RedisBroker:
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             *self._subscriber.loops(),
             ("health", self._health_loop),
+            ("history reads", self._reads.run),
+            ("presence batches", self._presence.batch_loop),
             ("presence refresh", self._presence.refresh_loop),
             ("presence settle", self._presence.settle_loop),
             ("presence reaper", lambda: self._presence.reap_loop(lambda: self._subscriber.rooms)),
@@ -273,6 +278,7 @@ class RedisBroker:
             original = decode_message(room, value)
             if self._replicas:
                 await self._commit(room, original.id)
+            await self._delivered()
             return Published(original, duplicate=True)
         message_id = value.decode()
         if self._replicas:
@@ -291,33 +297,13 @@ class RedisBroker:
         return Published(message, duplicate=False)
 
     async def history(self, room: str, since: str | None, limit: int) -> History:
-        """memory.select_history's rule, read from the room's stream; with replica acks, only
-        once the replicas have what was read (`_confirmed`)."""
-        return await self._confirmed(room, await self._history(room, since, limit))
-
-    async def _history(self, room: str, since: str | None, limit: int) -> History:
-        """The read itself, in one round trip."""
-        key = stream_key(room)
+        """memory.select_history's rule, read with the next batch of reads (redis_reads.py);
+        with replica acks, only once the replicas have what was read (`_confirmed`)."""
         try:
-            if since is None:
-                entries: Any = await self._ops.call(
-                    "history", self._client.xrevrange(key, count=limit)
-                )
-                entries.reverse()
-                return History(self._messages(room, entries), gap=False)
-            after = parse_id(since)
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xrange(key, count=1)
-                start = start_after(after)
-                if start is not None:
-                    pipe.xrange(key, min=start, count=limit)
-                results: list[Any] = await self._ops.call("history", pipe.execute())
+            read = await self._reads.read(room, since, limit)
         except (RedisError, OSError) as exc:
             raise self._unavailable("history", exc) from exc
-        first = results[0]
-        entries = results[1] if start is not None else []
-        gap = not first or after < id_key(first[0][0].decode())
-        return History(self._messages(room, entries), gap=gap)
+        return await self._confirmed(room, read)
 
     async def history_before(self, room: str, before: str, limit: int) -> History:
         """memory.select_before's rule: one XREVRANGE with an exclusive end."""
@@ -373,6 +359,22 @@ class RedisBroker:
         if self._replicas and history.messages:
             await self._confirm(room, self._replicas)
         return history
+
+    async def _delivered(self) -> None:
+        """Returns once the subscriber has handed on all Redis had published before the call
+        (a token published on this node's channel came back behind it); at most
+        BARRIER_TIMEOUT, and at once without a live subscriber: a best effort, for ordering."""
+        subscriber = self._subscriber
+        if not isinstance(subscriber, Subscriber) or not subscriber.live:
+            return  # not built for shard subscribers (a cluster): the duplicate is answered at once
+        token, arrived = subscriber.barrier()
+        try:
+            await self._ops.call("ping", self._client.publish(subscriber.ping_channel, token))
+            await asyncio.wait_for(arrived, BARRIER_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.debug("delivery barrier: %s", describe(exc))
+        finally:
+            subscriber.forget_barrier(token)
 
     @staticmethod
     def _messages(room: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Message]:

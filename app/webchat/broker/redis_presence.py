@@ -12,6 +12,13 @@ A name's holder (the hash of its first connection's key) is stored with it by th
 a join under another holder is refused there, atomically, on whichever node it comes.
 The names present after each change are reported to `on_count`, for the room index.
 
+Joins, leaves and member listings are batched: each call queues its room's work and waits for
+the next flush, which sends every room's queue in one pipeline, one script per room (SYNC).
+One flush is in flight at a time, so what arrives meanwhile makes the next one: a storm of N
+joins into a room costs a few round trips, not N, and a room's changes reach Redis in order.
+A name's change sends the state it has when the flush goes (held here or not), so a leave
+racing a join of the same name ends as the hub left it.
+
 A join whose outcome is unknown (cancelled because its client left, or timed out after the
 script may have run) and a leave that failed are settled: retried in the background until
 Redis agrees with what this node holds, so neither leaves a ghost member behind.
@@ -29,27 +36,42 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from webchat.broker.base import BrokerUnavailable, NameTaken
+from webchat.broker.redis_batch import evalsha_pipelined
 from webchat.broker.redis_codec import channel, describe, presence_keys
 from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
-from webchat.broker.redis_scripts import HOLDER, JOIN, LEAVE, MEMBERS, REAP, REFRESH
+from webchat.broker.redis_scripts import HOLDER, REAP, REFRESH, SYNC
 
 log = logging.getLogger(__name__)
 
 # Rooms per pipeline when refreshing or reaping many rooms at once.
 _CHUNK = 200
+# Names per SYNC call: one script's run blocks Redis, so a huge batch is sent in pieces.
+_NAMES_PER_CALL = 500
 SETTLE_DELAY = 0.2  # a join or leave to settle is retried after this, doubling while it fails
 SETTLE_MAX_DELAY = 5.0
 
 
-class _RoomLock:
-    """A lock per room, dropped when nobody uses it."""
+class _RoomBatch:
+    """One room's presence work waiting for the next flush.
 
-    __slots__ = ("lock", "users")
+    `names`: names whose hold must reach Redis (a join or a leave, whichever is true when the
+    flush goes), each with its waiters (resolved False if the name is taken by another holder).
+    `listings`: member listings asked for, of at most `listing` names.
+    """
+
+    __slots__ = ("listing", "listings", "names")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        self.names: dict[str, list[asyncio.Future[bool]]] = {}
+        self.listings: list[asyncio.Future[tuple[int, list[str]]]] = []
+        self.listing = 0
+
+    def fail(self, exc: BaseException) -> None:
+        waiters: list[asyncio.Future[Any]] = [w for ws in self.names.values() for w in ws]
+        for waiter in [*waiters, *self.listings]:
+            if not waiter.done():
+                waiter.set_exception(exc)
 
 
 class RedisPresence:
@@ -63,11 +85,13 @@ class RedisPresence:
         reachable: Callable[[], bool],
         ops: RedisOps,
         on_count: Callable[[str, int], None] = lambda room, count: None,
+        limit: int = 200,
         control: RedisClient | None = None,
     ) -> None:
         self._client = client
         self._control = control or client  # the refresh and reap loops
         self._ops = ops
+        self._limit = limit  # the presence limit: larger rooms produce no presence events
         self._reachable = reachable
         self._on_count = on_count
         self._node = node_id
@@ -81,13 +105,13 @@ class RedisPresence:
         # join of the same name (grace over, then a reconnect) ends with the name held.
         self._held: dict[str, Counter[str]] = {}
         self._holders: dict[str, dict[str, str]] = {}  # the holder of each name held here
-        self._locks: dict[str, _RoomLock] = {}
-        self._join = client.register_script(JOIN)
+        self._batches: dict[str, _RoomBatch] = {}  # queued for the next flush
+        self._flushing: dict[str, _RoomBatch] = {}  # in the flush in flight
+        self._batch_wanted = asyncio.Event()
+        self._sync = client.register_script(SYNC)
         self._holder = client.register_script(HOLDER)
         self._refresh = client.register_script(REFRESH)
-        self._leave = client.register_script(LEAVE)
         self._reap = client.register_script(REAP)
-        self._members = client.register_script(MEMBERS)
         self._refresh_now = asyncio.Event()
         self._reap_from = 0.0  # loop time before which the reaper waits
         self._unsettled: set[tuple[str, str]] = set()  # (room, name) Redis may disagree on
@@ -109,10 +133,7 @@ class RedisPresence:
         if names[name] > 1:
             return
         try:
-            await self._apply(room, name)
-        except NameTaken:
-            self._release(room, name)
-            raise
+            joined = await self._send(room, name)
         except (RedisError, OSError) as exc:
             # The hub detaches the connection without a leave; forget the hold again, and
             # make sure Redis forgets it too: the script may have run (a timeout).
@@ -124,6 +145,9 @@ class RedisPresence:
             self._release(room, name)
             self._settle(room, name)
             raise
+        if not joined:
+            self._release(room, name)
+            raise NameTaken(f"{name!r} is held by another key in {room}")
 
     async def holder(self, room: str, name: str) -> str | None:
         held = self._holders.get(room, {}).get(name)
@@ -132,7 +156,7 @@ class RedisPresence:
         try:
             value = await self._ops.call(
                 "presence_holder",
-                self._holder(keys=presence_keys(room), args=[channel(room), name]),
+                self._holder(keys=presence_keys(room), args=[channel(room), name, self._limit]),
             )
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"presence read failed: {describe(exc)}") from exc
@@ -148,7 +172,7 @@ class RedisPresence:
             self._settle(room, name)
             return
         try:
-            await self._apply(room, name)
+            await self._send(room, name)
         except (RedisError, OSError) as exc:
             log.warning(
                 "presence leave of %r in %s failed (%s); retrying", name, room, describe(exc)
@@ -156,18 +180,23 @@ class RedisPresence:
             self._settle(room, name)
 
     async def members(self, room: str, limit: int, include: str) -> tuple[list[str], int]:
+        """Read with the room's next batch: shared by every welcome waiting for it.
+
+        Above `limit` names the listing is `limit` of them, whichever Redis picks (any will
+        do: clients of a large room rely on the count), with `include` first if present.
+        """
+        waiter: asyncio.Future[tuple[int, list[str]]] = asyncio.get_running_loop().create_future()
+        batch = self._queue(room)
+        batch.listings.append(waiter)
+        batch.listing = max(batch.listing, limit)
         try:
-            count, names = await self._ops.call(
-                "presence_members",
-                self._members(keys=presence_keys(room), args=[channel(room), limit, include]),
-            )
+            count, names = await waiter
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"presence listing failed: {describe(exc)}") from exc
-        listed = sorted(n.decode() for n in names)
-        if include in listed:
-            listed.remove(include)
-            listed.insert(0, include)
-        return listed[:limit], int(count)
+        others = [n for n in names if n != include]
+        if len(others) < len(names) or include in self._held.get(room, ()):
+            return [include, *others][:limit], count
+        return others[:limit], count
 
     # --- keeping holds alive ------------------------------------------------------------
 
@@ -217,17 +246,21 @@ class RedisPresence:
             await self._settle_now.wait()
             await asyncio.sleep(delay)  # gathers a burst; backs off while Redis fails
             self._settle_now.clear()
-            pending, self._unsettled = self._unsettled, set()
+            pending, self._unsettled = list(self._unsettled), set()
             failed = False
-            for room, name in pending:
-                try:
-                    await self._apply(room, name)
-                except NameTaken:
+            # Together: they go in the same batches as everyone's joins and leaves.
+            outcomes = await asyncio.gather(
+                *(self._send(room, name) for room, name in pending), return_exceptions=True
+            )
+            for (room, name), outcome in zip(pending, outcomes, strict=True):
+                if outcome is False:
                     log.warning("%r in %s is now held by another key", name, room)
-                except (RedisError, OSError) as exc:
-                    log.debug("settling %r in %s failed (retried): %s", name, room, describe(exc))
+                elif isinstance(outcome, Exception):  # RedisError, OSError, a closing broker
+                    log.debug("settling %r in %s failed (retried): %s", name, room, outcome)
                     self._settle(room, name)
                     failed = True
+                elif isinstance(outcome, BaseException):
+                    raise outcome
             delay = min(delay * 2, SETTLE_MAX_DELAY) if failed else SETTLE_DELAY
 
     def _settle(self, room: str, name: str) -> None:
@@ -235,7 +268,13 @@ class RedisPresence:
         self._settle_now.set()
 
     async def _refresh_all(self) -> None:
-        held = [(room, list(names)) for room, names in self._held.items() if names]
+        # Names whose join is still queued or in flight get their expiry from it; asked about
+        # here, they could look lost (the refresh may run first) and be re-joined needlessly.
+        held = [
+            (room, [name for name in names if not self._pending(room, name)])
+            for room, names in self._held.items()
+            if names
+        ]
         for start in range(0, len(held), _CHUNK):
             chunk = held[start : start + _CHUNK]
             pipe = self._control.pipeline(transaction=False)
@@ -247,25 +286,30 @@ class RedisPresence:
                 )
             with self._batch() as reported:
                 results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
+            rejoins: list[tuple[str, str]] = []
             for (room, _), (count, _) in zip(chunk, results, strict=True):
                 if room not in reported:  # all at once: the re-joins below let others run
                     self._on_count(room, int(count))
             for (room, _), (_, missing) in zip(chunk, results, strict=True):
                 for raw in missing:
                     name = raw.decode()
-                    log.info("re-joining %r in %s: its hold had expired", name, room)
-                    try:
-                        await self._apply(room, name)
-                    except NameTaken:
-                        # Another key took the name while this node could not refresh it.
-                        log.warning("%r in %s is now held by another key", name, room)
+                    if name in self._held.get(room, ()):  # not left meanwhile
+                        log.info("re-joining %r in %s: its hold had expired", name, room)
+                        rejoins.append((room, name))
+            sent = await asyncio.gather(*(self._send(r, n) for r, n in rejoins))
+            for (room, name), joined in zip(rejoins, sent, strict=True):
+                if not joined:
+                    # Another key took the name while this node could not refresh it.
+                    log.warning("%r in %s is now held by another key", name, room)
 
     async def _reap_rooms(self, rooms: list[str]) -> None:
         for start in range(0, len(rooms), _CHUNK):
             chunk = rooms[start : start + _CHUNK]
             pipe = self._control.pipeline(transaction=False)
             for room in chunk:
-                await self._reap(keys=presence_keys(room), args=[channel(room)], client=pipe)
+                await self._reap(
+                    keys=presence_keys(room), args=[channel(room), self._limit], client=pipe
+                )
             with self._batch() as reported:
                 results: list[Any] = await self._ops.call("presence_reap", pipe.execute())
             for room, count in zip(chunk, results, strict=True):
@@ -292,40 +336,103 @@ class RedisPresence:
             del self._held[room]
         return True
 
-    async def _apply(self, room: str, name: str) -> None:
-        """Make Redis agree with whether this node holds `name` in `room` right now.
+    # --- batches ----------------------------------------------------------------------------
 
-        Serialised per room: a leave sent on one pooled connection and a join on another
-        could otherwise run in either order.
+    def _queue(self, room: str) -> _RoomBatch:
+        batch = self._batches.get(room)
+        if batch is None:
+            batch = self._batches[room] = _RoomBatch()
+            self._batch_wanted.set()
+        return batch
+
+    def _pending(self, room: str, name: str) -> bool:
+        """Whether a change of `name` in `room` is queued or in flight."""
+        batches = (self._batches.get(room), self._flushing.get(room))
+        return any(name in batch.names for batch in batches if batch is not None)
+
+    async def _send(self, room: str, name: str) -> bool:
+        """Make Redis agree with whether this node holds `name` now, with the next flush.
+
+        False if the name is held by another holder (it was to be joined; nothing changed).
         """
-        entry = self._locks.get(room)
-        if entry is None:
-            entry = self._locks[room] = _RoomLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                keys = presence_keys(room)
-                if name in self._held.get(room, ()):
-                    holder = self._holders.get(room, {}).get(name, "")
-                    joined, count = await self._ops.call(
-                        "presence_join",
-                        self._join(
-                            keys=keys,
-                            args=[channel(room), self._node, self._timeout_ms, name, holder],
-                        ),
-                    )
-                    if not joined:
-                        raise NameTaken(f"{name!r} is held by another key in {room}")
-                else:
-                    count = await self._ops.call(
-                        "presence_leave",
-                        self._leave(keys=keys, args=[channel(room), self._node, name]),
-                    )
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue(room).names.setdefault(name, []).append(waiter)
+        return await waiter
+
+    async def batch_loop(self) -> None:
+        """Flush the queued batches, one flush at a time; the broker runs this as a task."""
+        while True:
+            await self._batch_wanted.wait()
+            self._batch_wanted.clear()
+            batches, self._batches = self._batches, {}
+            self._flushing = batches
+            try:
+                await self._flush(batches)
+            except asyncio.CancelledError:
+                for batch in batches.values():
+                    batch.fail(BrokerUnavailable("the broker is closing"))
+                raise
+            except Exception as exc:  # the waiters get it: every call answers, none hangs
+                if not isinstance(exc, (RedisError, OSError)):
+                    log.exception("presence batch failed")
+                for batch in batches.values():
+                    batch.fail(exc)
+            finally:
+                self._flushing = {}
+
+    async def _flush(self, batches: dict[str, _RoomBatch]) -> None:
+        """One pipeline per `_CHUNK` rooms; a room's names in pieces of `_NAMES_PER_CALL`."""
+        calls: list[tuple[str, _RoomBatch, list[str], list[Any], bool]] = []
+        for room, batch in batches.items():
+            held = self._held.get(room, Counter[str]())
+            holders = self._holders.get(room, {})
+            names = list(batch.names)
+            for start in range(0, max(len(names), 1), _NAMES_PER_CALL):
+                piece = names[start : start + _NAMES_PER_CALL]
+                last = start + _NAMES_PER_CALL >= len(names)
+                joins = [name for name in piece if name in held]
+                args: list[Any] = [
+                    channel(room),
+                    self._node,
+                    self._timeout_ms,
+                    self._limit,
+                    batch.listing if last else 0,
+                    len(joins),
+                ]
+                for name in joins:
+                    args += [name, holders.get(name, "")]
+                args += [name for name in piece if name not in held]
+                calls.append((room, batch, joins, args, last))
+        for start in range(0, len(calls), _CHUNK):
+            chunk = calls[start : start + _CHUNK]
+            results = await self._ops.call(
+                "presence_batch",
+                evalsha_pipelined(
+                    self._client,
+                    self._sync,
+                    [(presence_keys(room), args) for room, _, _, args, _ in chunk],
+                ),
+            )
+            for (room, batch, joins, _, last), result in zip(chunk, results, strict=True):
+                if isinstance(result, Exception):
+                    batch.fail(result)
+                    continue
+                count, joined, raw_names = result
                 self._report(room, int(count))
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[room]
+                for name, ok in zip(joins, joined, strict=True):
+                    for waiter in batch.names.pop(name, ()):
+                        if not waiter.done():
+                            waiter.set_result(bool(ok))
+                if not last:
+                    continue
+                for waiters in batch.names.values():  # leaves
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(True)
+                listing = (int(count), sorted(n.decode() for n in raw_names))
+                for listed in batch.listings:
+                    if not listed.done():
+                        listed.set_result(listing)
 
     def _report(self, room: str, count: int) -> None:
         """A join's or leave's count of `room`: newer than any batch's still in flight."""

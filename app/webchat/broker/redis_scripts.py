@@ -114,12 +114,26 @@ redis.call('PUBLISH', ARGV[1], cjson.encode(event))
 return {{0, id}}
 """
 
+# KEYS[1] the room's stream. ARGV: start (exclusive, as XRANGE takes it; '' for none), count.
+# Returns {the oldest id or '', the entries after the start}, read at once: a trim between the
+# two reads would hide a gap from the caller.
+HISTORY_AFTER: Final = """
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local entries = {}
+if ARGV[1] ~= '' then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {oldest[1] and oldest[1][1] or '', entries}
+"""
+
 # Presence keys: KEYS[1] names hash (name -> number of nodes holding it), KEYS[2] holders zset
 # (`<node>:<name>` scored by expiry in ms), KEYS[3] presence stream, KEYS[4] name keys hash
 # (name -> the holder its first join gave: a key's hash, or ''). A name is present while its
 # hash count is > 0; a join is announced when a name's count becomes 1 and a leave when it
 # drops to 0: appended to the presence stream (so a node that was disconnected backfills it,
-# as it does messages) and published on the room's channel with the stream id. Every key
+# as it does messages) and published on the room's channel with the stream id. Only while the
+# room has at most `limit` names (the presence limit, an argument of every script that may
+# announce): no client of a larger room gets presence frames, so none are produced. Every key
 # expires 3 presence timeouts after the last join or refresh of a node holding a name in the
 # room, so the keys of a room whose nodes died go too; the presence stream of a room that
 # empties goes PRESENCE_LINGER_MS after its last leave (long enough for a subscribe in flight
@@ -135,18 +149,19 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function announce(channel, event, name, names)
+local function announce(channel, event, name, names, limit)
   local count = redis.call('HLEN', names)
+  if count > limit then return end
   local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', {PRESENCE_HISTORY}, '*',
     'e', event, 'n', name, 'c', count)
   if count == 0 then redis.call('PEXPIRE', KEYS[3], {PRESENCE_LINGER_MS}) end
   redis.call('PUBLISH', channel, cjson.encode({{k = 'p', i = id, e = event, n = name, c = count}}))
 end
-local function drop(names, channel, name)
+local function drop(names, channel, name, limit)
   if redis.call('HINCRBY', names, name, -1) <= 0 then
     redis.call('HDEL', names, name)
     redis.call('HDEL', KEYS[4], name)
-    announce(channel, 'leave', name, names)
+    announce(channel, 'leave', name, names, limit)
   end
 end
 local function keep_alive(ttl)
@@ -160,57 +175,82 @@ end
 # Removes holders whose expiry passed (their node died or lost Redis for the presence timeout)
 # and announces the names that thereby leave.
 _REAP = """
-local function reap(channel)
+local function reap(channel, limit)
   local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms(), 'LIMIT', 0, 1000)
   for _, holder in ipairs(dead) do
     redis.call('ZREM', KEYS[2], holder)
-    drop(KEYS[1], channel, string.sub(holder, string.find(holder, ':', 1, true) + 1))
+    drop(KEYS[1], channel, string.sub(holder, string.find(holder, ':', 1, true) + 1), limit)
   end
   return #dead
 end
 """
 
-# ARGV: channel, node id, timeout ms, name, holder. Holds the name on this node until now +
-# timeout, unless it is present under another holder: then nothing changes. Reaps first, so a
-# dead node's names do not stay taken. Idempotent: a name this node already holds only gets
-# its expiry pushed back. Returns {1 joined or 0 taken, names present}.
-JOIN: Final = (
+# ARGV: channel, node id, timeout ms, presence limit, listing limit (0: no listing), j, then
+# j pairs (name, holder) to join, then names to leave. One room's presence changes of one node,
+# batched: each join holds the name on this node until now + timeout, unless it is present
+# under another holder (then nothing changes for it); each leave drops this node's hold.
+# Reaps first, so a dead node's names do not stay taken. Idempotent: a name this node already
+# holds only gets its expiry pushed back. Returns {names present, {1 joined or 0 taken per
+# join}, names listed}: with a listing limit, every name when there are at most that many,
+# else that many of them (HRANDFIELD: any, cheaply; no HSCAN).
+SYNC: Final = (
     _NOW
     + _REAP
     + """
-reap(ARGV[1])
-local name, holder = ARGV[4], ARGV[5]
-local held_by = redis.call('HGET', KEYS[4], name)
-if held_by and held_by ~= holder then
-  return {0, redis.call('HLEN', KEYS[1])}
-end
-local expiry = now_ms() + tonumber(ARGV[3])
-if redis.call('ZADD', KEYS[2], expiry, ARGV[2] .. ':' .. name) == 1 then
-  if redis.call('HINCRBY', KEYS[1], name, 1) == 1 then
-    redis.call('HSET', KEYS[4], name, holder)
-    announce(ARGV[1], 'join', name, KEYS[1])
+local channel, node, timeout = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local limit, listing, joins = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+reap(channel, limit)
+local expiry = now_ms() + timeout
+local joined = {}
+for i = 1, joins do
+  local name, holder = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local held_by = redis.call('HGET', KEYS[4], name)
+  if held_by and held_by ~= holder then
+    joined[i] = 0
+  else
+    if redis.call('ZADD', KEYS[2], expiry, node .. ':' .. name) == 1 then
+      if redis.call('HINCRBY', KEYS[1], name, 1) == 1 then
+        redis.call('HSET', KEYS[4], name, holder)
+        announce(channel, 'join', name, KEYS[1], limit)
+      end
+    end
+    joined[i] = 1
   end
 end
-keep_alive(tonumber(ARGV[3]) * 3)
-return {1, redis.call('HLEN', KEYS[1])}
+for i = 7 + 2 * joins, #ARGV do
+  if redis.call('ZREM', KEYS[2], node .. ':' .. ARGV[i]) == 1 then
+    drop(KEYS[1], channel, ARGV[i], limit)
+  end
+end
+if joins > 0 then keep_alive(timeout * 3) end
+local count = redis.call('HLEN', KEYS[1])
+local names = {}
+if listing > 0 then
+  if count <= listing then
+    names = redis.call('HKEYS', KEYS[1])
+  else
+    names = redis.call('HRANDFIELD', KEYS[1], listing)
+  end
+end
+return {count, joined, names}
 """
 )
 
-# ARGV: channel, name. Who holds the name ('' for no key), or nil when it is free. Reaps
-# first, as JOIN does, so that it answers what a JOIN would find.
+# ARGV: channel, name, presence limit. Who holds the name ('' for no key), or nil when it is
+# free. Reaps first, as SYNC does, so that it answers what a join would find.
 HOLDER: Final = (
     _NOW
     + _REAP
     + """
-reap(ARGV[1])
+reap(ARGV[1], tonumber(ARGV[3]))
 return redis.call('HGET', KEYS[4], ARGV[2])
 """
 )
 
 # ARGV: node id, timeout ms, name... Pushes back the expiry of names this node still holds and
 # returns {names present, the names it no longer holds} (reaped while this node could not
-# refresh, or lost with Redis's data): the node re-joins those under its room lock, so a
-# refresh never races a leave.
+# refresh, or lost with Redis's data): the node re-joins those through its batches (SYNC),
+# which send each name's state as it is when they go, so a refresh never races a leave.
 REFRESH: Final = (
     _NOW
     + """
@@ -229,57 +269,13 @@ return {redis.call('HLEN', KEYS[1]), missing}
 """
 )
 
-# ARGV: channel, node id, name. This node no longer holds the name. Returns the names present.
-LEAVE: Final = (
-    _NOW
-    + """
-if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. ARGV[3]) == 1 then
-  drop(KEYS[1], ARGV[1], ARGV[3])
-end
-return redis.call('HLEN', KEYS[1])
-"""
-)
-
-# ARGV: channel. Returns the names present if any holder was reaped, else -1.
+# ARGV: channel, presence limit. Returns the names present if any holder was reaped, else -1.
 REAP: Final = (
-    _NOW + _REAP + "if reap(ARGV[1]) > 0 then return redis.call('HLEN', KEYS[1]) end\nreturn -1\n"
-)
-
-# ARGV: channel, limit, include. Reaps first, so a dead node's names are never listed.
-# Returns {count, {name...}}: every name when count <= limit, else `limit` of them with
-# `include` among them when it is present.
-MEMBERS: Final = (
     _NOW
     + _REAP
-    + """
-reap(ARGV[1])
-local limit = tonumber(ARGV[2])
-local include = ARGV[3]
-local count = redis.call('HLEN', KEYS[1])
-if count <= limit then return {count, redis.call('HKEYS', KEYS[1])} end
-local listed, seen = {}, {}
-if redis.call('HEXISTS', KEYS[1], include) == 1 then
-  listed[1] = include
-  seen[include] = true
-end
-local cursor = '0'
-repeat
-  local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 200)
-  cursor = page[1]
-  local pairs_ = page[2]
-  for i = 1, #pairs_, 2 do
-    local name = pairs_[i]
-    if #listed >= limit then break end
-    if not seen[name] then
-      seen[name] = true
-      listed[#listed + 1] = name
-    end
-  end
-until cursor == '0' or #listed >= limit
-return {count, listed}
-"""
+    + "if reap(ARGV[1], tonumber(ARGV[2])) > 0 then return redis.call('HLEN', KEYS[1]) end\n"
+    + "return -1\n"
 )
-
 
 # The room index (GET /api/rooms). KEYS: the index's members, seen and active zsets (one slot).
 

@@ -147,6 +147,8 @@ class Subscriber:
         # The self-ping awaited: its seq, when it was published, replies read by then.
         self._ping_pending: tuple[int, float, int] | None = None
         self._replies = 0  # replies read from the connection, to tell "behind" from "dead"
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        self._barrier_seq = 0
         self._batch_room: str | None = None
         self._batch: list[Message] = []
         self._now = 0.0  # loop time of the replies being handled
@@ -405,6 +407,23 @@ class Subscriber:
             else:
                 self._ping_pending = (pending[0], now, self._replies)
 
+    def barrier(self) -> tuple[bytes, asyncio.Future[None]]:
+        """A token to publish on this node's channel, and a future set once it is read back:
+        by then everything published before it has been handed to the handler."""
+        self._barrier_seq += 1
+        token = b"b%d" % self._barrier_seq
+        arrived = self._barriers[token] = asyncio.get_running_loop().create_future()
+        return token, arrived
+
+    def forget_barrier(self, token: bytes) -> None:
+        self._barriers.pop(token, None)
+
+    def _barrier_back(self, token: bytes) -> None:
+        self._flush()  # what came before the token reaches the handler first
+        arrived = self._barriers.pop(token, None)
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
     def _pong(self, data: bytes) -> None:
         seq = int(data)
         self._pong_seq = max(self._pong_seq, seq)
@@ -441,7 +460,10 @@ class Subscriber:
         kind, name, data = reply
         if kind == self._message_kind:
             if name == self._ping_channel:
-                self._pong(data)
+                if data.startswith(b"b"):
+                    self._barrier_back(data)
+                else:
+                    self._pong(data)
             else:
                 self._on_message(name, data)
         elif kind == self._subscribe_kind:

@@ -8,7 +8,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from webchat.broker.redis_connect import RedisClient
+from webchat.broker.redis_connect import RedisClient, ShardedCluster
 
 
 async def evalsha_pipelined(
@@ -23,13 +23,17 @@ async def evalsha_pipelined(
     a connection error is raised.
     """
     results: list[Any] = [None] * len(calls)
+    cluster = isinstance(client, ShardedCluster)
     todo = list(range(len(calls)))
     for attempt in range(2):
         # As a context: its connection goes back to the pool even when cancelled.
         async with client.pipeline(transaction=False) as pipe:
             for i in todo:
                 keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if cluster:  # redis-py refuses EVALSHA in a cluster pipeline (ClusterScript)
+                    pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+                else:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
             replies = await pipe.execute(raise_on_error=False)
         for i, reply in zip(todo, replies, strict=True):
             results[i] = reply

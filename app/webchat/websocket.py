@@ -18,7 +18,7 @@ import struct
 from typing import Final, cast
 from typing import Protocol as Interface
 
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
 # websockets logs every connection it closes at INFO, which would be a line per client here.
@@ -27,6 +27,8 @@ _FRAMES_LOG.setLevel(logging.WARNING)
 
 # Bytes a client may send before its welcome is written, read and kept; past this, reading waits.
 EARLY_LIMIT: Final = 65536
+
+_NORMAL_CLOSE: Final = Close(CloseCode.NORMAL_CLOSURE, "").serialize()
 
 # The close codes with which websockets fails a connection the client broke (and 1011, a bug).
 _FAILURES: Final = frozenset(
@@ -75,6 +77,12 @@ class _ServerProtocol(Protocol):
         if frame.opcode is Opcode.PING:
             self.events.append(frame)  # all that Protocol does for a ping but the pong
             return
+        if frame.opcode is Opcode.CLOSE and self.state is State.OPEN:
+            # A client's close is answered 1000, as aiohttp answered it (websockets would echo
+            # the client's code). The client's frame is checked first: a bad code or reason
+            # still fails the connection (1002, 1007).
+            Close.parse(frame.data)
+            frame = Frame(Opcode.CLOSE, _NORMAL_CLOSE)
         super().recv_frame(frame)
 
 

@@ -193,6 +193,13 @@ class Cluster:
                 self._boot(host)
             for host in self.hosts.values():
                 self.wait_ssh(host.name)
+            # As a VM's first boot does: its package lists fetched once. One host at a time:
+            # when several ask apt-cacher-ng for the same index in the same second, it can fail
+            # to move the old copy aside ("Failure to move file ... File exists" in its log)
+            # and one host's apt then waits forever. The roles' apt tasks find the lists fresh
+            # (cache_valid_time) and do not fetch them again all at once.
+            for host in self.hosts.values():
+                self.ssh(host.name, "apt-get update -qq", timeout=180)
         except BaseException:
             self.cleanup()
             raise
@@ -245,13 +252,7 @@ class Cluster:
             f"[Match]\nName=host0\n\n[Network]\nAddress={host.address}/{self.subnet.prefixlen}\n"
         )
         proxy = files / "proxy.conf"
-        # apt-cacher-ng can leave a client waiting forever when several hosts ask for the same
-        # index in the same second (it logs "Failure to move file ... out of the way"): a
-        # timeout and retries make apt ask again instead of hanging the deployment.
-        proxy.write_text(
-            f'Acquire::http::Proxy "http://{self.gateway}:{APT_PROXY_PORT}";\n'
-            'Acquire::http::Timeout "30";\nAcquire::Retries "3";\n'
-        )
+        proxy.write_text(f'Acquire::http::Proxy "http://{self.gateway}:{APT_PROXY_PORT}";\n')
         keys = files / "authorized_keys"
         keys.write_text(Path(f"{self.key}.pub").read_text())
         keys.chmod(0o600)

@@ -24,8 +24,8 @@ Modes (exactly one):
   --ramp 50,100,200  steps through the rates on the same connections; stops at the first step
                      with p99 > --p99-max or loss, unless --keep-going (for overload runs).
   --conns K          opens K idle connections: connect rate, server RSS per connection
-                     (VmRSS of --server-pid before and after), survivors after --hold seconds,
-                     and one broadcast to all of them.
+                     (VmRSS of --server-pid before, and --hold seconds after every client has
+                     its welcome), survivors, and one broadcast to all of them.
 
 Publishers must stay under the server's per-connection rate limit (PROTOCOL.md: a token bucket
 of `burst` at `rate_per_s`; defaults 20 and 10/s): use --pubs >= R / rate_per_s, or start the
@@ -795,6 +795,16 @@ async def mode_conns(args: argparse.Namespace, target: Target) -> dict[str, Any]
         file=sys.stderr,
     )
     subs: list[Subscriber] = c["clients"]
+    # Idle means joined: on the Redis broker the welcomes come well after the upgrades, and
+    # until then the server holds work (and memory) for the clients still joining.
+    t_join = time.monotonic()
+    while time.monotonic() - t_join < args.connect_timeout and any(  # noqa: ASYNC110
+        s.welcome is None for s in subs
+    ):
+        await asyncio.sleep(0.05)  # polled: a welcome is one field set by each receiver
+    welcomed = sum(1 for s in subs if s.welcome is not None)
+    welcomed_secs = round(c["secs"] + time.monotonic() - t_join, 2)
+    print(f"welcomed {welcomed}/{c['ok']} within {welcomed_secs}s", file=sys.stderr)
     await asyncio.sleep(args.hold)
     rss1 = proc_rss_kb(pid) if pid else None
     open_after = sum(1 for s in subs if s.is_open)
@@ -837,6 +847,8 @@ async def mode_conns(args: argparse.Namespace, target: Target) -> dict[str, Any]
         "errors": c["errors"],
         "connect_secs": c["secs"],
         "connect_rate_per_s": c["rate"],
+        "welcomed": welcomed,
+        "all_welcomed_secs": welcomed_secs,
         "open_after_hold": open_after,
         "hold_s": args.hold,
         "server_rss_kb_before": rss0,

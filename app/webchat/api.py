@@ -23,8 +23,8 @@ from typing import Final
 from aiohttp import web
 
 from webchat.broker.base import Message
-from webchat.connection import reset
 from webchat.protocol import encode_message
+from webchat.websocket import reset
 
 SLICE: Final = 8  # messages encoded between two yields to the loop (~0.25 ms at most)
 CHUNK: Final = 64 * 1024  # bytes per write: aiohttp's writer drains above this

@@ -7,20 +7,17 @@ does not read fills its own buffer and is closed with 1013; nobody else waits fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import random
-import socket
 import struct
 import termios
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from aiohttp import web
-
 from webchat.broker.base import Message
-from webchat.protocol import parse_id, ws_close_frame, ws_text_frame
+from webchat.protocol import parse_id, ws_text_frame
+from webchat.websocket import ServerSocket, reset
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +34,6 @@ def _unacknowledged(transport: asyncio.Transport) -> int:
     except OSError:  # closed meanwhile (fileno -1)
         return pending
     return pending + int(struct.unpack("i", queued)[0])
-
-
-def reset(transport: asyncio.Transport) -> None:
-    """Drop a connection at once with a TCP reset.
-
-    A plain close (asyncio's `abort` included) leaves what the kernel still holds unsent to
-    be delivered before the FIN: to a client that does not read, megabytes kept for minutes.
-    Lingering for 0 seconds makes the close a reset that discards them.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 CLOSE_TRY_AGAIN: Final = 1013
@@ -107,7 +90,7 @@ class Connection:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: ServerSocket,
         transport: asyncio.Transport,
         room: str,
         name: str,
@@ -292,44 +275,43 @@ class Connection:
         self._held = None
         loop = asyncio.get_running_loop()
         self._abort_timer = loop.call_later(grace, self._reset)
-        task = loop.create_task(self._close(code, reason))
-        _closing_tasks.add(task)
-        task.add_done_callback(_closing_tasks.discard)
+        self.ws.close(code, reason)
 
-    async def close_abuser(self, code: int, reason: str, *, why: str) -> None:
+    def close_abuser(self, code: int, reason: str, *, why: str) -> None:
         """Close without reading on: stop reading the socket, write a close frame after what
-        is queued, wait until the client's TCP stack has acknowledged it all (at most the
-        grace), then drop the socket.
+        is queued, wait (in a task) until the client's TCP stack has acknowledged it all (at
+        most the grace), then drop the socket.
 
         For a client that floods: waiting for its close reply, as `close` does, would read
         and parse its flood meanwhile. The acknowledgement matters because closing a socket
         with unread input sends a reset, which would discard a close frame not yet sent.
+        Everything up to the close frame happens before this returns, so the frames the
+        socket has already read and not yet handled get no answer.
         """
         if self.closing:
             return
         self.closing = True
         self.mark_ended(why)
         self._held = None
-        transport = self._transport
-        if transport.is_closing():
+        if self._transport.is_closing():
             return
-        transport.pause_reading()  # what it sends from now on is not even read
-        transport.write(ws_close_frame(code, reason))  # tiny: past the buffer's bound is fine
+        self.ws.stop_reading()  # what it sends from now on is not even read
+        self.ws.close(code, reason)  # tiny: past the buffer's bound is fine
+        task = asyncio.get_running_loop().create_task(self._drop_when_acknowledged())
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
+
+    async def _drop_when_acknowledged(self) -> None:
+        transport = self._transport
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SLOW_CLOSE_GRACE
         delay = 0.002
         while _unacknowledged(transport) and loop.time() < deadline:
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.1)
-        # Closed here, not by aiohttp: at the handler's end it would send its own close frame
-        # and wait for the reply, reading (and parsing) the flood again.
+        # Dropped here, not after the closing handshake: waiting for the client's close
+        # frame would read (and parse) the flood again.
         self._reset()
-
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            await self.ws.close(code=code, message=reason.encode())
-        except Exception:  # the socket may already be gone; nothing is left to deliver
-            log.debug("close %s failed", code, exc_info=True)
 
     def drop(self) -> None:
         """The client is gone without closing (no pong): free the socket now."""
@@ -354,14 +336,13 @@ class Connection:
             self._on_ended(why)
 
     def closed(self) -> None:
-        """The handler ended: cancel the abort timer, unless frames are still unsent.
+        """The socket is gone: cancel the abort timer, unless frames are still unsent.
 
-        A queued close ends the handler at once, and aiohttp then closes the transport
-        gracefully, waiting for its buffer to be written: forever, if the client never reads.
-        The timer then stays, to drop the socket at the deadline.
+        (With the socket gone its buffer is empty; the check keeps the timer if a caller ever
+        ends the session while the transport still flushes, to drop it at the deadline.)
         """
         if self._abort_timer is not None and not self._transport.get_write_buffer_size():
             self._abort_timer.cancel()
 
 
-_closing_tasks: set[asyncio.Task[None]] = set()
+_closing_tasks: set[asyncio.Task[None]] = set()  # abusers' closes, until their sockets drop

@@ -99,12 +99,13 @@ def _describe(exc: BaseException | None) -> str:
 class GuardedHandler(RequestHandler):
     """One connection. Headers must be complete within the gate's header timeout."""
 
-    __slots__ = ("_admitted", "_between_requests", "_gate", "_header_timer")
+    __slots__ = ("_admitted", "_between_requests", "_gate", "_handed_over", "_header_timer")
 
     def __init__(self, manager: web.Server, *, gate: Gate, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._gate = gate
         self._admitted = False
+        self._handed_over = False
         self._between_requests = True
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -118,12 +119,25 @@ class GuardedHandler(RequestHandler):
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._handed_over:  # upgraded: the socket's new owner leaves the gate (upgrade.py)
+            super().connection_lost(exc)
+            return
         if not self._admitted:
             return
         self._admitted = False
         self._gate.left()
         self._stop_header_timer()
         super().connection_lost(exc)
+
+    def hand_over(self) -> Gate | None:
+        """The socket leaves aiohttp after a WebSocket upgrade (upgrade.py), and its place
+        under the socket cap goes with it: the new owner calls `Gate.left` when it closes."""
+        if not self._admitted:
+            return None
+        self._admitted = False
+        self._handed_over = True
+        self._stop_header_timer()
+        return self._gate
 
     def data_received(self, data: bytes) -> None:
         # The first bytes of a request on an idle keep-alive connection start its clock.

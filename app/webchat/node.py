@@ -8,10 +8,10 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import web
 
 from webchat.broker import create_broker
 from webchat.broker.base import (
@@ -36,6 +36,7 @@ from webchat.protocol import (
     ConnectParams,
     ProtocolError,
     RefreshRequest,
+    SendRequest,
     encode_error,
     encode_message,
     encode_refreshed,
@@ -47,7 +48,10 @@ from webchat.protocol import (
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
+from webchat.session import Pending, Session
 from webchat.trim import Trimmer
+from webchat.upgrade import take_over
+from webchat.websocket import ServerSocket
 
 if TYPE_CHECKING:
     from webchat.auth import Identity, Verifier
@@ -63,8 +67,6 @@ ROOMS_CACHE_SECONDS = 2.0
 REPLAY_PAGE = 100
 # Replay frames are written in pieces of at most this many bytes (and of the send buffer).
 REPLAY_CHUNK = 64 * 1024
-# What a client sends that costs a token; the rest (close, errors) only ends the session.
-_FRAMES = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG})
 # Retry-After (seconds) of a 503 for an overloaded instance, and for one at its connection cap.
 RETRY_OVERLOADED = 2
 RETRY_FULL = 5
@@ -112,6 +114,10 @@ class Node:
         self.draining = False
         self._all_closed = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # sessions' openings and publishes
+        # One callable each for all connections (a bound method per connection costs 64 bytes).
+        self._disconnected = self.metrics.disconnected
+        self._trim_soon = self.trimmer.soon
         self._monitor: asyncio.Task[None] | None = None
         self.loop_lag = LoopLag(0.0)
         self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
@@ -198,6 +204,22 @@ class Node:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # aiohttp no longer holds the sockets (upgrade.py): stop the sessions' tasks (openings,
+        # publishes), drop the sockets still open after the drain, and let the sessions end
+        # before the hub goes.
+        self.draining = True
+        for session_task in list(self._tasks):
+            session_task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in self.hub.connections:
+            conn.mark_ended("drain")
+            conn.drop()
+        if self.hub.connection_count:
+            try:
+                async with asyncio.timeout(DRAIN_CLOSE_GRACE):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                log.warning("%d sessions did not end", self.hub.connection_count)
         await self.hub.close()
         await self.broker.close()
         if self.auth is not None:
@@ -211,82 +233,102 @@ class Node:
     async def serve(
         self, request: web.Request, params: ConnectParams, identity: Identity | None = None
     ) -> web.StreamResponse:
-        """Run one WebSocket session: join, upgrade, welcome, replay, then the client's frames
-        until it ends. A name held by another key is refused (409) before the upgrade.
+        """Join, upgrade to a WebSocket and return the 101; the session goes on without aiohttp.
+
+        A name held by another key is refused (409) before the upgrade. The welcome and replay
+        are written by a task of the node's (`_open`); the client's messages then come by
+        callback (session.py, `handle_message`), with no task left for an idle client;
+        `session_ended` runs when its socket is gone. The request must be a valid WebSocket
+        handshake (web.py checks it: protocol.upgrade_problem).
 
         In authenticated mode `identity` is the verified token (web.py checked it and the
         room); the connection is closed with 4001 when the token expires unrefreshed.
         """
         cfg = self.config
-        ws = web.WebSocketResponse(
-            compress=False,  # permessage-deflate costs ~100 KiB per client; PROTOCOL.md needs none
-            max_msg_size=cfg.max_frame + 1,  # aiohttp refuses len >= max_msg_size
-            autoping=False,  # pings and pongs are handled below and by heartbeat.py
-            timeout=DRAIN_CLOSE_GRACE,
-        )
         transport = request.transport
         if transport is None:  # the client went away already
             return web.Response(status=400)
-        self.sessions += 1
-        try:
-            return await self._session(request, params, ws, transport, identity)
-        finally:
-            self.sessions -= 1
-
-    async def _session(
-        self,
-        request: web.Request,
-        params: ConnectParams,
-        ws: web.WebSocketResponse,
-        transport: asyncio.Transport,
-        identity: Identity | None,
-    ) -> web.StreamResponse:
-        cfg = self.config
+        # Permessage-deflate is never negotiated: it costs ~100 KiB per client.
+        socket = ServerSocket(max_size=cfg.max_frame)
         conn = Connection(
-            ws,
-            transport,
+            socket,
+            transport,  # the same transport before and after the upgrade (set_protocol)
             params.room,
             params.member,
             cfg.send_buffer,
             heartbeat=cfg.heartbeat,
-            on_ended=self.metrics.disconnected,
+            on_ended=self._disconnected,
             holder=params.holder,
-            on_reset=self.trimmer.soon,  # its buffers are freed: give the memory back
+            on_reset=self._trim_soon,  # its buffers are freed: give the memory back
             user=params.user,
         )
         if identity is not None:
             conn.expires = self.token_deadline(identity.exp)
         # Joining first (deliveries are held until the welcome) decides the name before the
-        # upgrade, so a refusal is an HTTP answer the client can read.
+        # upgrade, so a refusal is an HTTP answer the client can read. A session counts (for
+        # --max-connections) from here until `session_ended`, or the refusal.
+        self.sessions += 1
         try:
             await self.hub.attach(conn)
-        except NameTaken:
-            self.metrics.upgrade("name_taken")
-            return self.name_taken(params)
-        except BrokerUnavailable:
-            self.metrics.upgrade("unavailable")
-            return _json_error(503, "unavailable", "message broker unreachable; retry with backoff")
+        except BaseException as exc:
+            self.sessions -= 1
+            if isinstance(exc, NameTaken):
+                self.metrics.upgrade("name_taken")
+                return self.name_taken(params)
+            if isinstance(exc, BrokerUnavailable):
+                self.metrics.upgrade("unavailable")
+                return _json_error(
+                    503, "unavailable", "message broker unreachable; retry with backoff"
+                )
+            raise
         self.metrics.upgrade("accepted")
         self.metrics.connected_users.inc()
         try:
-            try:
-                await ws.prepare(request)
-                await self._welcome(conn, params)
-            except BrokerUnavailable:
-                conn.mark_ended("error")
-                await ws.close(code=CLOSE_TRY_AGAIN, message=b"broker unavailable")
-                return ws
-            except ConnectionResetError:  # the client reset its connection during the join
-                return ws  # a normal disconnect (ws.prepare: "Connection lost"), not an ERROR
-            await self._receive(ws, conn)
+            response = await take_over(request, socket)
+        except BaseException:
+            self.session_ended(conn)
+            raise
+        if socket.transport is None:  # the client went away during the join or the 101
+            self.session_ended(conn)
+            return response
+        socket.opening(self.spawn(self._open(socket, conn, params)))
+        return response
+
+    async def _open(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
+        """Welcome and replay, then hand the client's messages to a Session."""
+        cfg = self.config
+        bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
+        try:
+            await self._welcome(conn, params)
+        except BrokerUnavailable:
+            conn.close(CLOSE_TRY_AGAIN, "broker unavailable", DRAIN_CLOSE_GRACE, why="error")
+        except asyncio.CancelledError:  # the client left (else the server is stopping)
+            conn.mark_ended("client" if socket.lost else "drain")
+            conn.drop()
+            raise
+        except Exception:
+            log.exception("opening a session failed")
+            conn.mark_ended("error")
+            conn.drop()
         finally:
-            self.hub.detach(conn)
-            conn.closed()
-            self.metrics.connected_users.dec()
-            conn.mark_ended("client")  # unless the server ended it first
-            if self.draining and self.hub.connection_count == 0:
-                self._all_closed.set()
-        return ws
+            socket.start(Session(self, conn, socket, bucket))
+
+    def session_ended(self, conn: Connection) -> None:
+        """The client's socket is gone (session.py calls this once per connection)."""
+        self.hub.detach(conn)
+        conn.closed()
+        self.metrics.connected_users.dec()
+        self.sessions -= 1
+        conn.mark_ended("client")  # unless the server ended it first
+        if self.draining and self.hub.connection_count == 0:
+            self._all_closed.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task for a session (its opening, a publish), cancelled by `close`."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _welcome(self, conn: Connection, params: ConnectParams) -> None:
         """Welcome, then the replay (`history=n` or `since`), then live messages.
@@ -386,66 +428,66 @@ class Node:
         await asyncio.sleep(0)  # a page of the memory broker is read without yielding
         return not conn.closing
 
-    async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+    def handle_message(
+        self, conn: Connection, bucket: TokenBucket, data: str | bytes
+    ) -> Pending | None:
+        """One message of a client, in order (pings and pongs never get here: websocket.py)."""
         cfg = self.config
-        loop = asyncio.get_running_loop()
-        bucket = TokenBucket(cfg.rate, cfg.burst, loop.time())
+        received = asyncio.get_running_loop().time()
+        if not bucket.take(received):
+            self._rate_limited(conn, bucket)
+            return None
+        if isinstance(data, bytes):
+            self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
+            return None
+        try:
+            request = parse_client_frame(data, cfg.max_text)
+        except ProtocolError as exc:
+            self._error(conn, exc.code, exc.message)
+            return None
+        if isinstance(request, RefreshRequest):
+            return functools.partial(self._refresh, conn, request.token)
+        return functools.partial(self._publish, conn, bucket, request, received)
+
+    def handle_control(self, conn: Connection, bucket: TokenBucket, pong: bool) -> bool:
+        """A ping or a pong costs a token like any frame (PROTOCOL.md), so a ping flood ends
+        like a message flood; a refused ping gets `rate_limited` and no pong. The pong that
+        answers the heartbeat's ping is free."""
+        if pong and conn.ping_pending:
+            conn.ping_pending = False
+            return True
+        if bucket.take(asyncio.get_running_loop().time()):
+            return True
+        self._rate_limited(conn, bucket)
+        return False
+
+    def _rate_limited(self, conn: Connection, bucket: TokenBucket) -> None:
+        cfg = self.config
+        self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
+        if bucket.rejected_in_a_row >= 3 * cfg.burst:
+            # Not waiting for its close reply: a flood would be parsed meanwhile.
+            conn.close_abuser(CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse")
+
+    async def _publish(
+        self, conn: Connection, bucket: TokenBucket, request: SendRequest, received: float
+    ) -> None:
+        # The display name; conn.name is the presence member.
+        draft = Draft(member_name(conn.name), request.text, request.nonce, user=conn.user)
         tracing = self.tracing
-        name = member_name(conn.name)  # the display name; conn.name is the presence member
-        async for msg in ws:
-            received = conn.last_seen = loop.time()
-            if msg.type not in _FRAMES:
-                if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
-                    conn.mark_ended("error")  # a protocol error, a frame too big (1009)
-                continue  # closing; errors end the loop
-            if msg.type is WSMsgType.PONG and conn.ping_pending:
-                conn.ping_pending = False  # the answer to the heartbeat's ping: free
-                continue
-            # Every other frame costs a token, pings and pongs too (PROTOCOL.md): a ping flood
-            # ends in rate_limited and 1008 like a message flood.
-            if not bucket.take(loop.time()):
-                self._error(conn, "rate_limited", f"more than {cfg.rate:g} frames/s; slow down")
-                if bucket.rejected_in_a_row >= 3 * cfg.burst:
-                    # Not waiting for its close reply: a flood would be parsed meanwhile.
-                    await conn.close_abuser(
-                        CLOSE_POLICY, "rate limit abuse", why="rate_limit_abuse"
-                    )
-                    break
-                continue
-            if msg.type is WSMsgType.PING:
-                try:
-                    await ws.pong(msg.data)
-                except ConnectionResetError:  # the client reset its connection: it left
-                    break
-                continue
-            if msg.type is WSMsgType.PONG:
-                continue  # last_seen is all it is for
-            if msg.type is WSMsgType.BINARY:
-                self._error(conn, "bad_type", "binary frames are not accepted; send JSON text")
-                continue
-            try:
-                request = parse_client_frame(msg.data, cfg.max_text)
-            except ProtocolError as exc:
-                self._error(conn, exc.code, exc.message)
-                continue
-            if isinstance(request, RefreshRequest):
-                await self._refresh(conn, request.token)
-                continue
-            draft = Draft(name, request.text, request.nonce, user=conn.user)
-            try:
-                if tracing is None:
-                    published = await self.broker.publish(conn.room, draft)
-                else:
-                    published = await tracing.publish(self.broker, conn.room, draft)
-            except BrokerUnavailable:
-                self._error(conn, "unavailable", "the message broker is unreachable; retry later")
-                continue
-            bucket.accepted()
-            if published.duplicate:
-                conn.send(ws_text_frame(encode_message(published.message)))
+        try:
+            if tracing is None:
+                published = await self.broker.publish(conn.room, draft)
             else:
-                self.metrics.messages.inc()
-                self.metrics.message_latency.observe(loop.time() - received)
+                published = await tracing.publish(self.broker, conn.room, draft)
+        except BrokerUnavailable:
+            self._error(conn, "unavailable", "the message broker is unreachable; retry later")
+            return
+        bucket.accepted()
+        if published.duplicate:
+            conn.send(ws_text_frame(encode_message(published.message)))
+        else:
+            self.metrics.messages.inc()
+            self.metrics.message_latency.observe(asyncio.get_running_loop().time() - received)
 
     def token_deadline(self, exp: int) -> float:
         """The loop time at which a token expiring at `exp` (seconds since the epoch) stops

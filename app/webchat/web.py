@@ -215,7 +215,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if status == 426:
             response.headers["Sec-WebSocket-Version"] = "13"
         return response
-    if not web.WebSocketResponse().can_prepare(request).ok:
+    if request.headers.get("Upgrade") is None:
         # Not an upgrade: answer what the upgrade would get. A browser cannot read why its
         # WebSocket was refused; it asks again this way (e.g. to learn of name_taken).
         return await node.check(params)

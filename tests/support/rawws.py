@@ -53,21 +53,26 @@ class Frame:
         return value
 
 
-def encode_client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked, unfragmented client frame (RFC 6455 section 5.2)."""
-    head = bytearray([0x80 | opcode])
+def encode_client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True
+) -> bytes:
+    """A client frame (RFC 6455 section 5.2): masked and final unless told otherwise."""
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if masked else 0
     length = len(payload)
     if length < 126:
-        head.append(0x80 | length)
+        head.append(mask_bit | length)
     elif length < 1 << 16:
-        head.append(0x80 | 126)
+        head.append(mask_bit | 126)
         head += struct.pack("!H", length)
     else:
-        head.append(0x80 | 127)
+        head.append(mask_bit | 127)
         head += struct.pack("!Q", length)
+    if not masked:
+        return bytes(head) + payload
     mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes(head) + mask + masked
+    masked_payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes(head) + mask + masked_payload
 
 
 class RawWebSocket:
@@ -89,8 +94,12 @@ class RawWebSocket:
         rcvbuf: int = 4096,
         mss: int = 0,
         timeout: float = 5,
+        early: bytes = b"",
     ) -> RawWebSocket:
-        """Upgrade `GET target`; raise HandshakeError unless the answer is 101."""
+        """Upgrade `GET target`; raise HandshakeError unless the answer is 101.
+
+        `early` is sent right behind the request, in the same write, before the 101 is read.
+        """
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -111,7 +120,7 @@ class RawWebSocket:
                     "Sec-WebSocket-Version: 13\r\n"
                     "\r\n"
                 )
-                await loop.sock_sendall(sock, request.encode())
+                await loop.sock_sendall(sock, request.encode() + early)
                 data = bytearray()
                 while b"\r\n\r\n" not in data:
                     chunk = await loop.sock_recv(sock, 65536)
@@ -201,15 +210,54 @@ class RawWebSocket:
                 self.eof = True
             self._buffer += chunk
 
-    async def send_frame(self, opcode: int, payload: bytes, timeout: float = 5) -> None:
+    async def read_bytes(self, count: int, timeout: float = 5) -> bytes:
+        """Exactly `count` raw bytes (what was read with the 101 first), for non-WebSocket peers."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(seconds(timeout)):
-            await loop.sock_sendall(self.sock, encode_client_frame(opcode, payload))
+            while len(self._buffer) < count:
+                chunk = await loop.sock_recv(self.sock, 65536)
+                assert chunk, f"EOF after {bytes(self._buffer)!r}"
+                self._buffer += chunk
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+    async def next_frame(self, timeout: float = 10) -> Frame:
+        """The next frame from the server; fail after `timeout` seconds or at EOF."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(seconds(timeout)):
+            while (frame := self._take_frame()) is None:
+                assert not self.eof, f"the server closed the connection; unread: {self._buffer!r}"
+                try:
+                    chunk = await loop.sock_recv(self.sock, 65536)
+                except ConnectionResetError:
+                    self.eof = self.reset = True
+                    continue
+                if not chunk:
+                    self.eof = True
+                self._buffer += chunk
+        return frame
+
+    async def send_frame(
+        self, opcode: int, payload: bytes, timeout: float = 5, *, fin: bool = True
+    ) -> None:
+        await self.send_bytes(encode_client_frame(opcode, payload, fin=fin), timeout)
+
+    async def send_bytes(self, data: bytes, timeout: float = 5) -> None:
+        """Send raw bytes: several frames at once, or a frame made by hand."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(seconds(timeout)):
+            await loop.sock_sendall(self.sock, data)
 
     async def send_close(self, code: int = 1000) -> None:
         await self.send_frame(OP_CLOSE, struct.pack("!H", code))
 
     def close(self) -> None:
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0), as a crashed client or a middlebox would."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
 

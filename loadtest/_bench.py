@@ -1,8 +1,8 @@
-"""What the standalone benchmarks (fanout.py, storms.py, soak.py) share, so each says it once.
+"""What the standalone benchmarks (fanout, storms, soak, redis_*, rooms_poll) share, once.
 
 Latency percentiles of microsecond samples, bounded argument types, the event loop choice,
-the result line, and a Redis INFO section read over a plain socket. Standard library only;
-the leading underscore keeps Locust from loading it as a locustfile.
+the result line, the loopback check of a URL, and a Redis INFO section read over a plain
+socket. Standard library only; the leading underscore keeps Locust from loading it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -69,6 +70,14 @@ def pick_loop(choice: str, prog: str) -> tuple[LoopFactory | None, str]:
             raise SystemExit(f"{prog}: --loop uvloop but uvloop is not installed") from None
         return None, "asyncio"
     return uvloop.new_event_loop, "uvloop"
+
+
+def loopback(url: str) -> str:
+    """`url` without a trailing slash; exits with a message unless its host is loopback."""
+    host = urlsplit(url).hostname or ""
+    if not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        raise SystemExit(f"only loopback targets are allowed, not {host!r}")
+    return url.rstrip("/")
 
 
 def write_line(record: dict[str, Any], out: str | None) -> None:

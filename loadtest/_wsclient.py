@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ERROR_PREFIX = b'{"type":"error"'
@@ -228,6 +228,28 @@ class Target:
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def ws_path(target: Target, room: str, name: str, since: str | None = None) -> str:
+    """The target's path with the chat's query: room, name and (to resume) since."""
+    base = target.path.split("?", 1)[0]
+    query = f"room={quote(room)}&name={quote(name)}"
+    if since is not None:
+        query += f"&since={quote(since)}"
+    return f"{base}?{query}"
+
+
+async def open_one(target: Target, client: WsClient, timeout: float) -> str | None:
+    """Connect and upgrade; None on success, else why not."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: client, target.ip, target.port)
+            await client.opened
+    except (OSError, HandshakeFailed, TimeoutError) as exc:
+        client.abort()
+        return str(exc)[:80] if isinstance(exc, HandshakeFailed) else type(exc).__name__
+    return None
+
+
 async def open_many(
     target: Target,
     count: int,
@@ -236,7 +258,6 @@ async def open_many(
     timeout: float,
 ) -> dict[str, Any]:
     """Open `count` connections with at most `concurrency` handshakes in flight."""
-    loop = asyncio.get_running_loop()
     clients: list[WsClient] = []
     errors: Counter[str] = Counter()
     next_index = 0
@@ -246,14 +267,9 @@ async def open_many(
     async def one() -> None:
         nonlocal t_last
         client = factory()
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: client, target.ip, target.port)
-                await client.opened
-        except (OSError, HandshakeFailed, TimeoutError) as exc:
-            kind = type(exc).__name__ if not isinstance(exc, HandshakeFailed) else str(exc)
-            errors[kind[:80]] += 1
-            client.abort()
+        why = await open_one(target, client, timeout)
+        if why is not None:
+            errors[why] += 1
             return
         clients.append(client)
         t_last = time.monotonic()

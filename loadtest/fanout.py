@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 # Siblings, found because Python puts this script's folder first on sys.path (and Locust puts
 # it there when it loads the folder). Their leading underscore keeps Locust from loading them.
+from _bench import bounded, latency_summary, percentile, pick_loop, pid_list, write_line
 from _procstat import CpuMeter, children_of, established_on_port, proc_name, proc_rss_kb
 from _wsclient import ERROR_PREFIX, Target, WsClient, close_all, now_us, open_many
 
@@ -224,26 +225,6 @@ class Publisher(WsClient):
 
 
 # --- fan-out ---------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[int], p: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, int(len(sorted_values) * p + 0.999999) - 1))
-    return round(sorted_values[index] / 1000, 2)
-
-
-def latency_summary(latencies: array[int]) -> dict[str, Any]:
-    values = sorted(latencies)
-    return {
-        "samples": len(values),
-        "p50_ms": percentile(values, 0.50),
-        "p95_ms": percentile(values, 0.95),
-        "p99_ms": percentile(values, 0.99),
-        "p999_ms": percentile(values, 0.999),
-        "max_ms": round(values[-1] / 1000, 2) if values else None,
-        "mean_ms": round(sum(values) / len(values) / 1000, 2) if values else None,
-    }
 
 
 def per_message_summary(step: Step) -> dict[str, Any]:
@@ -864,16 +845,6 @@ async def mode_conns(args: argparse.Namespace, target: Target) -> dict[str, Any]
 # --- command line ----------------------------------------------------------------------------
 
 
-def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
-    def convert(raw: str) -> Any:
-        value = kind(raw)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {raw}")
-        return value
-
-    return convert
-
-
 def rate_list(raw: str) -> list[float]:
     rates = [float(x) for x in raw.split(",") if x.strip()]
     if not rates or len(rates) > MAX_STEPS or any(not 0 < r <= MAX_RATE for r in rates):
@@ -881,10 +852,6 @@ def rate_list(raw: str) -> list[float]:
             f"expected 1-{MAX_STEPS} comma-separated rates in (0, {MAX_RATE:g}]"
         )
     return rates
-
-
-def pid_list(raw: str) -> list[int]:
-    return [int(x) for x in raw.split(",") if x.strip()]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -965,33 +932,18 @@ def _loopback_http(url: str) -> bool:
         return False
 
 
-def pick_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
-    if choice == "asyncio":
-        return None, "asyncio"
-    try:
-        import uvloop  # optional: ~10% cheaper reads
-    except ImportError:
-        if choice == "uvloop":
-            raise SystemExit("fanout: --loop uvloop but uvloop is not installed") from None
-        return None, "asyncio"
-    return uvloop.new_event_loop, "uvloop"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     target = Target(args.url)
-    loop_factory, loop_name = pick_loop(args.loop)
+    loop_factory, loop_name = pick_loop(args.loop, "fanout")
     if args.conns:
         mode, coro = "conns", mode_conns(args, target)
     elif args.ramp:
         mode, coro = "ramp", mode_ramp(args, target)
     else:
         mode, coro = "fanout", mode_fanout(args, target)
-    if loop_factory is None:
-        result = asyncio.run(coro)
-    else:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            result = runner.run(coro)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        result = runner.run(coro)
     result = {
         "tool": "loadtest/fanout.py",
         "mode": mode,
@@ -1003,11 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_pids": args.server_pid,
         **result,
     }
-    line = json.dumps(result)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
-    print(line)
+    write_line(result, args.out)
     return 0
 
 

@@ -22,16 +22,10 @@ import json
 import statistics
 import sys
 import time
-from urllib.parse import urlsplit
 
 import aiohttp
 
-
-def loopback(url: str) -> str:
-    host = urlsplit(url).hostname or ""
-    if not (host == "localhost" or host.startswith("127.") or host == "::1"):
-        raise SystemExit(f"only loopback targets are allowed, not {host!r}")
-    return url.rstrip("/")
+from _bench import loopback
 
 
 async def fill(

@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import socket
 import sys
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import quote
 
+from _bench import bounded, percentile, pick_loop, redis_info, write_line
 from _procstat import CpuMeter, proc_rss_kb
-from _wsclient import ERROR_PREFIX, HandshakeFailed, Target, WsClient, now_us
+from _wsclient import ERROR_PREFIX, Target, WsClient, now_us, open_one, ws_path
 
 MARK = b"SK:"
 MESSAGE_PREFIX = b'{"type":"message","id":"'
@@ -135,23 +133,6 @@ class Publisher(WsClient):
             self.seq += 1
 
 
-def path(target: Target, room: str, name: str, since: str | None) -> str:
-    query = f"room={quote(room)}&name={quote(name)}"
-    return f"{target.path.split('?')[0]}?{query}" + (f"&since={quote(since)}" if since else "")
-
-
-async def connect(target: Target, client: WsClient, timeout: float) -> bool:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: client, target.ip, target.port)
-            await client.opened
-    except (OSError, HandshakeFailed, TimeoutError):
-        client.abort()
-        return False
-    return True
-
-
 # --- readings -------------------------------------------------------------------------------
 
 
@@ -193,27 +174,8 @@ async def metrics(target: Target) -> dict[str, float]:
 
 
 def redis_memory(port: int | None) -> int | None:
-    if not port:
-        return None
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n")
-        data = b""
-        while b"used_memory:" not in data or not data.endswith(b"\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    for line in data.decode().splitlines():
-        if line.startswith("used_memory:"):
-            return int(line.split(":")[1])
-    return None
-
-
-def pct(values: Sequence[int], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] / 1000, 1)
+    used = redis_info(port, "memory").get("used_memory")
+    return int(used) if used else None
 
 
 def spread(series: list[float | int | None]) -> float | None:
@@ -232,11 +194,11 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
     shared = Shared(int(time.time()) % 1_000_000)
     rooms = [f"soak{r}" for r in range(args.rooms)]
     publishers = [
-        Publisher(target.host_header, path(target, room, f"pub{r}", None), shared.run, r)
+        Publisher(target.host_header, ws_path(target, room, f"pub{r}"), shared.run, r)
         for r, room in enumerate(rooms)
     ]
     for pub in publishers:
-        if not await connect(target, pub, args.connect_timeout):
+        if await open_one(target, pub, args.connect_timeout) is not None:
             raise SystemExit("soak: a publisher could not connect")
     tracks = [Track(i, i % args.rooms) for i in range(args.clients)]
     clients: dict[int, SoakClient] = {}
@@ -251,13 +213,13 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
         while not stop.is_set():
             client = SoakClient(
                 target.host_header,
-                path(target, rooms[track.room], f"c{track.index}", track.last_id),
+                ws_path(target, rooms[track.room], f"c{track.index}", track.last_id),
                 track,
                 shared,
             )
             async with slots:
-                ok = await connect(target, client, args.connect_timeout)
-            if not ok:
+                why = await open_one(target, client, args.connect_timeout)
+            if why is not None:
                 failures += 1
                 await asyncio.sleep(random.uniform(0, min(5.0, 0.2 * 2**attempt)))
                 attempt += 1
@@ -312,15 +274,15 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
         cpu = meter.stop()
         meter = CpuMeter([pid] if pid else [], args.redis_pid)
         received = sum(t.received for t in tracks)
-        latencies, shared.latencies = shared.latencies, array("q")
+        latencies, shared.latencies = sorted(shared.latencies), array("q")
         sample = {
             "t_s": round(time.monotonic() - t0, 1),
             **(proc_counts(pid) if pid else {}),
             **(await metrics(target)),
             "redis_used_memory": redis_memory(args.redis_port),
             "deliveries_per_s": round((received - received0) / args.sample),
-            "p50_ms": pct(latencies, 0.5),
-            "p99_ms": pct(latencies, 0.99),
+            "p50_ms": percentile(latencies, 0.5, digits=1),
+            "p99_ms": percentile(latencies, 0.99, digits=1),
             "missing": sum(t.missing for t in tracks),
             "lost": lost(tracks, publishers),
             "dups": sum(t.dups for t in tracks),
@@ -384,16 +346,6 @@ async def soak(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None])
     }
 
 
-def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
-    def convert(raw: str) -> Any:
-        value = kind(raw)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {raw}")
-        return value
-
-    return convert
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="soak.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="ws://127.0.0.1:8091/ws")
@@ -415,19 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def emit(line: dict[str, Any]) -> None:
-        text = json.dumps({"tool": "loadtest/soak.py", "label": args.label, **line})
-        print(text)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(text + "\n")
+        write_line({"tool": "loadtest/soak.py", "label": args.label, **line}, args.out)
 
-    factory = None
-    try:
-        import uvloop  # optional: cheaper reads for the generator
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        pass
+    factory, _ = pick_loop("auto", "soak")
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(soak(args, emit))
     emit({"summary": result, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

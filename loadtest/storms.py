@@ -41,17 +41,16 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import quote
 
+from _bench import bounded, latency_summary, pick_loop, pid_list, redis_info, write_line
 from _procstat import CpuMeter, proc_rss_kb
-from _wsclient import ERROR_PREFIX, WELCOME_PREFIX, HandshakeFailed, Target, WsClient, now_us
+from _wsclient import ERROR_PREFIX, WELCOME_PREFIX, Target, WsClient, now_us, open_one, ws_path
 
 MARK = b"ST:"
 MESSAGE_PREFIX = b'{"type":"message","id":"'
@@ -66,21 +65,9 @@ MAX_SECONDS = 600.0
 # --- measuring ------------------------------------------------------------------------------
 
 
-def percentile_ms(values: Sequence[int], p: float) -> float | None:
-    if not values:
-        return None
-    index = min(len(values) - 1, max(0, int(len(values) * p + 0.999999) - 1))
-    return round(values[index] / 1000, 1)
-
-
-def latency_summary(latencies_us: Sequence[int]) -> dict[str, Any]:
-    values = sorted(latencies_us)
-    return {
-        "samples": len(values),
-        "p50_ms": percentile_ms(values, 0.50),
-        "p99_ms": percentile_ms(values, 0.99),
-        "max_ms": round(values[-1] / 1000, 1) if values else None,
-    }
+def storm_latency(latencies_us: Sequence[int]) -> dict[str, Any]:
+    """samples, p50, p99 and max, to 0.1 ms: the columns of the storm tables."""
+    return latency_summary(latencies_us, (0.50, 0.99), digits=1, mean=False)
 
 
 class Book:
@@ -215,27 +202,6 @@ class Publisher(WsClient):
         return self.send_text(b'{"type":"message","text":"%s"}' % text.encode())
 
 
-def ws_path(target: Target, room: str, name: str, since: str | None = None) -> str:
-    base = target.path.split("?", 1)[0]
-    query = f"room={quote(room)}&name={quote(name)}"
-    if since is not None:
-        query += f"&since={quote(since)}"
-    return f"{base}?{query}"
-
-
-async def open_one(target: Target, client: WsClient, timeout: float) -> str | None:
-    """Connect and upgrade; None on success, else why not."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: client, target.ip, target.port)
-            await client.opened
-    except (OSError, HandshakeFailed, TimeoutError) as exc:
-        client.abort()
-        return str(exc)[:80] if isinstance(exc, HandshakeFailed) else type(exc).__name__
-    return None
-
-
 async def open_books(
     target: Target,
     books: Sequence[Book],
@@ -316,26 +282,6 @@ async def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.01
 
 
 # --- Redis readings (plain RESP over a socket: standard library only) -----------------------
-
-
-def redis_info(port: int | None, section: str) -> dict[str, str]:
-    if not port:
-        return {}
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode())
-        data = b""
-        while b"\r\n" not in data:
-            data += sock.recv(65536)
-        head, _, rest = data.partition(b"\r\n")
-        size = int(head[1:])
-        while len(rest) < size:
-            rest += sock.recv(65536)
-    out = {}
-    for line in rest[:size].decode().splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            out[key] = value
-    return out
 
 
 def commandstats(port: int | None) -> dict[str, tuple[int, int]]:
@@ -462,7 +408,7 @@ async def mode_join(args: argparse.Namespace, target: Target) -> dict[str, Any]:
             "expected": open_clients,
             "received": len(got),
             "all_in_ms": round(got[-1] / 1000, 1) if got else None,
-            **latency_summary(got),
+            **storm_latency(got),
         },
         "probe": {
             "error": probe_error,
@@ -629,7 +575,7 @@ async def mode_reconnect(args: argparse.Namespace, target: Target) -> dict[str, 
     print(
         f"order: {order['clients_exact']}/{len(books)} exact, missing {order['missing']}, "
         f"dups {order['dups']}, reordered {order['reordered']}; storm latency live "
-        f"{latency_summary(storm_live)} all {latency_summary(storm_all)}",
+        f"{storm_latency(storm_live)} all {storm_latency(storm_all)}",
         file=sys.stderr,
     )
     return {
@@ -650,9 +596,9 @@ async def mode_reconnect(args: argparse.Namespace, target: Target) -> dict[str, 
         "order": order,
         "gaps": sum(b.gaps for b in books),
         "errors": dict(sum((b.errors for b in books), Counter())),
-        "storm_latency_live": latency_summary(storm_live),
-        "storm_latency_all": latency_summary(storm_all),
-        "latency_all_run": latency_summary(run.latency_us),
+        "storm_latency_live": storm_latency(storm_live),
+        "storm_latency_all": storm_latency(storm_all),
+        "latency_all_run": storm_latency(run.latency_us),
         "redis": stats,
         **cpu,
     }
@@ -712,20 +658,6 @@ def report(paths: Sequence[str]) -> None:
 # --- command line ---------------------------------------------------------------------------
 
 
-def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
-    def convert(raw: str) -> Any:
-        value = kind(raw)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {raw}")
-        return value
-
-    return convert
-
-
-def pid_list(raw: str) -> list[int]:
-    return [int(x) for x in raw.split(",") if x.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="storms.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=("join", "reconnect"))
@@ -767,33 +699,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parse_args(argv)
     target = Target(args.url)
+    factory, loop_name = pick_loop(args.loop, "storms")
     coro = mode_join(args, target) if args.mode == "join" else mode_reconnect(args, target)
-    factory = None
-    if args.loop != "asyncio":
-        try:
-            import uvloop  # optional: cheaper reads for the generator
-
-            factory = uvloop.new_event_loop
-        except ImportError:
-            if args.loop == "uvloop":
-                raise SystemExit("storms: --loop uvloop but uvloop is not installed") from None
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(coro)
-    line = json.dumps(
-        {
-            "tool": "loadtest/storms.py",
-            "mode": args.mode,
-            "label": args.label,
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "loop": "uvloop" if factory else "asyncio",
-            "server_pids": args.server_pid,
-            **result,
-        }
-    )
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
-    print(line)
+    record = {
+        "tool": "loadtest/storms.py",
+        "mode": args.mode,
+        "label": args.label,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loop": loop_name,
+        "server_pids": args.server_pid,
+        **result,
+    }
+    write_line(record, args.out)
     return 0
 
 

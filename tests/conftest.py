@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
@@ -10,12 +11,31 @@ import pytest
 from tests.support.redis import RedisServer
 from tests.support.redis_ha import RedisClusterGroup, SentinelGroup
 from tests.support.servers import WebchatProcess
+from tests.support.timing import seconds
 from tests.support.tokens import TestKeys
 
 # Brokers the contract suite runs against: one parametrized suite, so all behave alike.
 BROKERS = ["memory", "redis", "cluster"]
 # Brokers of the tests that need several processes on Redis (a dead instance, say).
 REDIS_BROKERS = ["redis", "cluster"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scale pytest-timeout's per-test limit by WEBCHAT_TEST_UNIT, as every wait in a test is.
+
+    Unscaled, the limit (pyproject's `timeout`, PYTEST_TIMEOUT or --timeout, as pytest-timeout
+    ranks them) would kill a test on a loaded machine while its own scaled waits are still
+    running. A test's own `timeout` marker is left alone: it says `seconds(...)` itself.
+    """
+    limit = config.getoption("timeout")
+    if limit is None:
+        limit = os.environ.get("PYTEST_TIMEOUT") or config.getini("timeout") or None
+    if limit is None:
+        return
+    scaled = pytest.mark.timeout(seconds(float(limit)))
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(scaled)
 
 
 def broker_url(broker: str, request: pytest.FixtureRequest) -> str | None:

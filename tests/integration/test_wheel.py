@@ -26,30 +26,27 @@ BUILD = ROOT / "ansible/roles/webchat/files/build_wheelhouse.py"
 pytestmark = pytest.mark.timeout(seconds(300))
 
 
-def test_the_installed_wheel_serves_the_client(tmp_path: Path):
+def build(out: Path, timeout: float) -> dict:
+    """Run the role's build step for this machine's Python; its JSON report."""
     target = {
         "python": platform.python_version(),
         "glibc": platform.libc_ver()[1],
         "machine": platform.machine(),
     }
+    command = [sys.executable, str(BUILD), "--source", str(ROOT), "--out", str(out)]
     built = subprocess.run(
-        [
-            sys.executable,
-            str(BUILD),
-            "--source",
-            str(ROOT),
-            "--out",
-            str(tmp_path / "build"),
-            "--target",
-            json.dumps(target),
-        ],
+        [*command, "--target", json.dumps(target)],
         capture_output=True,
         text=True,
-        timeout=seconds(240),
+        timeout=seconds(timeout),
         check=False,
     )
     assert built.returncode == 0, built.stderr
-    report = json.loads(built.stdout)
+    return json.loads(built.stdout)
+
+
+def test_the_installed_wheel_serves_the_client(tmp_path: Path):
+    report = build(tmp_path / "build", 240)
     assert report["changed"] is True
     (archive,) = report["wheelhouses"].values()
     wheelhouse = tmp_path / "wheels"
@@ -106,20 +103,5 @@ def test_the_installed_wheel_serves_the_client(tmp_path: Path):
         proc.terminate()
         proc.wait(timeout=seconds(15))
 
-    again = subprocess.run(
-        [
-            sys.executable,
-            str(BUILD),
-            "--source",
-            str(ROOT),
-            "--out",
-            str(tmp_path / "build"),
-            "--target",
-            json.dumps(target),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds(60),
-        check=False,
-    )
-    assert json.loads(again.stdout)["changed"] is False, "built once: a second run builds nothing"
+    again = build(tmp_path / "build", 60)
+    assert again["changed"] is False, "built once: a second run builds nothing"

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import MakeServer
-from tests.loadtest.conftest import LOADTEST
+from tests.loadtest.conftest import LOADTEST, LocustRun
 from tests.support.servers import WebchatProcess, free_port, http_status, wait_until
 from tests.support.timing import seconds
 
@@ -35,33 +35,38 @@ def messages_accepted(server: WebchatProcess) -> int:
     return int(float(match[1]))
 
 
+def small_rooms(server: WebchatProcess, users: int, *extra: str, msg_rate: int = 3) -> list[str]:
+    """The arguments of a SmallRooms run of `users` against `server`; `extra` adds options."""
+    rate = ("--msg-rate", str(msg_rate))
+    return ["SmallRooms", "-u", str(users), "-r", "50", "--host", server.url, *rate, *extra]
+
+
+def assert_clean(run: LocustRun, server: WebchatProcess) -> int:
+    """Exit 0, no failure, and every message the server accepted reached the whole room.
+
+    Returns how many messages were sent (acknowledged), which the server counted too.
+    """
+    assert run.returncode == 0, run.explain()
+    assert run.failures == [], run.explain()
+    sent = run.requests("ack")  # one per message the server accepted and echoed
+    assert sent == messages_accepted(server), run.explain()
+    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
+    return sent
+
+
 @MEMORY
 def test_clean_headless_run(make_server: MakeServer, locust) -> None:
     """Connect and delivery rows, zero failures, exit 0, and every message reached everyone."""
     server = make_server(*FAST_STOP)
     run = locust(
-        "SmallRooms",
-        "-u",
-        str(3 * ROOM_SIZE),
-        "-r",
-        "50",
-        "--host",
-        server.url,
-        "--msg-rate",
-        "3",
-        "--loss-timeout",
-        "2",
+        *small_rooms(server, 3 * ROOM_SIZE, "--loss-timeout", "2"),
         run_time=5,
         env={"LOCUST_ROOM_SIZE": str(ROOM_SIZE)},  # options come from the environment too
     ).wait()
-    assert run.returncode == 0, run.explain()
-    assert run.failures == [], run.explain()
+    sent = assert_clean(run, server)
     assert int(run.stats["Aggregated"]["Failure Count"]) == 0, run.explain()
     assert run.requests("connect") == 3 * ROOM_SIZE, run.explain()
-    sent = run.requests("ack")  # one per message the server accepted and echoed
     assert sent > 3 * ROOM_SIZE, run.explain()  # everyone talked, more than once
-    assert sent == messages_accepted(server)  # the server counted the same messages
-    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
     assert "Shutting down (exit code 0)" in run.output
 
 
@@ -74,17 +79,12 @@ def test_users_sign_their_own_tokens_for_an_authenticated_server(
     Without the option the same run is refused (401 on every connect), so the tokens did it.
     """
     server = make_server(*FAST_STOP, "--auth-secret-file", str(keys.secret_file))
-    common = ("SmallRooms", "-u", str(ROOM_SIZE), "-r", "50", "--host", server.url)
-    common += ("--msg-rate", "2", "--loss-timeout", "2")
+    common = small_rooms(server, ROOM_SIZE, "--loss-timeout", "2", msg_rate=2)
     env = {"LOCUST_ROOM_SIZE": str(ROOM_SIZE)}
     signed = locust(*common, "--auth-secret-file", str(keys.secret_file), run_time=4, env=env)
     run = signed.wait()
-    assert run.returncode == 0, run.explain()
-    assert run.failures == [], run.explain()
+    assert assert_clean(run, server) > 0, run.explain()
     assert run.requests("connect") == ROOM_SIZE, run.explain()
-    sent = run.requests("ack")
-    assert sent == messages_accepted(server) > 0, run.explain()
-    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
 
     anonymous = locust(*common, run_time=3, env=env).wait()
     assert anonymous.returncode != 0, anonymous.explain()
@@ -97,56 +97,19 @@ def test_two_worker_processes_keep_each_room_in_one(make_server: MakeServer, loc
     """--processes 2: each room's senders and receivers live in one worker, the master sums."""
     server = make_server(*FAST_STOP)
     port = str(free_port())  # the master's, for its workers: not Locust's default 5557
-    run = locust(
-        "SmallRooms",
-        "--processes",
-        "2",
-        "--master-bind-port",
-        port,
-        "--master-port",
-        port,
-        "-u",
-        str(2 * ROOM_SIZE),
-        "-r",
-        "50",
-        "--host",
-        server.url,
-        "--room-size",
-        str(ROOM_SIZE),
-        "--msg-rate",
-        "3",
-        "--loss-timeout",
-        "1",
-        run_time=5,
-    ).wait()
-    assert run.returncode == 0, run.explain()
-    assert run.failures == [], run.explain()
+    workers = ("--processes", "2", "--master-bind-port", port, "--master-port", port)
+    options = ("--room-size", str(ROOM_SIZE), "--loss-timeout", "1")
+    run = locust(*small_rooms(server, 2 * ROOM_SIZE, *workers, *options), run_time=5).wait()
+    assert assert_clean(run, server) > 2 * ROOM_SIZE, run.explain()
     assert run.output.count("Shutting down (exit code 0)") == 3  # master and both workers
-    sent = run.requests("ack")
-    assert sent > 2 * ROOM_SIZE and sent == messages_accepted(server), run.explain()
-    assert run.requests("deliver") == sent * ROOM_SIZE, run.explain()
 
 
 @MEMORY
 def test_a_lost_message_fails_the_run(make_server: MakeServer, locust) -> None:
     """A server that drops one delivery (a test-only fault): the run reports exactly that."""
     server = make_server(*FAST_STOP, module="tests.support.lossy_webchat", env={"LOSSY_NTH": "15"})
-    run = locust(
-        "SmallRooms",
-        "-u",
-        str(ROOM_SIZE),
-        "-r",
-        "50",
-        "--host",
-        server.url,
-        "--room-size",
-        str(ROOM_SIZE),
-        "--msg-rate",
-        "3",
-        "--loss-timeout",
-        "1",
-        run_time=5,
-    ).wait()
+    options = ("--room-size", str(ROOM_SIZE), "--loss-timeout", "1")
+    run = locust(*small_rooms(server, ROOM_SIZE, *options), run_time=5).wait()
     assert "lossy_webchat: dropped message" in server.log()
     assert run.returncode == 1, run.explain()
     failures = [(f["Name"], f["Error"], f["Occurrences"]) for f in run.failures]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import re
@@ -9,6 +10,7 @@ import types
 
 import pytest
 
+from _bench import bounded, latency_summary, pid_list
 from _options import (
     OptionError,
     check_targets,
@@ -114,6 +116,34 @@ def test_step_percentiles_over_a_window() -> None:
     assert percentile(window, 0.95) == 5
     assert percentile(window, 0.99) == 40
     assert percentile({}, 0.99) is None
+
+
+def test_bench_latency_summaries_keep_each_benchmarks_columns() -> None:
+    """fanout.py's summary and storms.py's narrower one (0.1 ms) come from one function."""
+    us = list(range(1000, 101_000, 1000))  # 1..100 ms, nearest rank
+    assert latency_summary(us) == {
+        "samples": 100,
+        "p50_ms": 50.0,
+        "p95_ms": 95.0,
+        "p99_ms": 99.0,
+        "p999_ms": 100.0,
+        "max_ms": 100.0,
+        "mean_ms": 50.5,
+    }
+    assert latency_summary([1234, 5678], (0.50, 0.99), digits=1, mean=False) == {
+        "samples": 2,
+        "p50_ms": 1.2,
+        "p99_ms": 5.7,
+        "max_ms": 5.7,
+    }
+    assert latency_summary([])["p50_ms"] is None
+
+
+def test_bench_argument_types() -> None:
+    assert bounded(int, 1, 10)("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="must be between 1 and 10, got 11"):
+        bounded(int, 1, 10)("11")
+    assert pid_list("12,34,") == [12, 34]
 
 
 def test_verdict_and_capacity() -> None:

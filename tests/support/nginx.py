@@ -12,12 +12,9 @@ in the foreground as a child process and returns once its port accepts connectio
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +31,7 @@ from tests.support.servers import (
     alive_and,
     free_port,
     require_binary,
+    stop_process,
     wait_until,
 )
 from tests.support.timing import poll, seconds
@@ -415,16 +413,7 @@ class NginxServer:
 
     def stop(self) -> None:
         """SIGTERM to the master (fast shutdown: open WebSockets are cut), then reap it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=seconds(10))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=seconds(5))
+        stop_process(self.proc)
 
     def cleanup(self) -> None:
         self.stop()

@@ -14,11 +14,13 @@ cache stays clean. apt-cacher-ng keeps its downloads there too: runs after the f
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.servers import require_binary
+from tests.support.servers import require_binary, stop_process
 from tests.support.timing import seconds
 
 CACHE = Path(os.environ.get("WEBCHAT_TEST_CACHE", "/var/cache/webchat-test"))
@@ -55,8 +57,12 @@ deb http://deb.debian.org/debian-security {SUITE}-security main
 """
 # Bump to rebuild every cached root filesystem after changing how it is made.
 RECIPE_VERSION = "2"
+# The deploy.yml groups of the hosts `python -m tests.support.nspawn` boots, by name.
+GROUPS = {"lb": ["lb"], "web": ["web1", "web2"], "redis": ["redis"], "monitoring": ["mon"]}
 # Not 3142: a system apt-cacher-ng, if one runs, keeps its own port.
 APT_PROXY_PORT = 13142
+# Seconds apt-cacher-ng gets to exit on SIGTERM before SIGKILL (it has ignored SIGTERM).
+PROXY_GRACE = 10.0
 
 
 def _run(*command: str, timeout: float = 60, check: bool = True) -> str:
@@ -165,7 +171,7 @@ class Cluster:
     """Booted containers on a bridge of their own, with an apt proxy on the bridge address."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        for binary in ("systemd-nspawn", "apt-cacher-ng", "ssh", "ssh-keygen"):
+        for binary in ("systemd-nspawn", "apt-cacher-ng", "setpriv", "ssh", "ssh-keygen"):
             require_binary(binary)
         self.subnet = free_subnet()
         addresses = list(self.subnet.hosts())
@@ -234,7 +240,8 @@ class Cluster:
         )
         with (conf / "out.log").open("ab") as out:
             self.proxy = subprocess.Popen(
-                ["apt-cacher-ng", "-c", str(conf)],
+                # SIGKILL when this process dies, even killed: a proxy never outlives its run.
+                ["setpriv", "--pdeathsig", "KILL", "apt-cacher-ng", "-c", str(conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -317,28 +324,27 @@ class Cluster:
         """Kill the containers outright (nothing in them is kept), then the proxy and bridge.
 
         SIGKILL to every process of a container (its init is nspawn's descendant, not in its
-        process group) ends its namespaces, so its memory overlay and veth go with it.
+        process group) ends its namespaces, so its memory overlay and veth go with it. The
+        proxy and the bridge go even if a container would not.
         """
-        for host in self.hosts.values():
-            if host.proc is None or host.proc.poll() is not None:
-                continue
-            for pid in [*_descendants(host.proc.pid), host.proc.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            host.proc.wait(timeout=seconds(30))
-            with contextlib.suppress(OSError):  # nspawn's (empty) directory for `machinectl bind`
-                os.rmdir(f"/run/systemd/nspawn/propagate/{host.machine}")
-        if self.proxy is not None and self.proxy.poll() is None:
-            self.proxy.terminate()
+        try:
+            for host in self.hosts.values():
+                if host.proc is None or host.proc.poll() is not None:
+                    continue
+                for pid in [*_descendants(host.proc.pid), host.proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                host.proc.wait(timeout=seconds(30))
+                with contextlib.suppress(OSError):  # nspawn's (empty) dir for `machinectl bind`
+                    os.rmdir(f"/run/systemd/nspawn/propagate/{host.machine}")
+        finally:
             try:
-                self.proxy.wait(timeout=seconds(10))
-            except subprocess.TimeoutExpired:
-                self.proxy.kill()
-                self.proxy.wait(timeout=seconds(5))
-        for host in self.hosts.values():
-            _run("ip", "link", "del", f"vb-{host.machine}"[:15], check=False)
-        _run("ip", "link", "del", self.bridge, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+                stop_process(self.proxy, PROXY_GRACE)
+            finally:
+                for host in self.hosts.values():
+                    _run("ip", "link", "del", f"vb-{host.machine}"[:15], check=False)
+                _run("ip", "link", "del", self.bridge, check=False)
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- reaching the hosts --------------------------------------------------------------------
 
@@ -402,17 +408,25 @@ class Cluster:
         }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Bring a cluster up by hand for development: `python -m tests.support.nspawn lb web1`."""
-    import sys
-
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.nspawn",
+        description="Boot these hosts (as root) until SIGINT or SIGTERM; print their addresses "
+        "and an Ansible inventory (hosts named as in GROUPS go into those groups).",
+    )
+    parser.add_argument("names", nargs="+", metavar="NAME", help="a host name, e.g. lb web1")
+    names = parser.parse_args(argv).names
+    bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", n)]
+    if bad or len(set(names)) < len(names):
+        parser.error(f"names must be unique, 1-6 lowercase letters or digits, got {bad or names}")
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    cluster = Cluster(sys.argv[1:] or ["h1"]).start()
-    inventory = cluster.dir / "hosts.json"
-    groups = {"lb": ["lb"], "web": ["web1", "web2"], "redis": ["redis"], "monitoring": ["mon"]}
-    inventory.write_text(json.dumps(cluster.inventory(groups), indent=2))
-    print(json.dumps({n: h.address for n, h in cluster.hosts.items()}), inventory, flush=True)
+    cluster = Cluster(names).start()
     try:
+        inventory = cluster.dir / "hosts.json"
+        groups = {g: [n for n in members if n in cluster.hosts] for g, members in GROUPS.items()}
+        inventory.write_text(json.dumps(cluster.inventory(groups), indent=2))
+        print(json.dumps({n: h.address for n, h in cluster.hosts.items()}), inventory, flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         cluster.cleanup()

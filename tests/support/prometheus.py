@@ -12,9 +12,7 @@ answers (never a sleep); `stop()` ends it.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,6 +30,7 @@ from tests.support.servers import (
     free_port,
     http_status,
     require_binary,
+    stop_process,
     wait_until,
 )
 from tests.support.timing import seconds
@@ -140,7 +139,7 @@ class PrometheusServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def cleanup(self) -> None:
         self.stop()
@@ -239,7 +238,7 @@ class Exporter:
         return self.log_path.read_text(errors="replace")
 
     def cleanup(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         self.log_path.unlink(missing_ok=True)
 
 
@@ -287,18 +286,6 @@ def add_stub_status(nginx: NginxServer) -> str:
     )
     nginx.conf_path.write_text(config.text())
     return f"http://127.0.0.1:{port}/stub_status"
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=seconds(10))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=seconds(5))
 
 
 def now() -> float:

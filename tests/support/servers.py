@@ -54,6 +54,23 @@ def alive_and(proc: subprocess.Popen[bytes], what: str, log, ready):  # type: ig
     return check
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """SIGTERM, and SIGKILL to its process group if it has not exited `grace` (scaled) seconds
+    later: a process that ignores SIGTERM, or hangs on its way out, is gone on return."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=seconds(grace))
+    except subprocess.TimeoutExpired:
+        try:  # its group and whatever it started there (start_new_session=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # not a group leader: the process alone
+            proc.kill()
+        proc.wait(timeout=seconds(5))
+
+
 def http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=seconds(2)) as response:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,13 +66,14 @@ from webchat.broker.redis_codec import (
 from webchat.broker.redis_connect import ShardedCluster, close_client, command_client
 from webchat.broker.redis_index import RoomIndex
 from webchat.broker.redis_keepalive import RoomKeeper
+from webchat.broker.redis_loops import Loops, start_loops, stop_loops
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_presence import RedisPresence
 from webchat.broker.redis_reads import HistoryReads
 from webchat.broker.redis_rooms import BACKOFF_CAP
 from webchat.broker.redis_scripts import PUBLISH, awaiting_replicas
 from webchat.broker.redis_shards import ShardedSubscriber
-from webchat.broker.redis_subscriber import Subscriber, keep_running
+from webchat.broker.redis_subscriber import Subscriber
 from webchat.config import Config
 from webchat.metrics import Metrics
 from webchat.protocol import parse_id
@@ -94,6 +94,7 @@ PROBE_TTL_MS: Final = 10_000  # the write probe's key outlives a few probes, the
 REAP_GRACE: Final = BACKOFF_CAP + 2 * HEALTH_INTERVAL
 START_WAIT: Final = 2.0  # start() waits this long for a first connection, then goes on
 BARRIER_TIMEOUT: Final = 1.0  # a duplicate's wait for the original's delivery, at most
+CLOSE_WAIT: Final = 5.0  # closing a client's connections, at most
 
 
 def refuses_writes(exc: BaseException) -> bool:
@@ -206,7 +207,7 @@ class RedisBroker:
         keeps reconnecting in the background.
         """
         self._subscriber.handler = handler
-        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+        loops: Loops = [
             *self._subscriber.loops(),
             ("health", self._health_loop),
             ("history reads", self._reads.run),
@@ -217,7 +218,7 @@ class RedisBroker:
             ("room index", self._index.flush_loop),
             ("keep-alive", lambda: self._keeper.loop(lambda: self._subscriber.rooms)),
         ]
-        self._tasks = [asyncio.create_task(keep_running(name, loop)) for name, loop in loops]
+        self._tasks = start_loops(loops)
         try:
             async with asyncio.timeout(START_WAIT):
                 await self._subscriber.attempted.wait()
@@ -232,14 +233,18 @@ class RedisBroker:
             )
 
     async def close(self) -> None:
+        """Stop the loops and close the clients; ends within a bounded time, whatever Redis
+        does (a loop that will not end, or a connection that will not close, is logged)."""
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_loops(self._tasks)
         self._tasks = []
         self._subscriber.handler = None
-        await close_client(self._client)
-        await close_client(self._control)
+        for client in (self._client, self._control):
+            try:
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await close_client(client)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("closing a Redis client of %s failed: %s", self._where, describe(exc))
 
     async def subscribe(self, room: str) -> None:
         await self._subscriber.subscribe(room)

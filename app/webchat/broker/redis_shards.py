@@ -31,9 +31,10 @@ from redis.exceptions import RedisClusterException, RedisError
 from webchat.broker.base import BrokerUnavailable, EventHandler
 from webchat.broker.redis_codec import channel, describe, node_channel
 from webchat.broker.redis_connect import ShardedCluster
+from webchat.broker.redis_loops import Loops, start_loops, stop_loops
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_rooms import RoomSub, backoff_delay
-from webchat.broker.redis_subscriber import Confirm, Loops, Subscriber, keep_running
+from webchat.broker.redis_subscriber import Confirm, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,7 @@ class ShardedSubscriber:
         )
         subscriber.handler = self._handler
         shard = self._shards[node.name] = _Shard(node, subscriber)
-        shard.tasks = [
-            asyncio.create_task(keep_running(f"{what} of {node.name}", loop))
-            for what, loop in subscriber.loops()
-        ]
+        shard.tasks = start_loops([(f"{w} of {node.name}", loop) for w, loop in subscriber.loops()])
         log.info("subscribing on cluster master %s", node.name)
 
     async def _retire(self, shard: _Shard) -> None:
@@ -242,9 +240,7 @@ class ShardedSubscriber:
         log.info("stopped subscribing on %s", name)
 
     async def _stop(self, shard: _Shard) -> None:
-        for task in shard.tasks:
-            task.cancel()
-        await asyncio.gather(*shard.tasks, return_exceptions=True)
+        await stop_loops(shard.tasks)
         shard.tasks = []
 
     def _changed(self) -> None:

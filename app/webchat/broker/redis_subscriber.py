@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -54,6 +54,7 @@ from webchat.broker.redis_codec import (
     stream_key,
 )
 from webchat.broker.redis_connect import RedisClient
+from webchat.broker.redis_loops import Loops
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_rooms import RoomSub, State, backoff_delay
 
@@ -73,19 +74,6 @@ ConnectionArgs = Callable[[], tuple[type[AbstractConnection], dict[str, Any]]]
 # confirm(room, replicas): returns once `replicas` replicas have every write made before the
 # call to the room's shard; raises BrokerUnavailable when they do not confirm in time.
 Confirm = Callable[[str, int], Awaitable[None]]
-Loops = list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]
-
-
-async def keep_running(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a background loop until cancelled; a crash is logged and the loop restarted."""
-    while True:
-        try:
-            await loop()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("Redis broker %s loop crashed; restarting it", name)
-        await asyncio.sleep(1.0)
 
 
 class Subscriber:

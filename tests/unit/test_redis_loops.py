@@ -1,0 +1,47 @@
+"""stop_loops: a loop that swallows a cancel is cancelled again; one that never ends is left,
+named in the log, once the bound has passed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from webchat.broker.redis_loops import stop_loops
+
+
+async def swallows_one_cancel() -> None:
+    """As a loop inside Python 3.11's asyncio.wait_for can: the first cancel is lost."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(3600)
+    await asyncio.sleep(3600)
+
+
+async def ignores_cancels(until: asyncio.Event) -> None:
+    while not until.is_set():
+        with contextlib.suppress(asyncio.CancelledError):
+            await until.wait()
+
+
+async def test_a_loop_that_swallowed_a_cancel_is_cancelled_again():
+    task = asyncio.create_task(swallows_one_cancel(), name="stubborn")
+    await asyncio.sleep(0)  # started: inside its first sleep
+    async with asyncio.timeout(2):
+        await stop_loops([task], timeout=1)
+    assert task.cancelled()
+
+
+async def test_a_loop_that_never_ends_is_left_after_the_bound_and_named(caplog):
+    caplog.set_level(logging.ERROR, "webchat.broker.redis_loops")
+    release = asyncio.Event()
+    task = asyncio.create_task(ignores_cancels(release), name="presence refresh")
+    ended = asyncio.create_task(asyncio.sleep(3600), name="health")
+    await asyncio.sleep(0)
+    try:
+        async with asyncio.timeout(2):
+            await stop_loops([task, ended], timeout=0.3)
+        assert ended.cancelled() and not task.done()
+        assert "still running after 0.3 s of cancels: presence refresh" in caplog.text
+    finally:
+        release.set()
+        await task

@@ -1,0 +1,267 @@
+"""The redis role's topologies (single, sentinel, cluster): rendered, and refused with one sentence.
+
+render.yml renders redis.conf, sentinel.conf and the web hosts' environment files for a
+Sentinel inventory (three redis hosts, a Redis and a Sentinel on each) and for a six-host
+cluster; the app's own `load_config` must accept the REDIS_URL the webchat role computes.
+Then each inventory shape the role cannot deploy stops deploy.yml in its preflight play with one
+sentence (hosts in TEST-NET-1, never contacted). The sentinel topology runs for real in
+tests/e2e/test_deploy.py; the cluster topology is only checked here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
+from tests.support.servers import ROOT
+from webchat.config import load_config
+from webchat.redis_url import parse_redis_url
+
+PASSWORD = "p" * 32
+
+
+def _render(
+    folder: Path,
+    redis_hosts: dict[str, str],
+    more_groups: dict[str, list[str]] | None = None,
+    **all_vars: Any,
+) -> Path:
+    hosts = {"web1": "10.9.2.11", "web2": "10.9.2.12", **redis_hosts}
+    groups = {
+        "lb": ["web1"],
+        "web": ["web1", "web2"],
+        "redis": list(redis_hosts),
+        "monitoring": ["web2"],
+        **(more_groups or {}),
+    }
+    inventory = {
+        "all": {
+            "vars": {"redis_password": PASSWORD, "webchat_redis_password": PASSWORD, **all_vars},
+            "hosts": {
+                n: {"ansible_host": a, "webchat_private_address": a} for n, a in hosts.items()
+            },
+            "children": {g: {"hosts": {h: {} for h in members}} for g, members in groups.items()},
+        }
+    }
+    (folder / "hosts.yml").write_text(json.dumps(inventory))
+    monitoring = ROOT / "monitoring" / "prometheus"
+    extra = {
+        "render_dir": str(folder),
+        "ansible_dir": str(ANSIBLE_DIR),
+        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
+        "prometheus_rules_src_dir": str(monitoring / "rules"),
+    }
+    render = str(Path(__file__).with_name("render.yml"))
+    run = run_playbook(render, folder / "hosts.yml", "-e", json.dumps(extra), timeout=120)
+    assert run.returncode == 0, run.output[-6000:]
+    return folder
+
+
+def _directives(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def _env(path: Path) -> dict[str, str]:
+    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in _directives(path))}
+
+
+SENTINEL_HOSTS = {"redis1": "10.9.2.13", "redis2": "10.9.2.14", "redis3": "10.9.2.15"}
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sentinel")
+    return _render(
+        folder, SENTINEL_HOSTS, redis_topology="sentinel", redis_sentinel_down_after_ms=2000
+    )
+
+
+def test_sentinel_data_nodes_start_as_master_and_replicas(sentinel: Path):
+    marker = "# webchat: Redis owns this file (written once by Ansible, never again)."
+    for host in SENTINEL_HOSTS:
+        text = (sentinel / host / "redis.conf").read_text()
+        assert marker in text.splitlines(), "reruns find the marker and leave the file to Redis"
+        directives = _directives(sentinel / host / "redis.conf")
+        assert f"masterauth {PASSWORD}" in directives, "any node may be promoted"
+        assert f"requirepass {PASSWORD}" in directives
+        replicaof = [d for d in directives if d.startswith("replicaof ")]
+        assert replicaof == ([] if host == "redis1" else ["replicaof 10.9.2.13 6379"]), host
+        assert not [d for d in directives if d.startswith("cluster-")]
+
+
+def test_sentinels_watch_the_first_host(sentinel: Path):
+    for host, address in SENTINEL_HOSTS.items():
+        directives = _directives(sentinel / host / "sentinel.conf")
+        assert f"bind {address}" in directives
+        assert "port 26379" in directives
+        # A majority of three must agree; the test inventory's faster down-after.
+        assert "sentinel monitor webchat 10.9.2.13 6379 2" in directives
+        assert "sentinel down-after-milliseconds webchat 2000" in directives
+        assert f"sentinel auth-pass webchat {PASSWORD}" in directives
+    assert not (sentinel / "web1" / "sentinel.conf").exists(), "Sentinels on the redis hosts only"
+
+
+def test_sentinel_url_names_every_sentinel_and_the_app_accepts_it(sentinel: Path):
+    env = _env(sentinel / "web2" / "8081.env")
+    sentinels = ",".join(f"{a}:26379" for a in SENTINEL_HOSTS.values())
+    assert env["REDIS_URL"] == f"redis+sentinel://:{PASSWORD}@{sentinels}/webchat/0"
+    assert env["REDIS_REPLICAS_ACK"] == "1"
+    config = load_config([], env)
+    assert config.redis_replicas_ack == 1
+    target = parse_redis_url(config.redis_url)
+    assert (target.kind, target.service, target.password) == ("sentinel", "webchat", PASSWORD)
+    assert [h for h, _ in target.nodes] == list(SENTINEL_HOSTS.values())
+
+
+def test_sentinels_on_a_group_of_their_own(tmp_path: Path):
+    """A redis_sentinel group puts the Sentinels elsewhere: the URL names those hosts."""
+    hosts = {"redis1": "10.9.2.13", "redis2": "10.9.2.14"}
+    sentinels = {"redis_sentinel": ["redis1", "redis2", "web1"]}
+    folder = _render(
+        tmp_path, hosts, sentinels, redis_topology="sentinel", webchat_redis_replicas_ack=0
+    )
+    env = _env(folder / "web2" / "8081.env")
+    assert (
+        env["REDIS_URL"].split("@")[1]
+        == "10.9.2.13:26379,10.9.2.14:26379,10.9.2.11:26379/webchat/0"
+    )
+    assert env["REDIS_REPLICAS_ACK"] == "0"
+    assert (folder / "web1" / "sentinel.conf").exists()
+    assert not (folder / "web1" / "redis.conf").exists()
+
+
+CLUSTER_HOSTS = {f"redis{n}": f"10.9.2.{20 + n}" for n in range(1, 7)}
+
+
+def test_cluster_nodes_and_seed_url(tmp_path: Path):
+    folder = _render(tmp_path, CLUSTER_HOSTS, redis_topology="cluster")
+    for host, address in CLUSTER_HOSTS.items():
+        directives = _directives(folder / host / "redis.conf")
+        assert "cluster-enabled yes" in directives
+        assert "cluster-config-file nodes-6379.conf" in directives
+        assert f"cluster-announce-ip {address}" in directives
+        assert f"masterauth {PASSWORD}" in directives
+        assert not [d for d in directives if d.startswith("replicaof")]
+        assert not (folder / host / "sentinel.conf").exists()
+    env = _env(folder / "web1" / "8081.env")
+    seeds = ",".join(f"{a}:6379" for a in CLUSTER_HOSTS.values())
+    assert env["REDIS_URL"] == f"redis+cluster://:{PASSWORD}@{seeds}"
+    assert env["REDIS_REPLICAS_ACK"] == "0", "host pairs: a promoted replica has no replica"
+    target = parse_redis_url(load_config([], env).redis_url)
+    assert target.kind == "cluster" and len(target.nodes) == 6
+
+
+def test_single_keeps_its_url_and_no_replica_setting(tmp_path: Path):
+    folder = _render(tmp_path, {"redis1": "10.9.2.13"})
+    env = _env(folder / "web1" / "8081.env")
+    assert env["REDIS_URL"] == f"redis://:{PASSWORD}@10.9.2.13:6379/0"
+    assert "REDIS_REPLICAS_ACK" not in env
+    directives = _directives(folder / "redis1" / "redis.conf")
+    assert not [d for d in directives if d.startswith(("replicaof", "masterauth", "cluster-"))]
+
+
+# Inventory shapes the role cannot deploy: (redis hosts, extra groups, all vars, sentence).
+SHAPES: dict[str, tuple[int, dict[str, list[str]], dict[str, Any], str]] = {
+    "unknown": (
+        1,
+        {},
+        {"redis_topology": "replicated"},
+        "redis_topology must be single, sentinel or cluster, got replicated.",
+    ),
+    "single_two_hosts": (
+        2,
+        {},
+        {},
+        "redis_topology single runs one Redis, but the redis group has 2 hosts (r1, r2):",
+    ),
+    "sentinel_no_replica": (
+        1,
+        {"redis_sentinel": ["r1", "s1", "s2"]},
+        {"redis_topology": "sentinel", "webchat_redis_replicas_ack": 0},
+        "redis_topology sentinel needs a master and at least one replica:",
+    ),
+    "sentinel_two_sentinels": (
+        2,
+        {},
+        {"redis_topology": "sentinel"},
+        "redis_topology sentinel needs at least 3 Sentinel hosts (a majority must agree on a"
+        " failover), got 2 (r1, r2):",
+    ),
+    "sentinel_quorum": (
+        3,
+        {},
+        {"redis_topology": "sentinel", "redis_sentinel_quorum": 4},
+        "redis_sentinel_quorum must be from 1 to the number of Sentinels (3), got 4.",
+    ),
+    "sentinel_master": (
+        3,
+        {},
+        {"redis_topology": "sentinel", "redis_sentinel_master": "web"},
+        "redis_sentinel_master must be a host of the redis group, got web.",
+    ),
+    "cluster_four": (
+        4,
+        {},
+        {"redis_topology": "cluster"},
+        "redis_topology cluster needs an even number of redis hosts, 6 or more",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_an_inventory_shape_the_role_cannot_deploy_gets_its_sentence(tmp_path: Path, shape: str):
+    count, extra_groups, all_vars, sentence = SHAPES[shape]
+    redis = [f"r{n}" for n in range(1, count + 1)]
+    groups = {"lb": ["web"], "web": ["web"], "redis": redis, "monitoring": ["web"], **extra_groups}
+    inventory = {
+        "all": {
+            "vars": {
+                "redis_password": "x" * 32,
+                "webchat_redis_password": "x" * 32,
+                "grafana_admin_password": "y" * 16,
+                "ansible_host": "192.0.2.1",
+                "ansible_connection": "ssh",
+                **all_vars,
+            },
+            "children": {g: {"hosts": {h: {} for h in hosts}} for g, hosts in groups.items()},
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
+    run = run_playbook("deploy.yml", tmp_path / "hosts.yml", timeout=180)
+    assert run.returncode != 0
+    assert run.plays == ["Check the inventory and every variable before changing anything"]
+    assert run.total("unreachable") == 0, "a host was contacted"
+    messages = {m for host in redis for m in run.failed_msgs(host) if "Bad variables" not in m}
+    assert messages, run.output[-4000:]
+    assert all(m.startswith(sentence) for m in messages), messages
+    assert all("\n" not in m.strip() for m in messages), "one line"
+
+
+def test_replica_acknowledgements_beyond_the_replicas_are_refused(tmp_path: Path):
+    inventory = {
+        "all": {
+            "vars": {
+                "redis_password": "x" * 32,
+                "webchat_redis_password": "x" * 32,
+                "grafana_admin_password": "y" * 16,
+                "ansible_host": "192.0.2.1",
+                "redis_topology": "sentinel",
+            },
+            "children": {
+                "lb": {"hosts": {"web": {}}},
+                "web": {"hosts": {"web": {"webchat_redis_replicas_ack": 3}}},
+                "redis": {"hosts": {"r1": {}, "r2": {}, "r3": {}}},
+            },
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
+    run = run_playbook("deploy.yml", tmp_path / "hosts.yml", timeout=180)
+    assert run.returncode != 0 and set(run.failures) >= {"web"}, run.output[-4000:]
+    assert run.failed_msgs("web")[0].startswith(
+        "webchat_redis_replicas_ack must be a whole number no larger than the replicas each"
+        " master has (2 with redis_topology sentinel and 3 redis hosts)"
+    ), run.failed_msgs("web")

@@ -4,20 +4,25 @@ render.yml renders redis.conf, sentinel.conf and the web hosts' environment file
 Sentinel inventory (three redis hosts, a Redis and a Sentinel on each) and for a six-host
 cluster; the app's own `load_config` must accept the REDIS_URL the webchat role computes.
 Then each inventory shape the role cannot deploy stops deploy.yml in its preflight play with one
-sentence (hosts in TEST-NET-1, never contacted). The sentinel topology runs for real in
-tests/e2e/test_deploy.py; the cluster topology is only checked here.
+sentence (hosts in TEST-NET-1, never contacted). The role's cluster-create step runs for real
+against six redis-servers on loopback ports, twice. The sentinel topology runs for real in
+tests/e2e/test_deploy.py; the cluster topology is deployed onto hosts nowhere.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
-from tests.support.servers import ROOT
+from tests.deploy.ansible import ANSIBLE_DIR, Run, run_playbook
+from tests.support.redis import RedisServer
+from tests.support.redis_ha import RedisClusterGroup
+from tests.support.servers import ROOT, wait_until
+from tests.support.timing import seconds
 from webchat.config import load_config
 from webchat.redis_url import parse_redis_url
 
@@ -265,3 +270,52 @@ def test_replica_acknowledgements_beyond_the_replicas_are_refused(tmp_path: Path
         "webchat_redis_replicas_ack must be a whole number no larger than the replicas each"
         " master has (2 with redis_topology sentinel and 3 redis hosts)"
     ), run.failed_msgs("web")
+
+
+def _cluster_step(nodes: list[RedisServer], password: str) -> Run:
+    extra = {
+        "redis_cluster_nodes": [f"127.0.0.1:{node.port}" for node in nodes],
+        "redis_password": password,
+        "ansible_python_interpreter": sys.executable,  # this venv's, on the control node
+    }
+    cluster = str(Path(__file__).with_name("cluster.yml"))
+    return run_playbook(cluster, "localhost,", "-e", json.dumps(extra), timeout=180)
+
+
+def test_the_cluster_step_creates_once_then_changes_nothing():
+    """The role's `redis-cli --cluster create` step, run for real against six cluster-enabled
+    redis-servers on loopback ports (not on hosts): the first run joins them, three masters
+    with a replica each; the second finds the cluster formed and changes nothing."""
+    group = RedisClusterGroup(password=PASSWORD)
+    try:
+        for node in group.nodes:
+            node.start()
+        first = _cluster_step(group.nodes, PASSWORD)
+        assert first.returncode == 0, first.output[-6000:]
+        assert first.recap["localhost"]["changed"] == 1, first.recap
+        wait_until(group._settled, seconds(30), "every node to agree and sync")
+        slots = group.slots()
+        assert len(slots) == 3 and all(len(replicas) == 1 for *_, replicas in slots), slots
+        again = _cluster_step(group.nodes, PASSWORD)
+        assert again.returncode == 0, again.output[-6000:]
+        assert again.recap["localhost"]["changed"] == 0, again.recap
+    finally:
+        group.cleanup()
+
+
+def test_the_cluster_step_stops_on_a_partly_formed_cluster():
+    group = RedisClusterGroup(password=PASSWORD)
+    try:
+        for node in group.nodes:
+            node.start()
+        first, second = group.nodes[:2]
+        with first.client() as client:
+            bus = second.extra_args[second.extra_args.index("--cluster-port") + 1]
+            client.execute_command("CLUSTER MEET", "127.0.0.1", second.port, bus)
+        run = _cluster_step(group.nodes, PASSWORD)
+        assert run.returncode != 0
+        [message] = run.failed_msgs("localhost")
+        assert message.startswith("The Redis Cluster on 127.0.0.1:"), message
+        assert "is neither new nor complete" in message and "\n" not in message.strip()
+    finally:
+        group.cleanup()

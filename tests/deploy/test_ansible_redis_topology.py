@@ -311,9 +311,13 @@ def test_the_cluster_step_creates_once_then_changes_nothing():
         first = _cluster_step(group.nodes, PASSWORD)
         assert first.returncode == 0, first.output[-6000:]
         assert first.recap["localhost"]["changed"] == 1, first.recap
-        wait_until(group._settled, seconds(30), "every node to agree and sync")
-        slots = group.slots()
-        assert len(slots) == 3 and all(len(replicas) == 1 for *_, replicas in slots), slots
+
+        def paired() -> bool:
+            slots = group.slots()
+            return len(slots) == 3 and all(len(replicas) == 1 for *_, replicas in slots)
+
+        # Three masters with a replica each, once the nodes' gossip has spread who replicates.
+        wait_until(lambda: paired() and group._settled(), seconds(30), "three pairs in sync")
         again = _cluster_step(group.nodes, PASSWORD)
         assert again.returncode == 0, again.output[-6000:]
         assert again.recap["localhost"]["changed"] == 0, again.recap

@@ -236,6 +236,13 @@ SHAPES: dict[str, tuple[int, dict[str, list[str]], dict[str, Any], str]] = {
         "webchat_redis_replicas_ack must be a whole number no larger than the replicas each"
         " master has (2 with redis_topology sentinel and 3 redis hosts)",
     ),
+    "sentinel_names": (
+        3,
+        {},
+        {"redis_topology": "sentinel", "webchat_private_address": "redis.internal"},
+        "redis_topology sentinel needs the private address of every Redis and Sentinel host as"
+        " an IP address",
+    ),
     "cluster_four": (
         4,
         {},

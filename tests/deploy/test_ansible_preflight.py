@@ -19,6 +19,9 @@ GOOD = {
     "redis_password": "x" * 32,
     "webchat_redis_password": "x" * 32,
     "grafana_admin_password": "y" * 16,
+    # The redis group below has several hosts: one master and its replicas (a single Redis
+    # takes one host; tests/deploy/test_ansible_redis_topology.py checks the shapes).
+    "redis_topology": "sentinel",
 }
 
 # A good HS256 secret: never printed by a refusal.

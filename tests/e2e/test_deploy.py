@@ -6,9 +6,15 @@ the bridge that passes Debian's archive only (so Grafana's repository is unreach
 issue requires). The inventory lists these hosts and uses the example inventory's group_vars
 exactly as they are. One deployment, checked in order:
 
+Redis runs in the `sentinel` topology (redis_topology, set in the test's inventory): the master
+on redis1, replicas on web1 and mon1, a Sentinel on each of the three, the app with
+`--redis-replicas-ack 1` (the webchat role's default for Sentinel).
+
 converge -> chat through Nginx over TLS on both web hosts, one history -> every Prometheus
-target up -> Redis refuses a client without the password -> hardened units -> a second run
-and --check --diff, at once, change nothing -> upgrade.yml under live traffic loses and
+target up -> Redis refuses a client without the password -> the master's redis-server
+SIGKILLed under traffic: Sentinel promotes a replica, chat resumes, every acknowledged message
+is in history once, in order -> hardened units -> a second run and --check --diff, at once,
+change nothing (nor demote the promoted master) -> upgrade.yml under live traffic loses and
 duplicates nothing -> a web host's service killed mid-traffic: its clients move, nothing lost
 -> deploy.yml again with an ansible-vault secret: authenticated mode, tokens checked via Nginx.
 
@@ -41,8 +47,24 @@ from tests.support.servers import ROOT
 from tests.support.timing import poll, seconds
 from tests.support.tokens import claims
 
-GROUPS = {"lb": ["lb1"], "web": ["web1", "web2"], "redis": ["redis1"], "monitoring": ["mon1"]}
-HOSTS = [h for hosts in GROUPS.values() for h in hosts]
+# Three Redis hosts, each with a Sentinel: the master on redis1, replicas beside the app on web1
+# and the monitoring on mon1 (no extra hosts: the CI's time budget).
+GROUPS = {
+    "lb": ["lb1"],
+    "web": ["web1", "web2"],
+    "redis": ["redis1", "web1", "mon1"],
+    "monitoring": ["mon1"],
+}
+HOSTS = list(dict.fromkeys(h for hosts in GROUPS.values() for h in hosts))
+# The topology, with Sentinel's down-after low so the failover takes seconds.
+TOPOLOGY = {
+    "redis_topology": "sentinel",
+    "redis_sentinel_down_after_ms": 2000,
+    "redis_sentinel_failover_timeout_ms": 10000,
+}
+SENTINEL_PORT = 26379
+# A runtime drop-in that keeps a killed redis-server down (its unit has Restart=always).
+KEEP_DOWN = "/run/systemd/system/redis-server.service.d/down.conf"
 PORT = 8081  # webchat_ports of the example group_vars
 WINDOW = 4  # unacknowledged messages a sender may have in flight
 
@@ -63,6 +85,7 @@ class Deployment:
     inventory: Path
     extra: str  # the extra variables of every run: where the control node builds
     first: Run
+    promoted: str = ""  # the redis host Sentinel promoted when the test killed the master
 
     def address(self, host: str) -> str:
         return self.cluster.hosts[host].address
@@ -89,7 +112,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         inventory = tmp_path_factory.mktemp("inventory")
         groups = {**GROUPS, "compose": []}  # as in the example: no Compose host
-        (inventory / "hosts.yml").write_text(json.dumps(cluster.inventory(groups), indent=2))
+        hosts = cluster.inventory(groups)
+        hosts["all"]["vars"].update(TOPOLOGY)  # type: ignore[index]
+        (inventory / "hosts.yml").write_text(json.dumps(hosts, indent=2))
         # The example's group_vars as they are: secrets are generated in this inventory.
         (inventory / "group_vars").symlink_to(ANSIBLE_DIR / "inventories/example/group_vars")
         extra = json.dumps({"webchat_build_dir": str(inventory / "build")})
@@ -111,7 +136,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 def test_first_run_converges(deployment: Deployment):
     run = deployment.first
     assert run.returncode == 0, run.output[-6000:]
-    assert set(run.recap) == {h for hosts in GROUPS.values() for h in hosts}
+    assert set(run.recap) == set(HOSTS)
     assert run.total("failed") == 0 and run.total("unreachable") == 0
     # What a container may not do is a warning, not a failure...
     assert "kernel parameter vm.overcommit_memory stays" in run.output
@@ -192,7 +217,7 @@ async def test_prometheus_reports_every_target_up(
     addresses = {a for hosts in GROUPS.values() for h in hosts for a in [deployment.address(h)]}
     expected = {f"http://{deployment.address(h)}:{PORT}/metrics" for h in GROUPS["web"]}
     expected |= {f"http://{a}:9100/metrics" for a in addresses}
-    expected |= {f"http://{deployment.address('redis1')}:9121/metrics"}
+    expected |= {f"http://{deployment.address(h)}:9121/metrics" for h in GROUPS["redis"]}
     expected |= {f"http://{deployment.address('lb1')}:9113/metrics"}
     assert expected <= set(found), sorted(set(found))
 
@@ -214,6 +239,111 @@ async def test_redis_needs_its_password_and_the_private_address(deployment: Depl
     assert f"{address}:6379" in listening and "0.0.0.0:6379" not in listening, listening
     config = deployment.cluster.ssh("redis1", "cat /etc/redis/redis.conf").stdout.splitlines()
     assert {"appendonly yes", "protected-mode yes", "maxmemory-policy noeviction"} <= set(config)
+
+
+def _sentinel_master(deployment: Deployment) -> str | None:
+    """The redis host the Sentinels name as master now (mon1's Sentinel asked), or None."""
+    mon1 = deployment.address("mon1")
+    answer = deployment.cluster.ssh(
+        "mon1",
+        f"redis-cli -h {mon1} -p {SENTINEL_PORT} --raw SENTINEL get-master-addr-by-name webchat",
+        check=False,
+    ).stdout.split()
+    by_address = {deployment.address(h): h for h in GROUPS["redis"]}
+    return by_address.get(answer[0]) if answer else None
+
+
+def _redis(deployment: Deployment, host: str, command: str) -> str:
+    """A redis-cli command against `host`'s Redis, on that host, with the password."""
+    password = (deployment.inventory / "credentials/redis_password").read_text().strip()
+    return deployment.cluster.ssh(
+        host,
+        f"REDISCLI_AUTH={password} redis-cli -h {deployment.address(host)} --raw {command}",
+        check=False,
+    ).stdout
+
+
+async def test_killing_the_redis_master_under_traffic_loses_no_acknowledged_message(
+    deployment: Deployment, session: aiohttp.ClientSession
+):
+    """The master's redis-server SIGKILLed (and kept down, as if its host died) under traffic
+    through Nginx from clients on both web hosts: the Sentinels promote a replica, the
+    instances follow it, chat resumes; every acknowledged message is in history once, in each
+    sender's order, and every client has them all. Then the old master comes back and Sentinel
+    makes it a replica of the new one, which Redis records in its own redis.conf."""
+    assert _sentinel_master(deployment) == "redis1"
+    assert _redis(deployment, "redis1", "ROLE").split()[:1] == ["master"]
+    clients, where = await _traffic(deployment, session, "failover")
+    try:
+        senders = [next(c for c in clients if where[c.name] == i) for i in (0, 1)]
+        stop = asyncio.Event()
+        # One message in flight at a time: a resend after `unavailable` cannot overtake one.
+        producing = [asyncio.ensure_future(_produce(s, stop, window=1)) for s in senders]
+        await senders[0].wait(lambda: len(senders[0].acked) >= 5, 20, "traffic before")
+        # systemd would restart it at once (Restart=always): down it stays, like its host.
+        deployment.cluster.ssh(
+            "redis1",
+            f"mkdir -p {KEEP_DOWN.rsplit('/', 1)[0]}"
+            f" && printf '[Service]\\nRestart=no\\n' > {KEEP_DOWN} && systemctl daemon-reload",
+        )
+        loop = asyncio.get_running_loop()
+        before = [len(s.acked) for s in senders]
+        killed_at = loop.time()
+        deployment.cluster.ssh(
+            "redis1", "kill -KILL $(systemctl show --property=MainPID --value redis-server)"
+        )
+
+        async def promoted() -> str | None:
+            master = await asyncio.to_thread(_sentinel_master, deployment)
+            return master if master not in (None, "redis1") else None
+
+        deployment.promoted = await poll(promoted, 60, "Sentinel to promote a replica")
+        promoted_after = loop.time() - killed_at
+        await asyncio.gather(
+            *(
+                s.wait(lambda s=s, n=n: len(s.acked) >= n + 3, 60, "traffic after the failover")
+                for s, n in zip(senders, before, strict=True)
+            )
+        )
+        resumed_after = loop.time() - killed_at
+        for sender, count in zip(senders, before, strict=True):
+            await sender.wait(lambda s=sender, n=count: len(s.acked) >= n + 10, 60, "traffic")
+        stop.set()
+        sent = await asyncio.wait_for(asyncio.gather(*producing), seconds(90))
+        print(
+            f"\nSentinel failover in the deployment: {deployment.promoted} promoted"
+            f" {promoted_after:.1f} s after the master was killed, delivery resumed after"
+            f" {resumed_after:.1f} s; `unavailable` answers (each resent):"
+            f" {sum(e['code'] == 'unavailable' for s in senders for e in s.errors)}"
+        )
+
+        # History reads are confirmed by a replica: answered once the other one follows.
+        async def history_ready() -> bool:
+            url = f"{deployment.url}/api/rooms/failover/messages?limit=1"
+            async with session.get(url) as response:
+                return response.status == 200
+
+        await poll(history_ready, 60, "history served again")
+        await _check_nothing_lost(session, deployment, "failover", clients, senders, sent)
+        assert all(n > 10 for n in sent), sent
+    finally:
+        for client in clients:
+            await client.stop()
+
+    # The old master comes back: Sentinel makes it a replica of the promoted one, and Redis
+    # writes that into its redis.conf (the role wrote the file once and leaves it to Redis).
+    deployment.cluster.ssh(
+        "redis1",
+        f"rm {KEEP_DOWN} && systemctl daemon-reload && systemctl start redis-server",
+    )
+
+    async def follows() -> bool:
+        info = await asyncio.to_thread(_redis, deployment, "redis1", "INFO replication")
+        return "role:slave" in info and "master_link_status:up" in info
+
+    await poll(follows, 60, "redis1 to follow the promoted master")
+    config = deployment.cluster.ssh("redis1", "cat /etc/redis/redis.conf").stdout.splitlines()
+    assert f"replicaof {deployment.address(deployment.promoted)} 6379" in config
 
 
 def test_webchat_runs_hardened(deployment: Deployment):
@@ -263,6 +393,14 @@ def test_check_diff_on_the_deployed_stack_reports_nothing(reruns: dict[str, Run]
     assert run.total("changed") == 0, [ln for ln in run.output.splitlines() if "changed" in ln]
 
 
+def test_the_reruns_kept_the_promoted_master(deployment: Deployment, reruns: dict[str, Run]):
+    """The role wrote redis.conf once: a rerun after the failover demotes nobody."""
+    assert deployment.promoted, "the failover test ran first"
+    assert _sentinel_master(deployment) == deployment.promoted
+    assert _redis(deployment, deployment.promoted, "ROLE").split()[:1] == ["master"]
+    assert _redis(deployment, "redis1", "ROLE").split()[:1] == ["slave"]
+
+
 async def _traffic(
     deployment: Deployment, session: aiohttp.ClientSession, room: str
 ) -> tuple[list[ReconnectingClient], dict[str, int]]:
@@ -291,11 +429,11 @@ PER_SENDER = 480
 FAST = 300  # messages each sender sends every 0.5 s, then every 2 s
 
 
-async def _produce(sender: ReconnectingClient, stop: asyncio.Event) -> int:
-    """Publish paced messages until `stop`, at most WINDOW unacknowledged; then drain."""
+async def _produce(sender: ReconnectingClient, stop: asyncio.Event, window: int = WINDOW) -> int:
+    """Publish paced messages until `stop`, at most `window` unacknowledged; then drain."""
     n = 0
     while not stop.is_set() and n < PER_SENDER:
-        await sender.wait(lambda: len(sender.outbox) < WINDOW, 60, "room in the window")
+        await sender.wait(lambda: len(sender.outbox) < window, 60, "room in the window")
         await sender.publish(f"{sender.name} {n}", nonce=f"{sender.name}-{n}")
         n += 1
         # Pacing the traffic (history keeps 1000), not a synchronisation.

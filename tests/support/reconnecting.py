@@ -5,6 +5,8 @@
 - Messages it writes go into an outbox with a nonce and stay there until the echo with that
   nonce comes back; after every reconnect (on `welcome`) the whole outbox is sent again with
   the same nonces, which the server deduplicates.
+- A message answered `unavailable` or `rate_limited` (not accepted: the broker is away, or too
+  fast) is sent again, with the whole outbox, after a backoff, as the browser's outbox does.
 - Every id is kept once: `messages` holds the first copy of each id in arrival order,
   `duplicates` any later copy (a resend the server answers with the original frame is one).
 
@@ -58,6 +60,7 @@ class ReconnectingClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resend: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -80,6 +83,8 @@ class ReconnectingClient:
         return self
 
     async def stop(self) -> None:
+        if self._resend is not None:
+            self._resend.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -169,8 +174,20 @@ class ReconnectingClient:
                 self.gaps += 1
             elif kind == "error":
                 self.errors.append(frame)
+                if frame.get("code") in ("unavailable", "rate_limited") and self._resend is None:
+                    self._resend = asyncio.ensure_future(self._resend_later(ws))
             self._notify()
         return welcomed
+
+    async def _resend_later(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """The outbox again after a backoff, on the same connection if it is still the one."""
+        try:
+            await asyncio.sleep(random.uniform(self.backoff_base, self.backoff_cap))  # backoff
+            if self._ws is ws:
+                for nonce, text in list(self.outbox.items()):
+                    await self._send(ws, nonce, text)
+        finally:
+            self._resend = None
 
     def _message(self, frame: dict[str, Any]) -> None:
         if frame["id"] in self._seen:

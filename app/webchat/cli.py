@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from webchat.collector import collect_garbage
 from webchat.config import Config, ConfigError, load_config
 from webchat.limits import Budget, budget, raise_descriptor_limit
 from webchat.listener import Gate, Runner, throttle_accept_errors
@@ -54,6 +55,8 @@ async def serve(config: Config) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
+    # What those thresholds leave (each closed socket's transport) is collected here.
+    collector = asyncio.create_task(collect_garbage(gate, config.gc_after))
     # Start-up pauses (imports, that collection) are not overload: admission starts afresh.
     app[NODE].loop_lag.reset(loop.time())
     sockets = runner.addresses
@@ -71,10 +74,11 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
-        if orphaned is not None:
-            orphaned.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await orphaned
+        for task in (orphaned, collector):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     started = time.monotonic()
     log.info("draining: refusing new clients, closing connected ones with 1012")
     try:

@@ -54,6 +54,7 @@ class Config:
     header_timeout: float = 10.0
     max_connections: int = 0  # 0: derived from the file-descriptor limit (limits.py)
     max_loop_lag: float = 0.5
+    gc_after: int = 1000  # collector.py: a full collection after this many closed sockets
     allowed_hosts: tuple[str, ...] = ()  # empty: any Host
     # Authenticated mode (PROTOCOL.md 1.1 "Identity"): at most one key source; none at all
     # is anonymous mode. Files are read by the node (auth.py), so secrets stay out of `ps`.
@@ -260,6 +261,11 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_loop_lag": (
         _float(0),
         "event-loop lag (seconds) above which new upgrades get 503 (0: never)",
+    ),
+    "gc_after": (
+        _int(0, 10_000_000),
+        "closed sockets (at least a quarter of those open) after which garbage is collected"
+        " in full (0: never)",
     ),
     "allowed_hosts": (_hosts, "comma-separated Host names served; others get 421 (empty: any)"),
     "auth_secret_file": (_file, "file holding the HS256 secret of signed tokens (auth mode)"),

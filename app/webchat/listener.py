@@ -72,6 +72,8 @@ class Gate:
         self.header_timeout = header_timeout
         self.headers = headers or {}  # set on the error answers written here
         self.open = 0
+        # Sockets closed since start, refused ones included (collector.py counts them).
+        self.closed = 0
         self.refused = Throttled(log, logging.WARNING)
         self.too_slow = Throttled(log, logging.INFO)
         self.bad_request = Throttled(log, logging.INFO)
@@ -79,12 +81,14 @@ class Gate:
     def admit(self) -> bool:
         if self.open >= self.budget.sockets:
             self.refused(f"closed a new connection: {self.open} sockets open, the cap")
+            self.closed += 1
             return False
         self.open += 1
         return True
 
     def left(self) -> None:
         self.open -= 1
+        self.closed += 1
 
 
 def _describe(exc: BaseException | None) -> str:

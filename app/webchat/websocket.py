@@ -155,11 +155,11 @@ class ServerSocket(asyncio.Protocol):
 
     def start(self, listener: Listener) -> None:
         """Read from now on and hand everything to `listener` (even if the client is gone)."""
-        self._listener = listener
         self._opening = None
         if self._lost:
-            listener.on_closed()
+            listener.on_closed()  # and not kept: see connection_lost
             return
+        self._listener = listener
         transport = self.transport
         assert transport is not None
         early, self._early = self._early, b""
@@ -197,7 +197,7 @@ class ServerSocket(asyncio.Protocol):
         The connection ends when the client answers (or closes); the caller bounds the wait.
         Before the upgrade, the close frame is the first thing written after the 101.
         """
-        if self._ws.state is State.OPEN:
+        if self._ws.state is State.OPEN and not self._lost:
             self._ws.send_close(code, reason)
             self._send()
 
@@ -244,8 +244,17 @@ class ServerSocket(asyncio.Protocol):
         if self._gate is not None:
             self._gate.left()
             self._gate = None
-        if self._listener is not None:
-            self._listener.on_closed()
+        # websockets' protocol is in two cycles of its own: its parser is a generator that
+        # holds it, and the exception that stopped a parser (a client gone without a close)
+        # holds the parser's frame. Broken here, reference counting frees the protocol when
+        # the connection ends instead of the cyclic collector (docs/performance.md, "Garbage").
+        self._ws.parser.close()
+        self._ws.parser_exc = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # Dropped first: the listener (Session) holds the Connection, which holds this
+            # socket; once the socket is gone nothing must keep that cycle.
+            listener.on_closed()
         elif self._opening is not None:
             self._opening.cancel()  # its end calls `start`, which reports the close
 

@@ -145,6 +145,7 @@ GOOD = {
     "header_timeout": ("0.5", 0.5),
     "max_connections": ("5000", 5000),
     "max_loop_lag": ("0", 0.0),
+    "gc_after": ("0", 0),
     "allowed_hosts": (
         "Chat.Example.com., 127.0.0.1, [::1]",
         ("chat.example.com", "127.0.0.1", "[::1]"),
@@ -337,6 +338,7 @@ BAD: dict[str, list[str]] = {
     "header_timeout": ["0", "-1", "inf", "x"],
     "max_connections": ["-1", "10000001", "1.5", "lots"],
     "max_loop_lag": ["-0.1", "nan", "inf", "x"],
+    "gc_after": ["-1", "10000001", "1.5", "often"],
     "allowed_hosts": [
         "http://chat.example.com",
         "chat.example.com:443",

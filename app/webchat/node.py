@@ -24,6 +24,7 @@ from webchat.broker.base import (
     NameTaken,
     RoomInfo,
 )
+from webchat.cancelling import cancel_until_done
 from webchat.config import Config
 from webchat.connection import CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_AGAIN, Connection
 from webchat.heartbeat import run_heartbeat
@@ -208,9 +209,7 @@ class Node:
         # publishes), drop the sockets still open after the drain, and let the sessions end
         # before the hub goes.
         self.draining = True
-        for session_task in list(self._tasks):
-            session_task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_until_done(list(self._tasks), "session tasks")
         for conn in self.hub.connections:
             conn.mark_ended("drain")
             conn.drop()

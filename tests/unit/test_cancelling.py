@@ -1,4 +1,4 @@
-"""stop_loops: a loop that swallows a cancel is cancelled again; one that never ends is left,
+"""cancel_until_done: a task that swallows a cancel is cancelled again; one that never ends is left,
 named in the log, once the bound has passed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from webchat.broker.redis_loops import stop_loops
+from webchat.cancelling import cancel_until_done
 
 
 async def swallows_one_cancel() -> None:
@@ -27,19 +27,19 @@ async def test_a_loop_that_swallowed_a_cancel_is_cancelled_again():
     task = asyncio.create_task(swallows_one_cancel(), name="stubborn")
     await asyncio.sleep(0)  # started: inside its first sleep
     async with asyncio.timeout(2):
-        await stop_loops([task], timeout=1)
+        await cancel_until_done([task], "loops", timeout=1)
     assert task.cancelled()
 
 
 async def test_a_loop_that_never_ends_is_left_after_the_bound_and_named(caplog):
-    caplog.set_level(logging.ERROR, "webchat.broker.redis_loops")
+    caplog.set_level(logging.ERROR, "webchat.cancelling")
     release = asyncio.Event()
     task = asyncio.create_task(ignores_cancels(release), name="presence refresh")
     ended = asyncio.create_task(asyncio.sleep(3600), name="health")
     await asyncio.sleep(0)
     try:
         async with asyncio.timeout(2):
-            await stop_loops([task, ended], timeout=0.3)
+            await cancel_until_done([task, ended], "Redis broker loops", timeout=0.3)
         assert ended.cancelled() and not task.done()
         assert "still running after 0.3 s of cancels: presence refresh" in caplog.text
     finally:

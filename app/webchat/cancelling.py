@@ -22,7 +22,11 @@ STOP_WAIT: Final = 5.0  # tasks still running after this long are left behind, a
 async def cancel_until_done(
     tasks: Collection[asyncio.Task[Any]], what: str, timeout: float = STOP_WAIT
 ) -> None:
-    """Cancel `tasks`, again every RECANCEL s, until all have ended or `timeout` s passed."""
+    """Cancel `tasks`, again every RECANCEL s, until all have ended or `timeout` s passed.
+
+    An exception a task ended with is taken here (as `gather(return_exceptions=True)` would):
+    the caller is stopping them, not waiting for their results.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     pending = set(tasks)
@@ -33,5 +37,8 @@ async def cancel_until_done(
         if remaining <= 0:
             names = ", ".join(sorted(task.get_name() for task in pending))
             log.error("%s still running after %g s of cancels: %s", what, timeout, names)
-            return
+            break
         _, pending = await asyncio.wait(pending, timeout=min(RECANCEL, remaining))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()

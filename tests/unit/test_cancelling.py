@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from webchat.cancelling import cancel_until_done
@@ -45,3 +46,27 @@ async def test_a_loop_that_never_ends_is_left_after_the_bound_and_named(caplog):
     finally:
         release.set()
         await task
+
+
+async def test_an_exception_a_stopped_task_ended_with_is_taken():
+    """As gather(return_exceptions=True) took it: no 'exception was never retrieved' later."""
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("failed while stopping") from None
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        task = asyncio.create_task(fails_when_cancelled())
+        await asyncio.sleep(0)
+        await cancel_until_done([task], "tasks", timeout=1)
+        assert task.done() and not task.cancelled()  # it ended with its exception
+        del task
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []

@@ -211,18 +211,46 @@ class RedisPresence:
         self._refresh_now.set()
 
     async def refresh_loop(self) -> None:
+        """Refresh every hold each `refresh_interval`; warn when the holds are at risk.
+
+        A hold outlives two failed or late refreshes and not a third: then every name held
+        here leaves and joins again (a presence storm), so a failed refresh, or one that comes
+        more than two intervals after the last success, is logged at WARNING.
+        """
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._refresh_now.wait(), self.refresh_interval)
             self._refresh_now.clear()
+            started = loop.time()
             try:
                 await self._refresh_all()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.debug("presence refresh failed: %s", exc)
+                log.warning(
+                    "presence refresh failed (%s); holds were last refreshed %.1f s ago and "
+                    "expire after %.1f s",
+                    describe(exc),
+                    started - refreshed,
+                    self._timeout_ms / 1000,
+                )
+                continue
             except Exception:
                 log.exception("presence refresh failed")
+                continue
+            now = loop.time()
+            if now - refreshed > 2 * self.refresh_interval:
+                log.warning(
+                    "presence holds refreshed %.1f s after the last refresh (every %.1f s; "
+                    "they expire after %.1f s); this refresh took %.1f s",
+                    now - refreshed,
+                    self.refresh_interval,
+                    self._timeout_ms / 1000,
+                    now - started,
+                )
+            refreshed = now
 
     async def reap_loop(self, rooms: Callable[[], Iterable[str]]) -> None:
         """Every reap interval, reap expired holders in `rooms()` (the subscribed rooms)."""
@@ -235,7 +263,7 @@ class RedisPresence:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.debug("presence reaping failed: %s", exc)
+                log.debug("presence reaping failed: %s", describe(exc))
             except Exception:
                 log.exception("presence reaping failed")
 
@@ -294,8 +322,16 @@ class RedisPresence:
                 for raw in missing:
                     name = raw.decode()
                     if name in self._held.get(room, ()):  # not left meanwhile
-                        log.info("re-joining %r in %s: its hold had expired", name, room)
                         rejoins.append((room, name))
+            if rejoins:
+                room, name = rejoins[0]
+                log.warning(
+                    "re-joining %d names in %d rooms: their holds had expired (%r in %s, ...)",
+                    len(rejoins),
+                    len({r for r, _ in rejoins}),
+                    name,
+                    room,
+                )
             sent = await asyncio.gather(*(self._send(r, n) for r, n in rejoins))
             for (room, name), joined in zip(rejoins, sent, strict=True):
                 if not joined:

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from webchat.broker.base import BrokerUnavailable, NameTaken
 from webchat.broker.redis_batch import evalsha_pipelined
+from webchat.broker.redis_clock import ClockWatch
 from webchat.broker.redis_codec import channel, describe, presence_keys
 from webchat.broker.redis_connect import RedisClient
 from webchat.broker.redis_ops import RedisOps
@@ -113,6 +114,7 @@ class RedisPresence:
         self._refresh = client.register_script(REFRESH)
         self._reap = client.register_script(REAP)
         self._refresh_now = asyncio.Event()
+        self._clock = ClockWatch()  # notices a step of Redis's clock between refreshes
         self._reap_from = 0.0  # loop time before which the reaper waits
         self._unsettled: set[tuple[str, str]] = set()  # (room, name) Redis may disagree on
         self._settle_now = asyncio.Event()
@@ -312,13 +314,16 @@ class RedisPresence:
                     args=[self._node, self._timeout_ms, *names],
                     client=pipe,
                 )
+            asked = asyncio.get_running_loop().time()
             with self._batch() as reported:
                 results: list[Any] = await self._ops.call("presence_refresh", pipe.execute())
+            if start == 0:
+                self._clock_read(int(results[0][2]), asked)
             rejoins: list[tuple[str, str]] = []
-            for (room, _), (count, _) in zip(chunk, results, strict=True):
+            for (room, _), (count, *_) in zip(chunk, results, strict=True):
                 if room not in reported:  # all at once: the re-joins below let others run
                     self._on_count(room, int(count))
-            for (room, _), (_, missing) in zip(chunk, results, strict=True):
+            for (room, _), (_, missing, _) in zip(chunk, results, strict=True):
                 for raw in missing:
                     name = raw.decode()
                     if name in self._held.get(room, ()):  # not left meanwhile
@@ -337,6 +342,17 @@ class RedisPresence:
                 if not joined:
                     # Another key took the name while this node could not refresh it.
                     log.warning("%r in %s is now held by another key", name, room)
+
+    def _clock_read(self, redis_ms: int, asked: float) -> None:
+        step = self._clock.observe(redis_ms, asked)
+        if step:
+            log.warning(
+                "Redis's clock stepped %+.1f s against this node's since the last presence "
+                "refresh (a VM paused, an NTP correction?); holds expire by Redis's clock, so a "
+                "step ahead by more than what is left of them makes every name leave and join "
+                "again",
+                step,
+            )
 
     async def _reap_rooms(self, rooms: list[str]) -> None:
         for start in range(0, len(rooms), _CHUNK):

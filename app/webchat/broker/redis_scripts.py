@@ -248,13 +248,15 @@ return redis.call('HGET', KEYS[4], ARGV[2])
 )
 
 # ARGV: node id, timeout ms, name... Pushes back the expiry of names this node still holds and
-# returns {names present, the names it no longer holds} (reaped while this node could not
-# refresh, or lost with Redis's data): the node re-joins those through its batches (SYNC),
-# which send each name's state as it is when they go, so a refresh never races a leave.
+# returns {names present, the names it no longer holds, Redis's time in ms} (the names: reaped
+# while this node could not refresh, or lost with Redis's data): the node re-joins those through
+# its batches (SYNC), which send each name's state as it is when they go, so a refresh never
+# races a leave. The time tells the node when Redis's clock stepped (presence.ClockWatch).
 REFRESH: Final = (
     _NOW
     + """
-local expiry = now_ms() + tonumber(ARGV[2])
+local now = now_ms()
+local expiry = now + tonumber(ARGV[2])
 local missing = {}
 for i = 3, #ARGV do
   local holder = ARGV[1] .. ':' .. ARGV[i]
@@ -265,7 +267,7 @@ for i = 3, #ARGV do
   end
 end
 keep_alive(tonumber(ARGV[2]) * 3)
-return {redis.call('HLEN', KEYS[1]), missing}
+return {redis.call('HLEN', KEYS[1]), missing, now}
 """
 )
 

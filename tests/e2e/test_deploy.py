@@ -496,11 +496,13 @@ async def test_upgrade_under_traffic_loses_nothing(
         sent = await asyncio.wait_for(asyncio.gather(*producing), seconds(90))
         assert upgrade.returncode == 0, upgrade.output[-6000:]
         await _check_nothing_lost(session, deployment, "up", clients, senders, sent)
-        # web1 went first: the app drained its clients (1012) under traffic. Every client lost
-        # its connection at least once (drained, or cut when an old Nginx worker exited after
-        # a reload) and resumed.
+        # Each host's app drained its clients (1012) under traffic: clients of web1 resumed on
+        # web2 and were drained again there. Every client lost its connection at least once
+        # (drained, or cut when an old Nginx worker exited after a reload) and resumed. A
+        # drain's close frame can be lost on the way (1006: a socket closed with unread data
+        # is reset), so the test asks for 1012 from either drain, not from a given client.
         codes = {c.name: c.close_codes for c in clients}
-        assert any(codes[c.name][:1] == [1012] for c in clients if where[c.name] == 0), codes
+        assert any(1012 in c.close_codes for c in clients), codes
         assert all(len(c.welcomes) >= 2 for c in clients), codes
     finally:
         for client in clients:

@@ -499,8 +499,9 @@ async def test_upgrade_under_traffic_loses_nothing(
         # Each host's app drained its clients (1012) under traffic: clients of web1 resumed on
         # web2 and were drained again there. Every client lost its connection at least once
         # (drained, or cut when an old Nginx worker exited after a reload) and resumed. A
-        # drain's close frame can be lost on the way (1006: a socket closed with unread data
-        # is reset), so the test asks for 1012 from either drain, not from a given client.
+        # drain's close frame was seen lost on the way (every web1 client got 1006 in about
+        # one run in seven; not diagnosed: a socket closed with unread data is reset, which
+        # drops what was queued), so the test asks for 1012 from either drain.
         codes = {c.name: c.close_codes for c in clients}
         assert any(1012 in c.close_codes for c in clients), codes
         assert all(len(c.welcomes) >= 2 for c in clients), codes

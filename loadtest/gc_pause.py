@@ -7,10 +7,11 @@
 The app runs in this process, set up as `cli.serve` sets it up (start-up objects frozen, its
 collector thresholds), on the memory broker or `--redis-url`; `fanout.py --conns N` (on core 1)
 holds the clients. Once all are joined it times `--rounds` full collections (`gc.collect()`,
-what webchat.collector runs) and generation-1 ones, 2 s apart, and prints one JSON line: with
-the objects the collector tracks and this process's RSS, each per connection (after - before
-the clients came, as fanout.py's `rss_per_conn_kb`), and with `--by-type K` the K types that
-add the most tracked objects per connection. Run another tree's app with PYTHONPATH=its/app.
+what webchat.collector runs: the wall time the loop stops, and the CPU time, which other work
+on a shared core does not inflate) and generation-1 ones, 2 s apart, and prints one JSON line,
+with the objects the collector tracks and this process's RSS, each per connection (after -
+before the clients came, as fanout.py's `rss_per_conn_kb`), and with `--by-type K` the K types
+that add the most tracked objects per connection. Another tree's app: PYTHONPATH=its/app.
 docs/performance.md, "Garbage left by a connection that ended", has the figures.
 """
 
@@ -80,11 +81,12 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(2)
         conns = node.hub.connection_count
         rss_after = proc_rss_kb(os.getpid()) or 0
-        full, young = [], []
+        full, full_cpu, young = [], [], []
         for _ in range(args.rounds):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             gc.collect()
             full.append(round((time.perf_counter() - started) * 1000, 1))
+            full_cpu.append(round((time.thread_time() - cpu) * 1000, 1))
             started = time.perf_counter()
             gc.collect(1)
             young.append(round((time.perf_counter() - started) * 1000, 2))
@@ -103,6 +105,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             "rss_per_conn_kib": round((rss_after - rss_before) / conns, 2),
             **({"tracked_per_conn_by_type": by_type} if args.by_type else {}),
             "full_collection_ms": full,
+            "full_collection_cpu_ms": full_cpu,
             "gen1_collection_ms": young,
             "loadavg": [round(x, 2) for x in os.getloadavg()],
         }

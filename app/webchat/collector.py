@@ -8,11 +8,11 @@ cycle that only asyncio's private attributes could break. Left alone, RSS grew w
 connection churn (docs/storms.md, "Soak"); the app's own objects are freed as a connection ends
 (websocket.py `connection_lost`), so this garbage is about 1 KiB per closed socket.
 
-A full collection pauses the event loop for time in proportion to the objects alive (~150 ms
-at 10,000 idle connections on the reference machine, docs/performance.md), so it runs only once
-the sockets closed since the last one reach a quarter of those open, and at least `after`: the
-pause per closed socket stays the same at any size, and the garbage waiting stays below a quarter
-of the open sockets' transports.
+A full collection pauses the event loop for time in proportion to the objects alive (14 per
+idle connection: a median of 80-110 ms at 10,000 on the reference machine, docs/performance.md,
+"Garbage"), so it runs only once the sockets closed since the last one reach a quarter of those
+open, and at least `after`: the pause per closed socket stays the same at any size, and the
+garbage waiting stays below a quarter of the open sockets' transports.
 """
 
 from __future__ import annotations

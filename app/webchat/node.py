@@ -296,7 +296,7 @@ class Node:
     async def _open(self, socket: ServerSocket, conn: Connection, params: ConnectParams) -> None:
         """Welcome and replay, then hand the client's messages to a Session."""
         cfg = self.config
-        bucket = TokenBucket(cfg.rate, cfg.burst, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
         try:
             await self._welcome(conn, params)
         except BrokerUnavailable:
@@ -310,7 +310,7 @@ class Node:
             conn.mark_ended("error")
             conn.drop()
         finally:
-            socket.start(Session(self, conn, socket, bucket))
+            socket.start(Session(self, conn, socket, cfg.rate, cfg.burst, now))
 
     def session_ended(self, conn: Connection) -> None:
         """The client's socket is gone (session.py calls this once per connection)."""

@@ -38,18 +38,26 @@ class Handler(Interface):
         """The client's socket is gone."""
 
 
-class Session:
-    """The websocket.Listener of one connection."""
+class Session(TokenBucket):
+    """The websocket.Listener of one connection, and its rate limit: the bucket that the
+    handler is given is the session itself (one object fewer per connection for the garbage
+    collector to go through; docs/performance.md, "Garbage")."""
 
-    __slots__ = ("_backlog", "_bucket", "_conn", "_handler", "_socket")
+    __slots__ = ("_backlog", "_conn", "_handler", "_socket")
 
     def __init__(
-        self, handler: Handler, conn: Connection, socket: ServerSocket, bucket: TokenBucket
+        self,
+        handler: Handler,
+        conn: Connection,
+        socket: ServerSocket,
+        rate: float,
+        burst: int,
+        now: float,
     ) -> None:
+        super().__init__(rate, burst, now)
         self._handler = handler
         self._conn = conn
         self._socket = socket
-        self._bucket = bucket
         self._backlog: deque[str | bytes] | None = None  # while a message is being awaited
 
     def on_activity(self) -> None:
@@ -61,7 +69,7 @@ class Session:
         if self._backlog is not None:
             self._backlog.append(data)
             return
-        pending = self._handler.handle_message(self._conn, self._bucket, data)
+        pending = self._handler.handle_message(self._conn, self, data)
         if pending is not None:
             self._backlog = deque()
             self._socket.pause_reading()
@@ -72,7 +80,7 @@ class Session:
         # read in the same chunk, and the count of tokens spent is the same either way.
         if self._conn.closing:
             return False  # nothing more is answered
-        return self._handler.handle_control(self._conn, self._bucket, pong)
+        return self._handler.handle_control(self._conn, self, pong)
 
     async def _finish(self, pending: Pending) -> None:
         """Await `pending`, then handle the messages that came meanwhile, in order."""
@@ -81,7 +89,7 @@ class Session:
         try:
             await pending()
             while backlog and not conn.closing:
-                then = self._handler.handle_message(conn, self._bucket, backlog.popleft())
+                then = self._handler.handle_message(conn, self, backlog.popleft())
                 if then is not None:
                     await then()
         finally:

@@ -6,20 +6,28 @@ automatic pongs, the closing handshake), messages are put together from their fr
 checked to be UTF-8 (else 1007), and each message is handed to a `Listener` by a plain call.
 Server frames are written by the caller as pre-built bytes (connection.py); this module writes
 only what websockets answers by itself (pongs, close frames).
+
+An idle socket holds no websockets `Protocol`: between messages one is as good as a new one, so
+a socket borrows one for each read (`Parsers`) and gives it back once it is between messages
+again. Kept per socket, it was 8 of the ~24 objects the garbage collector tracks per idle
+connection, and ~1.2 KiB of its memory (docs/performance.md, "Garbage").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
+from types import GeneratorType
 from typing import Final, cast
 from typing import Protocol as Interface
 
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
+from websockets.streams import StreamReader
 
 # websockets logs every connection it closes at INFO, which would be a line per client here.
 _FRAMES_LOG: Final = logging.getLogger("webchat.websocket.frames")
@@ -86,6 +94,66 @@ class _ServerProtocol(Protocol):
         super().recv_frame(frame)
 
 
+# What websockets' parser waits in between two frames (Protocol.parse: `yield from at_eof()`).
+_BETWEEN_FRAMES: Final = StreamReader.at_eof.__code__
+
+# Idle protocols kept for the next read, per maximum size. One is in use at a time (a read is
+# one call), a few more when a read makes another socket's read or close borrow one.
+SPARES: Final = 4
+
+
+class Parsers:
+    """websockets protocols lent to the sockets of one maximum message size, a read at a time.
+
+    A protocol that is open, between frames, with no fragmented message under way and nothing
+    to hand over or send holds nothing of its connection's (its id is for logs, which are off
+    here): a socket that got one back in that state gives it back, for any socket to use. One
+    in any other state (a frame half read, a message in fragments, a close begun or failed)
+    stays with its socket to the end.
+    """
+
+    __slots__ = ("_spare", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._spare: list[_ServerProtocol] = []
+
+    @property
+    def spare(self) -> tuple[Protocol, ...]:
+        """The idle protocols kept now (no connection's)."""
+        return tuple(self._spare)
+
+    def take(self) -> _ServerProtocol:
+        if self._spare:
+            return self._spare.pop()
+        return _ServerProtocol(
+            Side.SERVER, state=State.OPEN, max_size=self.max_size, logger=_FRAMES_LOG
+        )
+
+    def give(self, ws: _ServerProtocol) -> bool:
+        """Take `ws` back if it is as good as new (and there is room); whether it was."""
+        waiting = cast("GeneratorType[None, None, None]", ws.parser).gi_yieldfrom
+        if (
+            ws.state is not State.OPEN
+            or ws.current_size is not None
+            or ws.events
+            or ws.writes
+            or getattr(waiting, "gi_code", None) is not _BETWEEN_FRAMES
+        ):
+            return False
+        if len(self._spare) >= SPARES:
+            ws.parser.close()  # its cycle (see connection_lost): freed now, not collected
+        else:
+            self._spare.append(ws)
+        return True
+
+
+@functools.cache
+def parsers(max_size: int) -> Parsers:
+    """The lender for sockets of `max_size` (one per size, shared by all of them)."""
+    return Parsers(max_size)
+
+
 class Listener(Interface):
     """What a socket tells its owner. Every method is called from the event loop, never awaited."""
 
@@ -123,6 +191,7 @@ class ServerSocket(asyncio.Protocol):
         "_listener",
         "_lost",
         "_opening",
+        "_parsers",
         "_stopped",
         "_ws",
         "transport",
@@ -130,9 +199,9 @@ class ServerSocket(asyncio.Protocol):
 
     def __init__(self, max_size: int) -> None:
         self.transport: asyncio.Transport | None = None
-        self._ws = _ServerProtocol(
-            Side.SERVER, state=State.OPEN, max_size=max_size, logger=_FRAMES_LOG
-        )
+        self._parsers = parsers(max_size)
+        # websockets' protocol, while a read uses it or its state is the connection's own.
+        self._ws: _ServerProtocol | None = None
         self._listener: Listener | None = None
         self._early = b""  # bytes that came before `start` (sent with the upgrade request)
         self._fragments: list[Frame] | None = None  # a message whose last frame is still due
@@ -197,8 +266,11 @@ class ServerSocket(asyncio.Protocol):
         The connection ends when the client answers (or closes); the caller bounds the wait.
         Before the upgrade, the close frame is the first thing written after the 101.
         """
-        if self._ws.state is State.OPEN and not self._lost:
-            self._ws.send_close(code, reason)
+        if self._lost:
+            return
+        ws = self._protocol()
+        if ws.state is State.OPEN:
+            ws.send_close(code, reason)
             self._send()
 
     def hold(self, gate: Gate) -> None:
@@ -220,19 +292,22 @@ class ServerSocket(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         listener.on_activity()
-        self._ws.receive_data(data)
+        ws = self._protocol()
+        ws.receive_data(data)
         # Messages first, in order, then what websockets answers (a close answer and the end
         # of the stream come after the replies to the messages before the close).
-        for event in self._ws.events_received():
+        for event in ws.events_received():
             # Only frames: the handshake (Request/Response events) was aiohttp's.
-            if not self._frame(cast(Frame, event), listener):
+            if not self._frame(cast(Frame, event), listener, ws):
                 break
         self._send()
+        if self._parsers.give(ws):
+            self._ws = None
 
     def eof_received(self) -> bool:
         if self._listener is None:
             return False  # gone before its welcome was written
-        self._ws.receive_eof()
+        self._protocol().receive_eof()
         self._send(peer_gone=True)
         return False  # the transport closes itself
 
@@ -248,8 +323,10 @@ class ServerSocket(asyncio.Protocol):
         # holds it, and the exception that stopped a parser (a client gone without a close)
         # holds the parser's frame. Broken here, reference counting frees the protocol when
         # the connection ends instead of the cyclic collector (docs/performance.md, "Garbage").
-        self._ws.parser.close()
-        self._ws.parser_exc = None
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.parser.close()
+            ws.parser_exc = None
         listener, self._listener = self._listener, None
         if listener is not None:
             # Dropped first: the listener (Session) holds the Connection, which holds this
@@ -260,7 +337,14 @@ class ServerSocket(asyncio.Protocol):
 
     # --- internals -----------------------------------------------------------------------
 
-    def _frame(self, frame: Frame, listener: Listener) -> bool:
+    def _protocol(self) -> _ServerProtocol:
+        """websockets' protocol of this connection: its own, or one borrowed now."""
+        ws = self._ws
+        if ws is None:
+            ws = self._ws = self._parsers.take()
+        return ws
+
+    def _frame(self, frame: Frame, listener: Listener, ws: _ServerProtocol) -> bool:
         """Pass on a finished message; False once the connection has failed (bad UTF-8)."""
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
@@ -278,7 +362,6 @@ class ServerSocket(asyncio.Protocol):
             opcode = fragments[0].opcode
             data = b"".join(f.data for f in fragments)
         elif opcode is Opcode.PING or opcode is Opcode.PONG:
-            ws = self._ws
             allowed = listener.on_control(opcode is Opcode.PONG)
             if allowed and opcode is Opcode.PING and ws.state is State.OPEN:
                 ws.send_pong(frame.data)
@@ -291,7 +374,7 @@ class ServerSocket(asyncio.Protocol):
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:
-            self._ws.fail(CloseCode.INVALID_DATA, f"text is not UTF-8 at byte {exc.start}")
+            ws.fail(CloseCode.INVALID_DATA, f"text is not UTF-8 at byte {exc.start}")
             return False
         listener.on_message(text)
         return True
@@ -299,17 +382,17 @@ class ServerSocket(asyncio.Protocol):
     def _send(self, *, peer_gone: bool = False) -> None:
         """Write what websockets wants sent; its end of stream means: half-close, then wait
         for the client to close its side (unless it has: then the transport closes now)."""
-        transport = self.transport
-        if transport is None:
-            return  # not upgraded yet: `start` sends it
-        for data in self._ws.data_to_send():
+        transport, ws = self.transport, self._ws
+        if transport is None or ws is None:
+            return  # not upgraded yet (`start` sends it), or nothing to send
+        for data in ws.data_to_send():
             if transport.is_closing():
                 continue
             if data:
                 transport.write(data)
                 continue
             if self._listener is not None:
-                close = self._ws.close_sent
+                close = ws.close_sent
                 self._listener.on_closing(close is not None and close.code in _FAILURES)
             if peer_gone:
                 continue

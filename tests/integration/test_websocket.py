@@ -45,10 +45,12 @@ def message(text: str) -> bytes:
     return json.dumps({"type": "message", "text": text}, ensure_ascii=False).encode()
 
 
-async def join(server: WebchatProcess, name: str = "raw", early: bytes = b"") -> RawWebSocket:
-    """A raw client in room `ws` whose welcome has been read."""
+async def join(
+    server: WebchatProcess, name: str = "raw", early: bytes = b"", room: str = "ws"
+) -> RawWebSocket:
+    """A raw client in `room` whose welcome has been read."""
     raw = await RawWebSocket.connect(
-        "127.0.0.1", server.port, f"/ws?room=ws&name={name}", rcvbuf=65536, early=early
+        "127.0.0.1", server.port, f"/ws?room={room}&name={name}", rcvbuf=65536, early=early
     )
     assert (await raw.next_frame()).json()["type"] == "welcome"
     return raw
@@ -181,6 +183,31 @@ async def test_many_messages_in_one_write_are_handled_in_order(server):
     assert [m["text"] for m in got] == texts
     assert [e["code"] for e in errors] == ["bad_json"]
     raw.close()
+
+
+async def test_a_frame_half_read_or_a_message_in_fragments_waits_while_others_are_read(server):
+    """Between messages a socket holds no parser: it borrows one for each read (websocket.py,
+    Parsers). One left with half a frame, or with part of a fragmented message, keeps it
+    while other clients' reads go on, and its message comes out whole."""
+    a = await join(server, "a", room="ws-a")
+    b = await join(server, "b", room="ws-b")
+    whole = encode_client_frame(OP_TEXT, message("a whole frame"))
+    await a.send_bytes(whole[:4])  # the head of a frame, and not all of its mask
+    await b.send_frame(OP_TEXT, message("b meanwhile"))
+    assert await echo(b) == "b meanwhile"
+    await a.send_bytes(whole[4:9])
+    await b.send_frame(OP_PING, b"b pings")
+    assert await b.next_frame() == Frame(OP_PONG, b"b pings")
+    await a.send_bytes(whole[9:])
+    assert await echo(a) == "a whole frame"
+    data = message("in fragments")
+    await a.send_frame(OP_TEXT, data[:7], fin=False)
+    await b.send_frame(OP_TEXT, message("b again"))
+    assert await echo(b) == "b again"
+    await a.send_frame(OP_CONT, data[7:])
+    assert await echo(a) == "in fragments"
+    a.close()
+    b.close()
 
 
 @pytest.fixture

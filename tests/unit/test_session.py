@@ -59,7 +59,7 @@ def make_session(ended: list[str] | None = None) -> tuple[Session, Recorder, Con
     reasons = ended if ended is not None else []
     conn = Connection(socket, None, "room", "name", 1024, 25, reasons.append)  # type: ignore[arg-type]
     recorder = Recorder()
-    session = Session(recorder, conn, socket, TokenBucket(10, 20, 0.0))
+    session = Session(recorder, conn, socket, 10, 20, 0.0)
     return session, recorder, conn
 
 

@@ -8,7 +8,10 @@ import contextlib
 import gc
 import logging
 
+from webchat.broker.memory import MemoryBroker
 from webchat.cancelling import cancel_until_done
+from webchat.hub import Hub
+from webchat.metrics import Metrics
 
 
 async def swallows_one_cancel() -> None:
@@ -30,6 +33,16 @@ async def test_a_loop_that_swallowed_a_cancel_is_cancelled_again():
     async with asyncio.timeout(2):
         await cancel_until_done([task], "loops", timeout=1)
     assert task.cancelled()
+
+
+async def test_hub_close_cancels_a_task_that_swallowed_a_cancel_again():
+    """Hub.close stops its background tasks (presence leaves, releases) the same way."""
+    hub = Hub(MemoryBroker(), presence_grace=0, presence_limit=10, metrics=Metrics())
+    hub._spawn(swallows_one_cancel())
+    await asyncio.sleep(0)  # started: inside its first sleep
+    async with asyncio.timeout(2):
+        await hub.close()
+    assert not hub._tasks  # ended, and dropped by its done callback
 
 
 async def test_a_loop_that_never_ends_is_left_after_the_bound_and_named(caplog):

@@ -18,9 +18,9 @@ import pytest
 import redis
 import yaml
 
-from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
+from tests.deploy.ansible import env_file, render
 from tests.support import nginx as nginxconf
-from tests.support.servers import ROOT, free_port, require_binary, wait_until
+from tests.support.servers import free_port, require_binary, wait_until
 from tests.support.timing import seconds
 from webchat.config import load_config
 
@@ -66,22 +66,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
     }
     (base / "hosts.yml").write_text(json.dumps(inventory))
-    monitoring = ROOT / "monitoring" / "prometheus"
-    extra = {
-        "render_dir": str(base),
-        "ansible_dir": str(ANSIBLE_DIR),
-        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
-        "prometheus_rules_src_dir": str(monitoring / "rules"),
-    }
-    run = run_playbook(
-        str(Path(__file__).with_name("render.yml")),
-        base / "hosts.yml",
-        "-e",
-        json.dumps(extra),
-        timeout=120,
-    )
-    assert run.returncode == 0, run.output
-    return base
+    return render(base / "hosts.yml", base)
 
 
 def test_nginx_conf_passes_nginx_t(rendered: Path, tmp_path: Path):
@@ -258,16 +243,7 @@ def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
         }
     }
     (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
-    monitoring = ROOT / "monitoring" / "prometheus"
-    extra = {
-        "render_dir": str(tmp_path),
-        "ansible_dir": str(ANSIBLE_DIR),
-        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
-        "prometheus_rules_src_dir": str(monitoring / "rules"),
-    }
-    render = str(Path(__file__).with_name("render.yml"))
-    run = run_playbook(render, tmp_path / "hosts.yml", "-e", json.dumps(extra), timeout=120)
-    assert run.returncode == 0, run.output
+    render(tmp_path / "hosts.yml", tmp_path)
     config = nginxconf.parse((tmp_path / "chat1" / "nginx.conf").read_text())
     assert [d.values[0] for d in config.one("upstream").children("server")] == ["10.9.1.5:8081"]
     env = (tmp_path / "chat1" / "8081.env").read_text()
@@ -335,16 +311,10 @@ def test_redis_conf_starts_a_redis_that_refuses_writes_when_full(rendered: Path,
         proc.wait(seconds(10))
 
 
-def _env(path: Path) -> dict[str, str]:
-    """The variables of an environment file as systemd reads them (values in double quotes)."""
-    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in lines)}
-
-
 def test_authenticated_mode_reaches_the_service(rendered: Path, tmp_path: Path):
     """web1's environment is an authenticated configuration the service accepts; web2's has
     no AUTH_* at all (anonymous)."""
-    env = _env(rendered / "web1" / "8081.env")
+    env = env_file(rendered / "web1" / "8081.env")
     auth = {k: v for k, v in env.items() if k.startswith("AUTH_")}
     assert auth == {
         "AUTH_SECRET_FILE": "/etc/webchat/auth-secret",
@@ -353,7 +323,7 @@ def test_authenticated_mode_reaches_the_service(rendered: Path, tmp_path: Path):
         "AUTH_ISSUER": "https://app.example.com",
         "AUTH_TOKEN_URL": "/auth/token",
     }
-    assert not [k for k in _env(rendered / "web2" / "8081.env") if k.startswith("AUTH_")]
+    assert not [k for k in env_file(rendered / "web2" / "8081.env") if k.startswith("AUTH_")]
     # What the service makes of it, with the secret file where this machine has it.
     secret = tmp_path / "auth-secret"
     secret.write_text(AUTH["webchat_auth_secret"] + "\n")

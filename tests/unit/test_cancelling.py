@@ -17,7 +17,7 @@ from webchat.metrics import Metrics
 async def swallows_one_cancel() -> None:
     """As a loop inside Python 3.11's asyncio.wait_for can: the first cancel is lost."""
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # "forever": only a cancel ends these sleeps
     await asyncio.sleep(3600)
 
 
@@ -49,8 +49,8 @@ async def test_a_loop_that_never_ends_is_left_after_the_bound_and_named(caplog):
     caplog.set_level(logging.ERROR, "webchat.cancelling")
     release = asyncio.Event()
     task = asyncio.create_task(ignores_cancels(release), name="presence refresh")
-    ended = asyncio.create_task(asyncio.sleep(3600), name="health")
-    await asyncio.sleep(0)
+    ended = asyncio.create_task(asyncio.sleep(3600), name="health")  # ends when cancelled
+    await asyncio.sleep(0)  # both started
     try:
         async with asyncio.timeout(2):
             await cancel_until_done([task, ended], "Redis broker loops", timeout=0.3)
@@ -75,7 +75,7 @@ async def test_an_exception_a_stopped_task_ended_with_is_taken():
     loop.set_exception_handler(lambda _, context: reported.append(context))
     try:
         task = asyncio.create_task(fails_when_cancelled())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # started: inside its sleep
         await cancel_until_done([task], "tasks", timeout=1)
         assert task.done() and not task.cancelled()  # it ended with its exception
         del task

@@ -1,4 +1,4 @@
-"""The redis role's topologies (single, sentinel, cluster): rendered, and refused with one sentence.
+"""The redis role's sentinel and cluster topologies: rendered, and refused with one sentence.
 
 render.yml renders redis.conf, sentinel.conf and the web hosts' environment files for a
 Sentinel inventory (three redis hosts, a Redis and a Sentinel on each) and for a six-host
@@ -73,7 +73,7 @@ INVENTORIES: dict[str, tuple[dict[str, str], dict[str, list[str]], dict[str, Any
         {"redis_topology": "sentinel", "webchat_redis_replicas_ack": 0},
     ),
     "cluster": (CLUSTER_HOSTS, {}, {"redis_topology": "cluster"}),
-    "single": ({"redis1": "10.9.2.13"}, {}, {}),
+    # The single topology (the default) is rendered by test_ansible_templates.py.
 }
 
 
@@ -160,15 +160,6 @@ def test_cluster_nodes_and_seed_url(rendered: dict[str, Path]):
     assert env["REDIS_REPLICAS_ACK"] == "0", "host pairs: a promoted replica has no replica"
     target = parse_redis_url(load_config([], env).redis_url)
     assert target.kind == "cluster" and len(target.nodes) == 6
-
-
-def test_single_keeps_its_url_and_no_replica_setting(rendered: dict[str, Path]):
-    folder = rendered["single"]
-    env = env_file(folder / "web1" / "8081.env")
-    assert env["REDIS_URL"] == f"redis://:{PASSWORD}@10.9.2.13:6379/0"
-    assert "REDIS_REPLICAS_ACK" not in env
-    directives = conf_lines(folder / "redis1" / "redis.conf")
-    assert not [d for d in directives if d.startswith(("replicaof", "masterauth", "cluster-"))]
 
 
 # Inventory shapes the role cannot deploy: (redis hosts, extra groups, all vars, sentence).

@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from tests.deploy.ansible import env_file, render
+from tests.deploy.ansible import conf_lines, env_file, render
 from tests.support import nginx as nginxconf
 from tests.support.servers import free_port, require_binary, wait_until
 from tests.support.timing import seconds
@@ -230,6 +230,16 @@ def test_environment_files_and_unit(rendered: Path):
         "EnvironmentFile=/etc/webchat/%i.env",
     ):
         assert setting in unit.splitlines(), setting
+
+
+def test_the_single_topology_has_no_replica_setting(rendered: Path):
+    """The default topology: one Redis, no replication, no cluster, no acknowledgements (the
+    other topologies are in test_ansible_redis_topology.py)."""
+    env = env_file(rendered / "web1" / "8081.env")
+    assert env["REDIS_URL"] == f"redis://:{'p' * 32}@10.9.0.13:6379/0"
+    assert "REDIS_REPLICAS_ACK" not in env
+    directives = conf_lines(rendered / "redis1" / "redis.conf")
+    assert not [d for d in directives if d.startswith(("replicaof", "masterauth", "cluster-"))]
 
 
 def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -40,9 +42,7 @@ AUTH = {
 }
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("render")
+def _inventory() -> dict[str, Any]:
     groups = {
         group: {
             "hosts": {
@@ -55,7 +55,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     groups["web"]["hosts"]["web2"]["webchat_ports"] = [8081, 8082]
     # web1 runs in authenticated mode (web2 stays anonymous).
     groups["web"]["hosts"]["web1"].update(AUTH)
-    inventory = {
+    return {
         "all": {
             "vars": {
                 "redis_password": "p" * 32,
@@ -65,8 +65,37 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "children": groups,
         }
     }
-    (base / "hosts.yml").write_text(json.dumps(inventory))
-    return render(base / "hosts.yml", base)
+
+
+def _one_host_inventory() -> dict[str, Any]:
+    host = {"chat1": {"ansible_host": "10.9.1.5", "webchat_private_address": "10.9.1.5"}}
+    return {
+        "all": {
+            "vars": {"redis_password": "p" * 32, "webchat_redis_password": "p" * 32},
+            "hosts": host,
+            "children": {g: {"hosts": {"chat1": {}}} for g in ("lb", "web", "redis", "monitoring")},
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both inventories rendered at once: a run keeps about one core busy, the machine has two."""
+
+    def one(name: str, inventory: dict[str, Any]) -> Path:
+        base = tmp_path_factory.mktemp(name)
+        (base / "hosts.yml").write_text(json.dumps(inventory))
+        return render(base / "hosts.yml", base)
+
+    with ThreadPoolExecutor(2) as pool:
+        main = pool.submit(one, "render", _inventory())
+        one_host = pool.submit(one, "one-host", _one_host_inventory())
+        return {"main": main.result(), "one_host": one_host.result()}
+
+
+@pytest.fixture(scope="module")
+def rendered(renders: dict[str, Path]) -> Path:
+    return renders["main"]
 
 
 def test_nginx_conf_passes_nginx_t(rendered: Path, tmp_path: Path):
@@ -242,23 +271,14 @@ def test_the_single_topology_has_no_replica_setting(rendered: Path):
     assert not [d for d in directives if d.startswith(("replicaof", "masterauth", "cluster-"))]
 
 
-def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
+def test_a_single_host_inventory_renders_and_checks(renders: dict[str, Path]):
     """One host in every group: it balances to itself, scrapes itself, checks pass."""
-    host = {"chat1": {"ansible_host": "10.9.1.5", "webchat_private_address": "10.9.1.5"}}
-    inventory = {
-        "all": {
-            "vars": {"redis_password": "p" * 32, "webchat_redis_password": "p" * 32},
-            "hosts": host,
-            "children": {g: {"hosts": {"chat1": {}}} for g in ("lb", "web", "redis", "monitoring")},
-        }
-    }
-    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
-    render(tmp_path / "hosts.yml", tmp_path)
-    config = nginxconf.parse((tmp_path / "chat1" / "nginx.conf").read_text())
+    folder = renders["one_host"]
+    config = nginxconf.parse((folder / "chat1" / "nginx.conf").read_text())
     assert [d.values[0] for d in config.one("upstream").children("server")] == ["10.9.1.5:8081"]
-    env = (tmp_path / "chat1" / "8081.env").read_text()
+    env = (folder / "chat1" / "8081.env").read_text()
     assert 'REDIS_URL="redis://:' + "p" * 32 + '@10.9.1.5:6379/0"' in env
-    node = yaml.safe_load((tmp_path / "chat1" / "targets" / "node.yml").read_text())
+    node = yaml.safe_load((folder / "chat1" / "targets" / "node.yml").read_text())
     assert [t for group in node for t in group["targets"]] == ["10.9.1.5:9100"]
 
 

@@ -82,14 +82,14 @@ def _one_host_inventory() -> dict[str, Any]:
 def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Both inventories rendered at once: a run keeps about one core busy, the machine has two."""
 
-    def one(name: str, inventory: dict[str, Any]) -> Path:
-        base = tmp_path_factory.mktemp(name)
+    def one(base: Path, inventory: dict[str, Any]) -> Path:
         (base / "hosts.yml").write_text(json.dumps(inventory))
         return render(base / "hosts.yml", base)
 
+    # The folders are made here, in this thread: tmp_path_factory is not thread-safe.
     with ThreadPoolExecutor(2) as pool:
-        main = pool.submit(one, "render", _inventory())
-        one_host = pool.submit(one, "one-host", _one_host_inventory())
+        main = pool.submit(one, tmp_path_factory.mktemp("render"), _inventory())
+        one_host = pool.submit(one, tmp_path_factory.mktemp("one-host"), _one_host_inventory())
         return {"main": main.result(), "one_host": one_host.result()}
 
 

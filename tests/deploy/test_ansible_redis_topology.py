@@ -78,15 +78,32 @@ INVENTORIES: dict[str, tuple[dict[str, str], dict[str, list[str]], dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every inventory rendered, two ansible-playbook runs at a time."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict[str, Run]]:
+    """Every inventory rendered and deploy.yml for each shape it cannot deploy (SHAPES below),
+    two ansible-playbook runs at a time from one queue: a run keeps about one core busy, and
+    one queue leaves no core idle while the last run of a batch finishes."""
 
-    def render(name: str) -> Path:
+    def render(name: str, folder: Path) -> Path:
         hosts, groups, variables = INVENTORIES[name]
-        return _render(tmp_path_factory.mktemp(name), hosts, groups, **variables)
+        return _render(folder, hosts, groups, **variables)
 
+    # The folders are made here, in this thread: tmp_path_factory is not thread-safe.
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip(INVENTORIES, pool.map(render, INVENTORIES), strict=True))
+        renders = {
+            name: pool.submit(render, name, tmp_path_factory.mktemp(name)) for name in INVENTORIES
+        }
+        refusals = {
+            shape: pool.submit(_refusal, tmp_path_factory.mktemp(shape), shape) for shape in SHAPES
+        }
+        return (
+            {name: run.result() for name, run in renders.items()},
+            {shape: run.result() for shape, run in refusals.items()},
+        )
+
+
+@pytest.fixture(scope="module")
+def rendered(runs: tuple[dict[str, Path], dict[str, Run]]) -> dict[str, Path]:
+    return runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -247,11 +264,8 @@ def _refusal(folder: Path, shape: str) -> Run:
 
 
 @pytest.fixture(scope="module")
-def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    """deploy.yml for each shape, two runs at a time."""
-    with ThreadPoolExecutor(2) as pool:
-        runs = pool.map(lambda shape: _refusal(tmp_path_factory.mktemp(shape), shape), SHAPES)
-        return dict(zip(SHAPES, runs, strict=True))
+def refusals(runs: tuple[dict[str, Path], dict[str, Run]]) -> dict[str, Run]:
+    return runs[1]
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -29,6 +29,8 @@
 #              NICE=0 RT=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/_servers.sh
+source loadtest/_servers.sh
 
 OUT=${OUT:-/tmp/webchat-overhead}
 ROUNDS=${ROUNDS:-3}
@@ -60,8 +62,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 SERVER_PID="" OTLP_PID="" REDIS_PID=""
 cleanup() {
-    [ -z "$SERVER_PID" ] || { kill -TERM "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; } || true
-    [ -z "$OTLP_PID" ] || { kill -TERM "$OTLP_PID" 2>/dev/null; wait "$OTLP_PID" 2>/dev/null; } || true
+    stop_pid "$SERVER_PID"
+    stop_pid "$OTLP_PID"
     loadtest/redis_ctl.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -70,7 +72,7 @@ taskset -c "$GEN_CORE" "$PYTHON" -m tests.support.otlp --port "$OTLP_PORT" >>"$O
 OTLP_PID=$!
 
 start_server() {  # variant
-    local variant=$1 env=() code=() tracing=()
+    local variant=$1 code=() tracing=()
     REDIS_FRESH=1 loadtest/redis_ctl.sh start >/dev/null
     REDIS_PID=$(loadtest/redis_ctl.sh pid)
     prioritise "$REDIS_PID"
@@ -90,17 +92,10 @@ start_server() {  # variant
         "${RUN[@]}" taskset -c "$SERVER_CORE" "$PYTHON" -m webchat --port "$PORT" --rate 1000 --burst 1000 \
         --redis-url "redis://127.0.0.1:${REDIS_PORT}/0" >>"$OUT/server-$variant.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null 2>&1 && return 0
-        kill -0 "$SERVER_PID" || { echo "server exited; see $OUT/server-$variant.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "server did not answer /readyz" >&2
-    exit 1
+    wait_ready "$SERVER_PID" "$PORT" "$OUT/server-$variant.log"
 }
 stop_server() {
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    stop_pid "$SERVER_PID"
     SERVER_PID=""
     loadtest/redis_ctl.sh stop >/dev/null
 }

@@ -15,6 +15,8 @@
 # RATE2=200 DURATION=10
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/_servers.sh
+source loadtest/_servers.sh
 
 OUT=${OUT:-/tmp/webchat-replicas-ack}
 ROUNDS=${ROUNDS:-3}
@@ -35,8 +37,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 SERVER_PID="" REPLICA_PID=""
 cleanup() {
-    [ -z "$SERVER_PID" ] || { kill -TERM "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; } || true
-    [ -z "$REPLICA_PID" ] || { kill -TERM "$REPLICA_PID" 2>/dev/null; wait "$REPLICA_PID" 2>/dev/null; } || true
+    stop_pid "$SERVER_PID"
+    stop_pid "$REPLICA_PID"
     loadtest/redis_ctl.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -63,20 +65,12 @@ start_server() {  # variant
         --redis-url "redis://127.0.0.1:${REDIS_PORT}/0" --redis-replicas-ack "$acks" \
         >>"$OUT/server-$1.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null 2>&1 && return 0
-        kill -0 "$SERVER_PID" || { echo "server exited; see $OUT/server-$1.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "server did not answer /readyz" >&2
-    exit 1
+    wait_ready "$SERVER_PID" "$PORT" "$OUT/server-$1.log"
 }
 stop_server() {
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    stop_pid "$SERVER_PID"
     SERVER_PID=""
-    kill -TERM "$REPLICA_PID" 2>/dev/null || true
-    wait "$REPLICA_PID" 2>/dev/null || true
+    stop_pid "$REPLICA_PID"
     REPLICA_PID=""
     loadtest/redis_ctl.sh stop >/dev/null
 }

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from webchat.broker.base import Broker, BrokerUnavailable, Message, NameTaken, PresenceEvent
+from webchat.cancelling import cancel_until_done
 from webchat.connection import CLOSE_TRY_AGAIN, Batch, Connection
 from webchat.metrics import Metrics
 from webchat.protocol import encode_message, encode_presence, ws_text_frame
@@ -247,9 +248,8 @@ class Hub:
         for (room_name, name), outcome in zip(leaves, left, strict=True):
             if isinstance(outcome, Exception):
                 log.warning("could not announce leave of %s in %s", name, room_name)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancelled until they end: a leave inside a broker call can swallow one cancel.
+        await cancel_until_done(list(self._tasks), "hub tasks")
 
     # --- events from the broker -------------------------------------------------------
 

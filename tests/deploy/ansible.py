@@ -97,3 +97,32 @@ def run_playbook(name: str, inventory: Path | str, *args: str, **kw: Any) -> Run
         **kw,
     )
     return parse(result.returncode, result.stdout + result.stderr)
+
+
+RENDER = Path(__file__).with_name("render.yml")
+
+
+def render(inventory: Path, out: Path, *args: str) -> Path:
+    """render.yml: every host's templates under `out/<host>/`, as deploy.yml would write them
+    for `inventory`, rendered on the control node (no host is contacted). Fails the test if
+    the run fails; returns `out`."""
+    monitoring = ROOT / "monitoring" / "prometheus"
+    extra = {
+        "render_dir": str(out),
+        "ansible_dir": str(ANSIBLE_DIR),
+        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
+        "prometheus_rules_src_dir": str(monitoring / "rules"),
+    }
+    run = run_playbook(str(RENDER), inventory, "-e", json.dumps(extra), *args, timeout=120)
+    assert run.returncode == 0, run.output[-6000:]
+    return out
+
+
+def conf_lines(path: Path) -> list[str]:
+    """The lines of a rendered file that are not blank and not comments."""
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """The variables of an environment file as systemd reads them (values in double quotes)."""
+    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in conf_lines(path))}

@@ -21,10 +21,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
+from tests.deploy.ansible import ANSIBLE_DIR, render
 from tests.support import nginx as nginxconf
 from tests.support.nginx import Config, Directive, make_certificate
-from tests.support.servers import ROOT, WebchatProcess, free_port, require_binary, wait_until
+from tests.support.servers import WebchatProcess, free_port, require_binary, wait_until
 from tests.support.timing import seconds
 
 EXAMPLE = ANSIBLE_DIR / "inventories" / "example"
@@ -39,23 +39,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Config:
     shutil.copy(EXAMPLE / "hosts.yml", inventory / "hosts.yml")
     # The group_vars as they are; their generated secrets land beside this copy.
     (inventory / "group_vars").symlink_to(EXAMPLE / "group_vars")
-    monitoring = ROOT / "monitoring" / "prometheus"
-    extra = {
-        "render_dir": str(inventory / "out"),
-        "ansible_dir": str(ANSIBLE_DIR),
-        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
-        "prometheus_rules_src_dir": str(monitoring / "rules"),
-    }
-    run = run_playbook(
-        str(Path(__file__).with_name("render.yml")),
-        inventory / "hosts.yml",
-        "-e",
-        json.dumps(extra),
-        "--limit",
-        "lb",
-        timeout=120,
-    )
-    assert run.returncode == 0, run.output
+    render(inventory / "hosts.yml", inventory / "out", "--limit", "lb")
     return nginxconf.parse((inventory / "out" / "lb1" / "nginx.conf").read_text())
 
 

@@ -1,4 +1,4 @@
-"""The redis role's topologies (single, sentinel, cluster): rendered, and refused with one sentence.
+"""The redis role's sentinel and cluster topologies: rendered, and refused with one sentence.
 
 render.yml renders redis.conf, sentinel.conf and the web hosts' environment files for a
 Sentinel inventory (three redis hosts, a Redis and a Sentinel on each) and for a six-host
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.ansible import ANSIBLE_DIR, Run, run_playbook
+from tests.deploy.ansible import Run, conf_lines, env_file, render, run_playbook
 from tests.support.redis import RedisServer
 from tests.support.redis_ha import RedisClusterGroup
-from tests.support.servers import ROOT, wait_until
+from tests.support.servers import wait_until
 from tests.support.timing import seconds
 from webchat.config import load_config
 from webchat.redis_url import parse_redis_url
@@ -54,25 +54,7 @@ def _render(
         }
     }
     (folder / "hosts.yml").write_text(json.dumps(inventory))
-    monitoring = ROOT / "monitoring" / "prometheus"
-    extra = {
-        "render_dir": str(folder),
-        "ansible_dir": str(ANSIBLE_DIR),
-        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
-        "prometheus_rules_src_dir": str(monitoring / "rules"),
-    }
-    render = str(Path(__file__).with_name("render.yml"))
-    run = run_playbook(render, folder / "hosts.yml", "-e", json.dumps(extra), timeout=120)
-    assert run.returncode == 0, run.output[-6000:]
-    return folder
-
-
-def _directives(path: Path) -> list[str]:
-    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-
-
-def _env(path: Path) -> dict[str, str]:
-    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in _directives(path))}
+    return render(folder / "hosts.yml", folder)
 
 
 SENTINEL_HOSTS = {"redis1": "10.9.2.13", "redis2": "10.9.2.14", "redis3": "10.9.2.15"}
@@ -91,20 +73,37 @@ INVENTORIES: dict[str, tuple[dict[str, str], dict[str, list[str]], dict[str, Any
         {"redis_topology": "sentinel", "webchat_redis_replicas_ack": 0},
     ),
     "cluster": (CLUSTER_HOSTS, {}, {"redis_topology": "cluster"}),
-    "single": ({"redis1": "10.9.2.13"}, {}, {}),
+    # The single topology (the default) is rendered by test_ansible_templates.py.
 }
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every inventory rendered, two ansible-playbook runs at a time."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict[str, Run]]:
+    """Every inventory rendered and deploy.yml for each shape it cannot deploy (SHAPES below),
+    two ansible-playbook runs at a time from one queue: a run keeps about one core busy, and
+    one queue leaves no core idle while the last run of a batch finishes."""
 
-    def render(name: str) -> Path:
+    def render(name: str, folder: Path) -> Path:
         hosts, groups, variables = INVENTORIES[name]
-        return _render(tmp_path_factory.mktemp(name), hosts, groups, **variables)
+        return _render(folder, hosts, groups, **variables)
 
+    # The folders are made here, in this thread: tmp_path_factory is not thread-safe.
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip(INVENTORIES, pool.map(render, INVENTORIES), strict=True))
+        renders = {
+            name: pool.submit(render, name, tmp_path_factory.mktemp(name)) for name in INVENTORIES
+        }
+        refusals = {
+            shape: pool.submit(_refusal, tmp_path_factory.mktemp(shape), shape) for shape in SHAPES
+        }
+        return (
+            {name: run.result() for name, run in renders.items()},
+            {shape: run.result() for shape, run in refusals.items()},
+        )
+
+
+@pytest.fixture(scope="module")
+def rendered(runs: tuple[dict[str, Path], dict[str, Run]]) -> dict[str, Path]:
+    return runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,7 @@ def test_sentinel_data_nodes_start_as_master_and_replicas(sentinel: Path):
     for host in SENTINEL_HOSTS:
         text = (sentinel / host / "redis.conf").read_text()
         assert marker in text.splitlines(), "reruns find the marker and leave the file to Redis"
-        directives = _directives(sentinel / host / "redis.conf")
+        directives = conf_lines(sentinel / host / "redis.conf")
         assert f"masterauth {PASSWORD}" in directives, "any node may be promoted"
         assert f"requirepass {PASSWORD}" in directives
         replicaof = [d for d in directives if d.startswith("replicaof ")]
@@ -127,7 +126,7 @@ def test_sentinel_data_nodes_start_as_master_and_replicas(sentinel: Path):
 
 def test_sentinels_watch_the_first_host(sentinel: Path):
     for host, address in SENTINEL_HOSTS.items():
-        directives = _directives(sentinel / host / "sentinel.conf")
+        directives = conf_lines(sentinel / host / "sentinel.conf")
         assert f"bind {address}" in directives
         assert "port 26379" in directives
         # A majority of three must agree; the test inventory's faster down-after.
@@ -138,7 +137,7 @@ def test_sentinels_watch_the_first_host(sentinel: Path):
 
 
 def test_sentinel_url_names_every_sentinel_and_the_app_accepts_it(sentinel: Path):
-    env = _env(sentinel / "web2" / "8081.env")
+    env = env_file(sentinel / "web2" / "8081.env")
     sentinels = ",".join(f"{a}:26379" for a in SENTINEL_HOSTS.values())
     assert env["REDIS_URL"] == f"redis+sentinel://:{PASSWORD}@{sentinels}/webchat/0"
     assert env["REDIS_REPLICAS_ACK"] == "1"
@@ -152,7 +151,7 @@ def test_sentinel_url_names_every_sentinel_and_the_app_accepts_it(sentinel: Path
 def test_sentinels_on_a_group_of_their_own(rendered: dict[str, Path]):
     """A redis_sentinel group puts the Sentinels elsewhere: the URL names those hosts."""
     folder = rendered["sentinel_group"]
-    env = _env(folder / "web2" / "8081.env")
+    env = env_file(folder / "web2" / "8081.env")
     assert (
         env["REDIS_URL"].split("@")[1]
         == "10.9.2.13:26379,10.9.2.14:26379,10.9.2.11:26379/webchat/0"
@@ -165,28 +164,19 @@ def test_sentinels_on_a_group_of_their_own(rendered: dict[str, Path]):
 def test_cluster_nodes_and_seed_url(rendered: dict[str, Path]):
     folder = rendered["cluster"]
     for host, address in CLUSTER_HOSTS.items():
-        directives = _directives(folder / host / "redis.conf")
+        directives = conf_lines(folder / host / "redis.conf")
         assert "cluster-enabled yes" in directives
         assert "cluster-config-file nodes-6379.conf" in directives
         assert f"cluster-announce-ip {address}" in directives
         assert f"masterauth {PASSWORD}" in directives
         assert not [d for d in directives if d.startswith("replicaof")]
         assert not (folder / host / "sentinel.conf").exists()
-    env = _env(folder / "web1" / "8081.env")
+    env = env_file(folder / "web1" / "8081.env")
     seeds = ",".join(f"{a}:6379" for a in CLUSTER_HOSTS.values())
     assert env["REDIS_URL"] == f"redis+cluster://:{PASSWORD}@{seeds}"
     assert env["REDIS_REPLICAS_ACK"] == "0", "host pairs: a promoted replica has no replica"
     target = parse_redis_url(load_config([], env).redis_url)
     assert target.kind == "cluster" and len(target.nodes) == 6
-
-
-def test_single_keeps_its_url_and_no_replica_setting(rendered: dict[str, Path]):
-    folder = rendered["single"]
-    env = _env(folder / "web1" / "8081.env")
-    assert env["REDIS_URL"] == f"redis://:{PASSWORD}@10.9.2.13:6379/0"
-    assert "REDIS_REPLICAS_ACK" not in env
-    directives = _directives(folder / "redis1" / "redis.conf")
-    assert not [d for d in directives if d.startswith(("replicaof", "masterauth", "cluster-"))]
 
 
 # Inventory shapes the role cannot deploy: (redis hosts, extra groups, all vars, sentence).
@@ -274,11 +264,8 @@ def _refusal(folder: Path, shape: str) -> Run:
 
 
 @pytest.fixture(scope="module")
-def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    """deploy.yml for each shape, two runs at a time."""
-    with ThreadPoolExecutor(2) as pool:
-        runs = pool.map(lambda shape: _refusal(tmp_path_factory.mktemp(shape), shape), SHAPES)
-        return dict(zip(SHAPES, runs, strict=True))
+def refusals(runs: tuple[dict[str, Path], dict[str, Run]]) -> dict[str, Run]:
+    return runs[1]
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

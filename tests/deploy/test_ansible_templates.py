@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import yaml
 
-from tests.deploy.ansible import ANSIBLE_DIR, run_playbook
+from tests.deploy.ansible import conf_lines, env_file, render
 from tests.support import nginx as nginxconf
-from tests.support.servers import ROOT, free_port, require_binary, wait_until
+from tests.support.servers import free_port, require_binary, wait_until
 from tests.support.timing import seconds
 from webchat.config import load_config
 
@@ -40,9 +42,7 @@ AUTH = {
 }
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("render")
+def _inventory() -> dict[str, Any]:
     groups = {
         group: {
             "hosts": {
@@ -55,7 +55,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     groups["web"]["hosts"]["web2"]["webchat_ports"] = [8081, 8082]
     # web1 runs in authenticated mode (web2 stays anonymous).
     groups["web"]["hosts"]["web1"].update(AUTH)
-    inventory = {
+    return {
         "all": {
             "vars": {
                 "redis_password": "p" * 32,
@@ -65,23 +65,37 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "children": groups,
         }
     }
-    (base / "hosts.yml").write_text(json.dumps(inventory))
-    monitoring = ROOT / "monitoring" / "prometheus"
-    extra = {
-        "render_dir": str(base),
-        "ansible_dir": str(ANSIBLE_DIR),
-        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
-        "prometheus_rules_src_dir": str(monitoring / "rules"),
+
+
+def _one_host_inventory() -> dict[str, Any]:
+    host = {"chat1": {"ansible_host": "10.9.1.5", "webchat_private_address": "10.9.1.5"}}
+    return {
+        "all": {
+            "vars": {"redis_password": "p" * 32, "webchat_redis_password": "p" * 32},
+            "hosts": host,
+            "children": {g: {"hosts": {"chat1": {}}} for g in ("lb", "web", "redis", "monitoring")},
+        }
     }
-    run = run_playbook(
-        str(Path(__file__).with_name("render.yml")),
-        base / "hosts.yml",
-        "-e",
-        json.dumps(extra),
-        timeout=120,
-    )
-    assert run.returncode == 0, run.output
-    return base
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both inventories rendered at once: a run keeps about one core busy, the machine has two."""
+
+    def one(base: Path, inventory: dict[str, Any]) -> Path:
+        (base / "hosts.yml").write_text(json.dumps(inventory))
+        return render(base / "hosts.yml", base)
+
+    # The folders are made here, in this thread: tmp_path_factory is not thread-safe.
+    with ThreadPoolExecutor(2) as pool:
+        main = pool.submit(one, tmp_path_factory.mktemp("render"), _inventory())
+        one_host = pool.submit(one, tmp_path_factory.mktemp("one-host"), _one_host_inventory())
+        return {"main": main.result(), "one_host": one_host.result()}
+
+
+@pytest.fixture(scope="module")
+def rendered(renders: dict[str, Path]) -> Path:
+    return renders["main"]
 
 
 def test_nginx_conf_passes_nginx_t(rendered: Path, tmp_path: Path):
@@ -247,32 +261,24 @@ def test_environment_files_and_unit(rendered: Path):
         assert setting in unit.splitlines(), setting
 
 
-def test_a_single_host_inventory_renders_and_checks(tmp_path: Path):
+def test_the_single_topology_has_no_replica_setting(rendered: Path):
+    """The default topology: one Redis, no replication, no cluster, no acknowledgements (the
+    other topologies are in test_ansible_redis_topology.py)."""
+    env = env_file(rendered / "web1" / "8081.env")
+    assert env["REDIS_URL"] == f"redis://:{'p' * 32}@10.9.0.13:6379/0"
+    assert "REDIS_REPLICAS_ACK" not in env
+    directives = conf_lines(rendered / "redis1" / "redis.conf")
+    assert not [d for d in directives if d.startswith(("replicaof", "masterauth", "cluster-"))]
+
+
+def test_a_single_host_inventory_renders_and_checks(renders: dict[str, Path]):
     """One host in every group: it balances to itself, scrapes itself, checks pass."""
-    host = {"chat1": {"ansible_host": "10.9.1.5", "webchat_private_address": "10.9.1.5"}}
-    inventory = {
-        "all": {
-            "vars": {"redis_password": "p" * 32, "webchat_redis_password": "p" * 32},
-            "hosts": host,
-            "children": {g: {"hosts": {"chat1": {}}} for g in ("lb", "web", "redis", "monitoring")},
-        }
-    }
-    (tmp_path / "hosts.yml").write_text(json.dumps(inventory))
-    monitoring = ROOT / "monitoring" / "prometheus"
-    extra = {
-        "render_dir": str(tmp_path),
-        "ansible_dir": str(ANSIBLE_DIR),
-        "prometheus_config_src": str(monitoring / "prometheus-vm.yml"),
-        "prometheus_rules_src_dir": str(monitoring / "rules"),
-    }
-    render = str(Path(__file__).with_name("render.yml"))
-    run = run_playbook(render, tmp_path / "hosts.yml", "-e", json.dumps(extra), timeout=120)
-    assert run.returncode == 0, run.output
-    config = nginxconf.parse((tmp_path / "chat1" / "nginx.conf").read_text())
+    folder = renders["one_host"]
+    config = nginxconf.parse((folder / "chat1" / "nginx.conf").read_text())
     assert [d.values[0] for d in config.one("upstream").children("server")] == ["10.9.1.5:8081"]
-    env = (tmp_path / "chat1" / "8081.env").read_text()
+    env = (folder / "chat1" / "8081.env").read_text()
     assert 'REDIS_URL="redis://:' + "p" * 32 + '@10.9.1.5:6379/0"' in env
-    node = yaml.safe_load((tmp_path / "chat1" / "targets" / "node.yml").read_text())
+    node = yaml.safe_load((folder / "chat1" / "targets" / "node.yml").read_text())
     assert [t for group in node for t in group["targets"]] == ["10.9.1.5:9100"]
 
 
@@ -335,16 +341,10 @@ def test_redis_conf_starts_a_redis_that_refuses_writes_when_full(rendered: Path,
         proc.wait(seconds(10))
 
 
-def _env(path: Path) -> dict[str, str]:
-    """The variables of an environment file as systemd reads them (values in double quotes)."""
-    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-    return {k: json.loads(v) for k, v in (ln.split("=", 1) for ln in lines)}
-
-
 def test_authenticated_mode_reaches_the_service(rendered: Path, tmp_path: Path):
     """web1's environment is an authenticated configuration the service accepts; web2's has
     no AUTH_* at all (anonymous)."""
-    env = _env(rendered / "web1" / "8081.env")
+    env = env_file(rendered / "web1" / "8081.env")
     auth = {k: v for k, v in env.items() if k.startswith("AUTH_")}
     assert auth == {
         "AUTH_SECRET_FILE": "/etc/webchat/auth-secret",
@@ -353,7 +353,7 @@ def test_authenticated_mode_reaches_the_service(rendered: Path, tmp_path: Path):
         "AUTH_ISSUER": "https://app.example.com",
         "AUTH_TOKEN_URL": "/auth/token",
     }
-    assert not [k for k in _env(rendered / "web2" / "8081.env") if k.startswith("AUTH_")]
+    assert not [k for k in env_file(rendered / "web2" / "8081.env") if k.startswith("AUTH_")]
     # What the service makes of it, with the secret file where this machine has it.
     secret = tmp_path / "auth-secret"
     secret.write_text(AUTH["webchat_auth_secret"] + "\n")

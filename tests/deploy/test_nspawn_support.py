@@ -21,6 +21,8 @@ from tests.support import nspawn
 from tests.support.servers import ROOT, stop_process, wait_until
 from tests.support.timing import seconds
 
+# A process that ignores SIGTERM, with a child that does too: both sleep only to stay alive
+# until the code under test kills them.
 STUBBORN = """
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)

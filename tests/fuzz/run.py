@@ -551,6 +551,8 @@ async def _settle(target: Target, report: Report) -> None:
                 f"leak: {users} connected users, {report.after} after every client left"
             )
             return
+        # Polling (no event says a socket is gone); not poll(): each check scans /proc, and
+        # running out of time is a finding to report, not an error.
         await asyncio.sleep(0.1)
     # Threads: the event loop's default executor (files for GET /) starts up to
     # min(32, cores + 4) on demand and keeps them; more than that would be a leak.

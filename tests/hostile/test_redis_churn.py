@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.client import ChatClient
 from tests.support.redis import RedisServer
+from tests.support.redis_traffic import FAST
 from tests.support.servers import WebchatProcess
 from tests.support.timing import poll, seconds
 
@@ -33,16 +34,7 @@ POOL = ("--redis-pool", "16")
 # No admission on loop lag: on a loaded test machine it could refuse upgrades, and this test
 # is about Redis, not the event loop (tests/hostile/test_overload.py tests admission).
 NO_ADMISSION = ("--max-loop-lag", "0")
-ARGS = (
-    "--drain-delay",
-    "0",
-    "--drain-spread",
-    "0",
-    "--presence-grace",
-    "0.3",
-    *POOL,
-    *NO_ADMISSION,
-)
+ARGS = (*FAST, *POOL, *NO_ADMISSION)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ async def test_slowloris_connections_are_closed_at_the_header_timeout(start: Sta
                 if not closed_by_server(sock):
                     with contextlib.suppress(OSError):  # closed meanwhile
                         await loop.sock_sendall(sock, b"X-Slow: 1\r\n")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the attack's pace
 
     dribbling = asyncio.create_task(dribble())
     try:

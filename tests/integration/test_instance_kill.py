@@ -20,6 +20,7 @@ from tests.support.client import ChatClient
 from tests.support.nginx import NginxServer, connected_users, locate
 from tests.support.reconnecting import ReconnectingClient
 from tests.support.redis import fetch_history
+from tests.support.redis_traffic import FAST
 from tests.support.servers import WebchatProcess
 from tests.support.timing import seconds
 
@@ -29,12 +30,7 @@ WINDOW = 4  # messages a sender has in flight (unacknowledged) at most
 ROOM = "r"
 
 FLAGS = (
-    "--drain-delay",
-    "0",
-    "--drain-spread",
-    "0",
-    "--presence-grace",
-    "0.3",
+    *FAST,
     "--presence-timeout",
     str(PRESENCE_TIMEOUT),
     "--rate",

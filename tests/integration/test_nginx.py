@@ -23,6 +23,7 @@ from tests.integration.conftest import parse_metric
 from tests.support.client import ChatClient
 from tests.support.nginx import NGINX_CONF, NginxServer, connected_users, locate
 from tests.support.redis import Recorder, fetch_history, wait_status
+from tests.support.redis_traffic import assert_one_order_with_concurrent_senders
 from tests.support.servers import WebchatProcess, free_port, require_binary
 from tests.support.timing import poll, seconds
 
@@ -190,27 +191,9 @@ async def test_one_order_for_every_receiver_through_nginx(
         await connect(session, a.ws_url, "wa"),
         await connect(session, b.ws_url, "wb"),
     ]
-    recorders = [Recorder(c) for c in senders + watchers]
-    total = per_sender * len(senders)
-
-    async def send_all(client: ChatClient, name: str) -> None:
-        for n in range(per_sender):
-            await client.send(f"{name} {n}", nonce=f"{name}-{n}")
-
-    await asyncio.gather(*(send_all(c, f"s{i}") for i, c in enumerate(senders)))
-    for rec in recorders:
-        await rec.wait(lambda r=rec: len(r.messages) >= total, 30, f"{total} messages")
-    history = await fetch_history(session, nginx.url, "r")  # pages of 500 via `since`
-    assert len(history) == total
-    ids = [m["id"] for m in history]
-    assert len(set(ids)) == total
-    for rec in recorders:
-        assert rec.errors == []
-        assert rec.ids() == ids  # every receiver on every instance: history's order
-        assert rec.messages == history
-    for i in range(len(senders)):  # each sender's messages in the order it sent them
-        mine = [m["text"] for m in history if m["name"] == f"s{i}"]
-        assert mine == [f"s{i} {n}" for n in range(per_sender)]
+    recorders = await assert_one_order_with_concurrent_senders(
+        session, nginx.url, senders, watchers, per_sender, timeout=30
+    )
     for rec in recorders:
         await rec.stop()
         await rec.client.close()

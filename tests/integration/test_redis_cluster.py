@@ -20,9 +20,10 @@ from tests.support.redis_ha import RedisClusterGroup
 from tests.support.redis_traffic import (
     FAST,
     TRAFFIC,
-    Sender,
-    assert_everyone_has_history,
+    assert_failover_lost_nothing,
     connect,
+    recovered,
+    traffic_on_two,
 )
 
 
@@ -84,15 +85,7 @@ async def test_master_failover_loses_no_acknowledged_message(
     acked = ("--redis-replicas-ack", "1")
     a, b = make_server(*TRAFFIC, *acked), make_server(*TRAFFIC, *acked)
     room = "r"
-    recs = [
-        await connect(session, a, "sa", room),
-        await connect(session, a, "wa", room),
-        await connect(session, b, "sb", room),
-        await connect(session, b, "wb", room),
-    ]
-    senders = [Sender(recs[0]), Sender(recs[2])]
-    for sender in senders:
-        await sender.until(accepted=10)
+    recs, senders = await traffic_on_two(session, a, b, room)
 
     old: RedisServer = cluster_redis.master_of(f"wc:{{{room}}}:h")
     loop = asyncio.get_running_loop()
@@ -108,23 +101,11 @@ async def test_master_failover_loses_no_acknowledged_message(
     await asyncio.to_thread(cluster_redis.revive, old)
     await asyncio.gather(*(s.until(accepted=1, timeout=30) for s in senders))
     resumed = loop.time() - killed_at
-    for server in (a, b):
-        await wait_status(session, server.url + "/readyz", 200, timeout=10)
-    for sender in senders:
-        await sender.until(accepted=10)
-    for sender in senders:
-        await sender.stop()
+    await recovered(session, (a, b), senders)
     for server in (a, b):  # history reads wait for a replica's confirmation: 503 until then
         await wait_status(session, server.url + f"/api/rooms/{room}/messages?limit=1", 200, 10)
     print(f"\ncluster failover: delivery resumed {resumed:.2f} s after the master was killed")
 
-    history = await assert_everyone_has_history(session, b, recs, room)
-    assert await fetch_history(session, a.url, room) == history
-    nonces = [m["nonce"] for m in history]
-    assert len(nonces) == len(set(nonces)), "a message is in history twice"
-    for sender, count in zip(senders, before, strict=True):
-        assert len(sender.accepted) > count + 10
-        missing = set(sender.accepted) - set(nonces)
-        assert not missing, f"acknowledged but lost in the failover: {sorted(missing)}"
+    await assert_failover_lost_nothing(session, a, b, recs, senders, before, room)
     for rec in recs:
         await rec.stop()

@@ -22,6 +22,8 @@ from tests.support.redis_traffic import (
     Sender,
     assert_everyone_has_history,
     connect,
+    recovered,
+    traffic_on_two,
     upgrade_status,
 )
 from tests.support.servers import ROOT, WebchatProcess
@@ -40,15 +42,7 @@ def redis_appendonly() -> bool:
 
 async def test_redis_restart_mid_traffic(make_server: MakeServer, redis_server, session):
     a, b = make_server(*TRAFFIC), make_server(*TRAFFIC)
-    recs = [
-        await connect(session, a, "sa"),
-        await connect(session, a, "wa"),
-        await connect(session, b, "sb"),
-        await connect(session, b, "wb"),
-    ]
-    senders = [Sender(recs[0]), Sender(recs[2])]
-    for sender in senders:
-        await sender.until(accepted=10)
+    recs, senders = await traffic_on_two(session, a, b)
 
     await asyncio.to_thread(redis_server.stop)
     for server in (a, b):
@@ -58,12 +52,7 @@ async def test_redis_restart_mid_traffic(make_server: MakeServer, redis_server, 
     assert await upgrade_status(session, a) == 503
 
     await asyncio.to_thread(redis_server.start)
-    for server in (a, b):
-        await wait_status(session, server.url + "/readyz", 200, timeout=10)
-    for sender in senders:
-        await sender.until(accepted=10)
-    for sender in senders:
-        await sender.stop()
+    await recovered(session, (a, b), senders)
 
     history = await assert_everyone_has_history(session, b, recs)
     accepted = {nonce for sender in senders for nonce in sender.accepted}

@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import MakeServer
 from tests.support.client import ChatClient
-from tests.support.redis import Recorder, RedisServer, fetch_history
-from tests.support.redis_traffic import FAST
+from tests.support.redis import RedisServer, fetch_history
+from tests.support.redis_traffic import FAST, assert_one_order_with_concurrent_senders
 from tests.support.servers import WebchatProcess
 from tests.support.timing import poll, seconds
 
@@ -75,24 +75,9 @@ async def test_one_order_for_every_receiver_with_concurrent_senders(
     per_sender = 250
     senders = [await connect(session, server, f"s{i}") for i, server in enumerate((a, a, b, b))]
     watchers = [await connect(session, a, "wa"), await connect(session, b, "wb")]
-    recorders = [Recorder(client) for client in senders + watchers]
-    total = per_sender * len(senders)
-
-    async def send_all(client: ChatClient, name: str) -> None:
-        for n in range(per_sender):
-            await client.send(f"{name} {n}", nonce=f"{name}-{n}")
-
-    await asyncio.gather(*(send_all(c, f"s{i}") for i, c in enumerate(senders)))
-    for rec in recorders:
-        await rec.wait(lambda r=rec: len(r.messages) >= total, 60, f"{total} messages")
-    history = await fetch_history(session, a.url, "r")
-    assert len(history) == total
-    for rec in recorders:
-        assert rec.errors == []
-        assert rec.messages == history  # every receiver: the same messages, history's order
-    for i in range(len(senders)):  # each sender's messages in the order it sent them
-        mine = [m["text"] for m in history if m["name"] == f"s{i}"]
-        assert mine == [f"s{i} {n}" for n in range(per_sender)]
+    recorders = await assert_one_order_with_concurrent_senders(
+        session, a.url, senders, watchers, per_sender, timeout=60
+    )
     for rec in recorders:
         await rec.stop()
 

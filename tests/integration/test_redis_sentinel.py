@@ -13,9 +13,14 @@ import asyncio
 import pytest
 
 from tests.conftest import MakeServer
-from tests.support.redis import fetch_history, wait_status
+from tests.support.redis import wait_status
 from tests.support.redis_ha import SentinelGroup
-from tests.support.redis_traffic import TRAFFIC, Sender, assert_everyone_has_history, connect
+from tests.support.redis_traffic import (
+    TRAFFIC,
+    assert_failover_lost_nothing,
+    recovered,
+    traffic_on_two,
+)
 
 
 @pytest.fixture
@@ -28,15 +33,7 @@ async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
 ):
     acked = ("--redis-replicas-ack", "1")
     a, b = make_server(*TRAFFIC, *acked), make_server(*TRAFFIC, *acked)
-    recs = [
-        await connect(session, a, "sa"),
-        await connect(session, a, "wa"),
-        await connect(session, b, "sb"),
-        await connect(session, b, "wb"),
-    ]
-    senders = [Sender(recs[0]), Sender(recs[2])]
-    for sender in senders:
-        await sender.until(accepted=10)
+    recs, senders = await traffic_on_two(session, a, b)
 
     old = sentinel_redis.current_master()
     loop = asyncio.get_running_loop()
@@ -50,12 +47,7 @@ async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
     # Delivery resumes: each sender gets an echo for a message sent after the kill.
     await asyncio.gather(*(s.until(accepted=1, timeout=30) for s in senders))
     resumed = loop.time() - killed_at
-    for server in (a, b):
-        await wait_status(session, server.url + "/readyz", 200, timeout=10)
-    for sender in senders:
-        await sender.until(accepted=10)
-    for sender in senders:
-        await sender.stop()
+    await recovered(session, (a, b), senders)
     # Sentinel goes on reconfiguring for a while (the remaining replica follows the new master,
     # clients are disconnected once more); history reads wait for a replica's confirmation,
     # so they answer 503 until it is in sync.
@@ -65,13 +57,6 @@ async def test_master_killed_mid_traffic_loses_no_acknowledged_message(
         await wait_status(session, server.url + "/api/rooms/r/messages?limit=1", 200, timeout=10)
     print(f"\nSentinel failover: delivery resumed {resumed:.2f} s after the master was killed")
 
-    history = await assert_everyone_has_history(session, b, recs)
-    assert await fetch_history(session, a.url, "r") == history
-    nonces = [m["nonce"] for m in history]
-    assert len(nonces) == len(set(nonces)), "a message is in history twice"
-    for sender, count in zip(senders, before, strict=True):
-        assert len(sender.accepted) > count + 10
-        missing = set(sender.accepted) - set(nonces)
-        assert not missing, f"acknowledged but lost in the failover: {sorted(missing)}"
+    await assert_failover_lost_nothing(session, a, b, recs, senders, before)
     for rec in recs:
         await rec.stop()

@@ -66,6 +66,7 @@ class Member:
                 await self.connect(server, since=last)
                 return
             except (aiohttp.ClientError, TimeoutError):
+                # The backoff with full jitter of a real client, not synchronisation.
                 await asyncio.sleep(random.uniform(0, min(1.0, 0.05 * 2**attempt)))
         raise AssertionError(f"{self.name} could not reconnect")
 
@@ -184,7 +185,7 @@ async def test_a_reconnect_storm_to_another_instance_loses_nothing(
                 text = f"{publisher.room}:{sent[publisher.room]}"
                 await publisher.ws.send_str(json.dumps({"type": "message", "text": text}))
                 sent[publisher.room] += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the publishers' pace, not a wait for anything
 
     sender = asyncio.create_task(publish())
     try:

@@ -16,7 +16,7 @@ HUNG = """
 import time
 
 def test_hung():
-    time.sleep(30)
+    time.sleep(30)  # the hang that pytest-timeout must stop
 """
 
 

@@ -165,7 +165,7 @@ async def _serve(port: int) -> None:
     print(f"OTLP receiver on {receiver.endpoint}, discarding spans", flush=True)
     try:
         while True:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # the standalone receiver reports its counts this often
             print(f"{receiver.requests} requests, {receiver.span_count} spans", flush=True)
     finally:
         await receiver.stop()

@@ -39,7 +39,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> 
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(interval)
+        time.sleep(interval)  # the polling interval; the deadline bounds the loop
     raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 

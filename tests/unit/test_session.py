@@ -72,7 +72,7 @@ async def test_messages_that_come_during_an_await_wait_for_it_in_order():
     session.on_message("slow-2")
     session.on_message("c")
     assert recorder.handled == ["a", "slow-1"]  # the rest waits for slow-1
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a turn of the loop: still nothing may pass slow-1
     assert recorder.handled == ["a", "slow-1"]
     recorder.gates["slow-1"].set()
     async with asyncio.timeout(5):

@@ -73,7 +73,7 @@ from webchat.broker.redis_reads import HistoryReads
 from webchat.broker.redis_rooms import BACKOFF_CAP
 from webchat.broker.redis_scripts import PUBLISH, awaiting_replicas
 from webchat.broker.redis_shards import ShardedSubscriber
-from webchat.broker.redis_subscriber import Subscriber
+from webchat.broker.redis_subscriber import Subscriber, SubscriberSettings
 from webchat.config import Config
 from webchat.metrics import Metrics
 from webchat.protocol import parse_id
@@ -156,34 +156,22 @@ class RedisBroker:
             config.presence_limit,
             control=self._control,
         )
+        settings = SubscriberSettings(
+            node_id=node_id,
+            on_change=self._readiness_changed,
+            name=f"webchat-{node_id}-sub",
+            ops=self._ops,
+            on_reconnect=self._metrics.broker_reconnects.inc,
+            confirm=self._confirm,
+            replicas=self._replicas,
+            keep_ms=self._keeper.ttl_ms,
+        )
         self._subscriber: Subscriber | ShardedSubscriber
         if isinstance(self._client, ShardedCluster):
             assert isinstance(self._control, ShardedCluster)  # one target, one kind of client
-            self._subscriber = ShardedSubscriber(
-                self._client,
-                node_id,
-                self._readiness_changed,
-                f"webchat-{node_id}-sub",
-                self._ops,
-                on_reconnect=self._metrics.broker_reconnects.inc,
-                confirm=self._confirm,
-                replicas=self._replicas,
-                control=self._control,
-                keep_ms=self._keeper.ttl_ms,
-            )
+            self._subscriber = ShardedSubscriber(self._client, settings, control=self._control)
         else:
-            self._subscriber = Subscriber(
-                self._client,
-                node_id,
-                self._readiness_changed,
-                f"webchat-{node_id}-sub",
-                self._ops,
-                on_reconnect=self._metrics.broker_reconnects.inc,
-                confirm=self._confirm,
-                replicas=self._replicas,
-                control=self._control,
-                keep_ms=self._keeper.ttl_ms,
-            )
+            self._subscriber = Subscriber(self._client, settings, control=self._control)
         self._client_ok = False
         self._writable = True  # until Redis refuses a write: then until a probe succeeds
         self._closing = False

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from redis.asyncio.cluster import ClusterNode
@@ -32,9 +32,8 @@ from webchat.broker.base import BrokerUnavailable, EventHandler
 from webchat.broker.redis_codec import channel, describe, node_channel
 from webchat.broker.redis_connect import ShardedCluster
 from webchat.broker.redis_loops import Loops, start_loops, stop_loops
-from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_rooms import RoomSub, backoff_delay
-from webchat.broker.redis_subscriber import Confirm, Subscriber
+from webchat.broker.redis_subscriber import Subscriber, SubscriberSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +57,17 @@ class ShardedSubscriber:
     def __init__(
         self,
         client: ShardedCluster,
-        node_id: str,
-        on_change: Callable[[], None],
-        name: str,
-        ops: RedisOps,
-        on_reconnect: Callable[[], None],
+        settings: SubscriberSettings,
         *,
-        confirm: Confirm | None = None,
-        replicas: int = 0,
         control: ShardedCluster | None = None,
-        keep_ms: int | None = None,
     ) -> None:
         self._client = client
         self._control = control
-        self._keep_ms = keep_ms
-        self._node_id = node_id
-        self._on_change = on_change
-        self._name = name
-        self._ops = ops
-        self._on_reconnect = on_reconnect
-        self._confirm = confirm
-        self._replicas = replicas
+        self._node_id = settings.node_id
+        self._on_change = settings.on_change
+        self._ops = settings.ops
+        # Each shard's subscriber tells this one of a change, which relearns the slots first.
+        self._shard_settings = replace(settings, on_change=self._changed)
         self._shards: dict[str, _Shard] = {}
         self._handler: EventHandler | None = None
         self._relearn_now = asyncio.Event()
@@ -201,19 +190,12 @@ class ShardedSubscriber:
         ping = self._ping_channel(node.name)
         subscriber = Subscriber(
             self._client,
-            self._node_id,
-            self._changed,
-            self._name,
-            self._ops,
-            self._on_reconnect,
+            self._shard_settings,
             connection_args=lambda: (node.connection_class, dict(node.connection_kwargs)),
             sharded=True,
             ping_channel=ping,
-            confirm=self._confirm,
-            replicas=self._replicas,
             on_moved=self._relearn_now.set,
             control=self._control,
-            keep_ms=self._keep_ms,
         )
         subscriber.handler = self._handler
         shard = self._shards[node.name] = _Shard(node, subscriber)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -76,38 +77,52 @@ ConnectionArgs = Callable[[], tuple[type[AbstractConnection], dict[str, Any]]]
 Confirm = Callable[[str, int], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriberSettings:
+    """What every subscriber of a node is built with, plain or one per cluster shard: made
+    once by RedisBroker, so a Subscriber and a ShardedSubscriber (and its per-shard
+    Subscribers) cannot drift apart.
+
+    `on_change` is told when readiness may have changed, `name` is the pub/sub connection's
+    client name, `confirm` is the WAIT behind `--redis-replicas-ack` (this node's setting is
+    `replicas`: backfills are confirmed with it), and a fresh subscription pushes back its
+    room's history TTL by `keep_ms`.
+    """
+
+    node_id: str
+    on_change: Callable[[], None]
+    name: str
+    ops: RedisOps
+    on_reconnect: Callable[[], None]
+    confirm: Confirm | None = None
+    replicas: int = 0
+    keep_ms: int | None = None
+
+
 class Subscriber:
     """The pub/sub connection, the subscribed rooms and their backfill. Owned by RedisBroker
     (or, one per shard of a cluster, by ShardedSubscriber), which runs its `loops()`.
 
-    `connection_args` makes its connection (default: like the client's pooled ones),
-    `sharded` uses shard channels (SSUBSCRIBE), `ping_channel` is its self-ping's channel
-    (default `wc:node:<id>`), `confirm` is the WAIT behind `--redis-replicas-ack` (this node's
-    setting is `replicas`: backfills are confirmed with it), and `on_moved` is told when a room
-    turns out to live on another shard.
+    `settings` are the node's (SubscriberSettings), `connection_args` makes its connection
+    (default: like the client's pooled ones), `sharded` uses shard channels (SSUBSCRIBE),
+    `ping_channel` is its self-ping's channel (default `wc:node:<id>`), and `on_moved` is told
+    when a room turns out to live on another shard.
     """
 
     def __init__(
         self,
         client: RedisClient,
-        node_id: str,
-        on_change: Callable[[], None],
-        name: str,
-        ops: RedisOps,
-        on_reconnect: Callable[[], None],
+        settings: SubscriberSettings,
         *,
         connection_args: ConnectionArgs | None = None,
         sharded: bool = False,
         ping_channel: str | None = None,
-        confirm: Confirm | None = None,
-        replicas: int = 0,
         on_moved: Callable[[], None] | None = None,
         control: RedisClient | None = None,
-        keep_ms: int | None = None,
     ) -> None:
         self._client = client  # a subscribe's reads (requests)
         self._control = control or client  # backfill
-        self._keep_ms = keep_ms  # a fresh subscription pushes back its history's TTL by this
+        self._keep_ms = settings.keep_ms  # a fresh subscription pushes back its history's TTL
         self._connection_args = connection_args
         self._sharded = sharded
         self._sub_command, self._unsub_command = (
@@ -116,13 +131,13 @@ class Subscriber:
         self._message_kind, self._subscribe_kind = (
             (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
         )
-        self._confirm = confirm
-        self._replicas = replicas
+        self._confirm = settings.confirm
+        self._replicas = settings.replicas
         self._on_moved = on_moved
-        self._on_change = on_change
-        self._ops = ops
-        self._on_reconnect = on_reconnect
-        self._client_name = name
+        self._on_change = settings.on_change
+        self._ops = settings.ops
+        self._on_reconnect = settings.on_reconnect
+        self._client_name = settings.name
         self.handler: EventHandler | None = None
         self.rooms: dict[str, RoomSub] = {}
         self.live = False
@@ -130,7 +145,7 @@ class Subscriber:
         self._reader: asyncio.Task[None] | None = None
         self._attempt = 0
         self._epoch = 0  # connections that went live
-        self._ping_channel = (ping_channel or node_channel(node_id)).encode()
+        self._ping_channel = (ping_channel or node_channel(settings.node_id)).encode()
         self._pong_seq = 0
         # The self-ping awaited: its seq, when it was published, replies read by then.
         self._ping_pending: tuple[int, float, int] | None = None

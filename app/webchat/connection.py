@@ -151,13 +151,18 @@ class Connection:
         if self._held is not None:
             self._hold(batch, len(batch.data))
             return
+        data = self._live(batch)
+        if data:
+            self._write(data)
+
+    def _live(self, batch: Batch) -> bytes:
+        """What of `batch` goes to the client: past the replay's watermark, if any."""
         if self._watermark is None:
-            self._write(batch.data)
-            return
+            return batch.data
         data, newer = batch.after(self._watermark)
         if newer:
             self._watermark = None
-            self._write(data)
+        return data
 
     @property
     def buffered(self) -> int:
@@ -221,8 +226,14 @@ class Connection:
             self._held = list(batches)
             self._held_bytes = sum(len(batch.data) for batch in batches)
 
-    def go_live(self, replayed_up_to: str | None) -> None:
-        """Welcome and replay are written: release held frames, dropping replayed messages.
+    def has_room(self, size: int) -> bool:
+        """Whether `size` more bytes fit in the send buffer now (else write_paced waits)."""
+        unsent = self._transport.get_write_buffer_size()
+        return not unsent or unsent + size <= self._limit
+
+    def go_live(self, replayed_up_to: str | None, first: bytes = b"") -> None:
+        """Welcome and replay are written (but `first`, their last frames): write `first`,
+        then release held frames, dropping replayed messages, all in one write.
 
         Until a message newer than `replayed_up_to` arrives, deliveries are filtered, since the
         broker may still deliver messages that the replay already contained.
@@ -230,11 +241,14 @@ class Connection:
         held, self._held, self._held_bytes = self._held or [], None, 0
         if replayed_up_to is not None:
             self._watermark = parse_id(replayed_up_to)
+        if self.closing:
+            return
+        parts = [first]
         for item in held:
-            if isinstance(item, Batch):
-                self.deliver(item)
-            else:
-                self.send(item)
+            parts.append(self._live(item) if isinstance(item, Batch) else item)
+        data = b"".join(parts)
+        if data:
+            self._write(data)
 
     def _hold(self, item: Batch | bytes, size: int) -> None:
         assert self._held is not None

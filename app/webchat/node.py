@@ -348,9 +348,22 @@ class Node:
             # held live messages newer than it are news even when `since` claims more (history
             # lost, clock behind).
             first = min(REPLAY_PAGE, self.config.history_size)
-            (members, count), newest, page = await asyncio.gather(
-                listing, read(room, None, 1), read(room, params.since, first)
+            # Two tasks and the listing awaited here: a storm's every resume comes this way,
+            # and gather's three tasks cost twice as much.
+            loop = asyncio.get_running_loop()
+            reads = (
+                loop.create_task(read(room, None, 1)),
+                loop.create_task(read(room, params.since, first)),
             )
+            try:
+                members, count = await listing
+                newest, page = await reads[0], await reads[1]
+            finally:
+                for task in reads:
+                    if not task.done():
+                        task.cancel()  # this one failed, or the client left
+                    elif not task.cancelled():
+                        task.exception()  # seen, whether it came before or after a failure
         elif params.history:
             (members, count), recent = await asyncio.gather(
                 listing, read(room, None, params.history)

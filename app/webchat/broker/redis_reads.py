@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -80,37 +79,37 @@ class HistoryReads:
                     waiter.set_result(result)
 
     async def _read(self, reads: list[Read]) -> list[History | BaseException]:
-        """Newest-n reads as XREVRANGE, reads after `since` by HISTORY_AFTER, one pipeline."""
+        """Newest-n reads as XREVRANGE, then reads after `since` by HISTORY_AFTER, in one
+        pipeline: one round trip, and Redis runs them in the order they were asked for within
+        each kind, newest-n first (a welcome's `newest` must be read before its replay)."""
         newest = [(i, r) for i, r in enumerate(reads) if r[1] is None]
         after = [(i, r) for i, r in enumerate(reads) if r[1] is not None]
         out: list[History | BaseException] = [BrokerUnavailable("not read")] * len(reads)
-        if newest:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for _, (room, _, limit) in newest:
-                    pipe.xrevrange(stream_key(room), count=limit)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            for (i, (room, _, _)), entries in zip(newest, replies, strict=True):
-                if isinstance(entries, BaseException):
-                    out[i] = entries
-                else:
-                    entries.reverse()
-                    out[i] = History(_messages(room, entries), gap=False)
-        if after:
-            calls = []
-            for _, (room, since, limit) in after:
-                assert since is not None
-                start = start_after(parse_id(since))
-                calls.append(([stream_key(room)], [start or "", limit]))
-            replies = await evalsha_pipelined(self._client, self._after, calls)
-            for (i, (room, since, _)), reply in zip(after, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    out[i] = reply
-                    continue
-                oldest, raw = reply
-                assert since is not None
-                entries = [(entry_id, _fields(flat)) for entry_id, flat in raw]
-                gap = not oldest or parse_id(since) < id_key(oldest.decode())
-                out[i] = History(_messages(room, entries), gap=gap)
+        calls = []
+        for _, (room, since, limit) in after:
+            assert since is not None
+            start = start_after(parse_id(since))
+            calls.append(([stream_key(room)], [start or "", limit]))
+        commands = [
+            ("XREVRANGE", stream_key(room), "+", "-", "COUNT", limit)
+            for _, (room, _, limit) in newest
+        ]
+        replies = await evalsha_pipelined(self._client, self._after, calls, first=commands)
+        for (i, (room, _, _)), entries in zip(newest, replies, strict=False):
+            if isinstance(entries, BaseException):
+                out[i] = entries
+            else:
+                entries.reverse()
+                out[i] = History(_messages(room, entries), gap=False)
+        for (i, (room, since, _)), reply in zip(after, replies[len(newest) :], strict=True):
+            if isinstance(reply, BaseException):
+                out[i] = reply
+                continue
+            oldest, raw = reply
+            assert since is not None
+            entries = [(entry_id, _fields(flat)) for entry_id, flat in raw]
+            gap = not oldest or parse_id(since) < id_key(oldest.decode())
+            out[i] = History(_messages(room, entries), gap=gap)
         return out
 
 

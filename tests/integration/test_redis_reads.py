@@ -1,0 +1,66 @@
+"""Batched history reads on a real redis-server: a welcome's two kinds of read in one pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from redis.asyncio import Redis
+
+from tests.support.redis import RedisServer
+from tests.support.timing import seconds
+from webchat.broker.redis_batch import evalsha_pipelined
+from webchat.broker.redis_codec import stream_key
+from webchat.broker.redis_ops import RedisOps
+from webchat.broker.redis_reads import HistoryReads
+from webchat.metrics import Metrics
+
+
+async def test_commands_sent_first_run_once_when_the_scripts_are_loaded_again(
+    redis_server: RedisServer,
+) -> None:
+    """Redis lost its scripts (a restart): the calls are sent again, the commands before them
+    are not, and every reply comes back in its place."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        script = client.register_script("return ARGV[1] .. redis.call('GET', KEYS[1])")
+        await client.set("k", "v")
+        await client.script_flush()
+        replies = await evalsha_pipelined(
+            client,
+            script,
+            [(["k"], ["a:"]), (["k"], ["b:"])],
+            first=[("INCR", "counter"), ("GET", "k")],
+        )
+        assert replies == [1, b"v", b"a:v", b"b:v"]
+        assert await client.get("counter") == b"1"  # not sent again with the scripts
+    finally:
+        await client.aclose()
+
+
+async def test_a_welcome_s_reads_come_back_from_one_flush(redis_server: RedisServer) -> None:
+    """The newest message and the replay after `since`, asked for together (as a welcome
+    does), each get their own answer; a `since` before the oldest message held is a gap."""
+    client = Redis.from_url(redis_server.url)
+    reads = HistoryReads(client, RedisOps(Metrics(), None, redis_server.url))
+    runner = asyncio.create_task(reads.run())
+    try:
+        ids = [
+            (await client.xadd(stream_key("r"), {"n": "amy", "t": f"m{i}"})).decode()
+            for i in range(4)
+        ]
+        await client.script_flush()  # HISTORY_AFTER is loaded again on the way
+        async with asyncio.timeout(seconds(5)):
+            newest, page, old = await asyncio.gather(
+                reads.read("r", None, 1),
+                reads.read("r", ids[1], 100),
+                reads.read("r", "1-0", 2),
+            )
+        assert [m.text for m in newest.messages] == ["m3"] and not newest.gap
+        assert [m.id for m in page.messages] == ids[2:] and not page.gap
+        assert [m.text for m in old.messages] == ["m0", "m1"] and old.gap
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await client.aclose()

@@ -131,6 +131,8 @@ def validate_name(raw: str) -> str:
         raise bad_request("name must not be empty")
     if len(name) > MAX_NAME:
         raise bad_request(f"name must be at most {MAX_NAME} characters, got {len(name)}")
+    if name.isascii() and name.isprintable():
+        return name  # ASCII has no format character; printable, no control character either
     if any(unicodedata.category(c) == "Cc" for c in name):
         raise bad_request("name must not contain control characters")
     # PROTOCOL.md 1.1: zero-width and other invisible format characters would let "alice"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from redis.asyncio import Redis
 
+from tests.conftest import broker_url
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
 from webchat.broker.redis_batch import evalsha_pipelined
 from webchat.broker.redis_codec import stream_key
+from webchat.broker.redis_connect import close_client, command_client
 from webchat.broker.redis_ops import RedisOps
 from webchat.broker.redis_reads import HistoryReads
 from webchat.metrics import Metrics
+from webchat.redis_url import parse_redis_url
 
 
 async def test_commands_sent_first_run_once_when_the_scripts_are_loaded_again(
@@ -38,18 +42,25 @@ async def test_commands_sent_first_run_once_when_the_scripts_are_loaded_again(
         await client.aclose()
 
 
-async def test_a_welcome_s_reads_come_back_from_one_flush(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("broker", ["redis", "cluster"])
+async def test_a_welcome_s_reads_come_back_from_one_flush(
+    broker: str, request: pytest.FixtureRequest
+) -> None:
     """The newest message and the replay after `since`, asked for together (as a welcome
-    does), each get their own answer; a `since` before the oldest message held is a gap."""
-    client = Redis.from_url(redis_server.url)
-    reads = HistoryReads(client, RedisOps(Metrics(), None, redis_server.url))
+    does), each get their own answer; a `since` before the oldest message held is a gap.
+    On a cluster the pipeline goes to the room's shard (the scripts as EVAL)."""
+    url = broker_url(broker, request)
+    assert url is not None
+    client = command_client(parse_redis_url(url), 4, 1.0, "test")
+    reads = HistoryReads(client, RedisOps(Metrics(), None, url))
     runner = asyncio.create_task(reads.run())
     try:
         ids = [
             (await client.xadd(stream_key("r"), {"n": "amy", "t": f"m{i}"})).decode()
             for i in range(4)
         ]
-        await client.script_flush()  # HISTORY_AFTER is loaded again on the way
+        if broker == "redis":
+            await client.script_flush()  # HISTORY_AFTER is loaded again on the way
         async with asyncio.timeout(seconds(5)):
             newest, page, old = await asyncio.gather(
                 reads.read("r", None, 1),
@@ -63,4 +74,4 @@ async def test_a_welcome_s_reads_come_back_from_one_flush(redis_server: RedisSer
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-        await client.aclose()
+        await close_client(client)

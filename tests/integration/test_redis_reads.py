@@ -59,17 +59,29 @@ async def test_a_welcome_s_reads_come_back_from_one_flush(
             (await client.xadd(stream_key("r"), {"n": "amy", "t": f"m{i}"})).decode()
             for i in range(4)
         ]
+        await client.xadd(stream_key("s"), {"n": "bo", "t": "s0"})
         if broker == "redis":
             await client.script_flush()  # HISTORY_AFTER is loaded again on the way
         async with asyncio.timeout(seconds(5)):
-            newest, page, old = await asyncio.gather(
+            # r's newest comes with its first read after `since` (one script), the other
+            # newest reads by XREVRANGE; an empty room has none.
+            newest, page, old, two, other, empty = await asyncio.gather(
                 reads.read("r", None, 1),
                 reads.read("r", ids[1], 100),
                 reads.read("r", "1-0", 2),
+                reads.read("r", None, 2),
+                reads.read("s", None, 1),
+                reads.read("t", None, 1),
             )
         assert [m.text for m in newest.messages] == ["m3"] and not newest.gap
         assert [m.id for m in page.messages] == ids[2:] and not page.gap
         assert [m.text for m in old.messages] == ["m0", "m1"] and old.gap
+        assert [m.text for m in two.messages] == ["m2", "m3"] and not two.gap
+        assert [m.text for m in other.messages] == ["s0"]
+        assert empty.messages == [] and not empty.gap
+        async with asyncio.timeout(seconds(5)):  # newest of a room with no message, folded
+            none, after = await asyncio.gather(reads.read("t", None, 1), reads.read("t", "1-0", 10))
+        assert none.messages == [] and after.messages == [] and after.gap
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from webchat.broker.base import Message
-from webchat.protocol import parse_id, ws_text_frame
+from webchat.protocol import parse_id
 from webchat.websocket import ServerSocket, reset
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,6 @@ class Connection:
     def buffered(self) -> int:
         """Bytes held for this client: unsent in its socket buffer, or held before go_live."""
         return self._transport.get_write_buffer_size() + self._held_bytes
-
-    def write_now(self, payload: bytes) -> None:
-        """Write a JSON frame ahead of anything held (welcome, replay)."""
-        if not self.closing:
-            self._write(ws_text_frame(payload))
 
     async def write_paced(self, data: bytes) -> bool:
         """Write replay frames (history on connect) once the send buffer has room for them.

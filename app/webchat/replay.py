@@ -23,22 +23,25 @@ FRAMES_KEPT: Final = 4096
 class MessageFrames:
     """The WebSocket frame of a message, encoded once per process while it is being replayed.
 
-    A message's frame depends only on its room and id (the broker never reuses an id, and
-    what the frame carries of it never changes), so the cache is keyed by them.
+    Keyed by room and id; a hit is used only for the same message (the very object, as the
+    clients of a shared read have it, or an equal one), so an id seen again with other
+    content (a room's stream expired and restarted behind a clock step) is encoded anew.
     """
 
     __slots__ = ("_frames",)
 
     def __init__(self) -> None:
-        self._frames: dict[tuple[str, str], bytes] = {}
+        self._frames: dict[tuple[str, str], tuple[Message, bytes]] = {}
 
     def __call__(self, message: Message) -> bytes:
         key = (message.room, message.id)
-        frame = self._frames.get(key)
-        if frame is None:
-            if len(self._frames) >= FRAMES_KEPT:
-                self._frames.clear()
-            frame = self._frames[key] = ws_text_frame(encode_message(message))
+        known = self._frames.get(key)
+        if known is not None and (known[0] is message or known[0] == message):
+            return known[1]
+        if len(self._frames) >= FRAMES_KEPT:
+            self._frames.clear()
+        frame = ws_text_frame(encode_message(message))
+        self._frames[key] = (message, frame)
         return frame
 
 

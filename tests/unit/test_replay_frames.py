@@ -28,3 +28,10 @@ def test_past_its_bound_it_starts_again_and_stays_right() -> None:
     again = frames(_message(0))
     assert again == kept and again is not kept  # forgotten, encoded again
     assert frames(_message(FRAMES_KEPT)) == ws_text_frame(encode_message(_message(FRAMES_KEPT)))
+
+
+def test_an_id_seen_again_with_other_content_is_encoded_anew() -> None:
+    frames = MessageFrames()
+    frames(_message(1))
+    other = Message("1001-0", "r", "bo", "another text", 1001, None)
+    assert frames(other) == ws_text_frame(encode_message(other))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from webchat.broker.base import Message
-from webchat.protocol import parse_id, ws_text_frame
+from webchat.protocol import parse_id
 from webchat.websocket import ServerSocket, reset
 
 log = logging.getLogger(__name__)
@@ -151,23 +151,23 @@ class Connection:
         if self._held is not None:
             self._hold(batch, len(batch.data))
             return
+        data = self._live(batch)
+        if data:
+            self._write(data)
+
+    def _live(self, batch: Batch) -> bytes:
+        """What of `batch` goes to the client: past the replay's watermark, if any."""
         if self._watermark is None:
-            self._write(batch.data)
-            return
+            return batch.data
         data, newer = batch.after(self._watermark)
         if newer:
             self._watermark = None
-            self._write(data)
+        return data
 
     @property
     def buffered(self) -> int:
         """Bytes held for this client: unsent in its socket buffer, or held before go_live."""
         return self._transport.get_write_buffer_size() + self._held_bytes
-
-    def write_now(self, payload: bytes) -> None:
-        """Write a JSON frame ahead of anything held (welcome, replay)."""
-        if not self.closing:
-            self._write(ws_text_frame(payload))
 
     async def write_paced(self, data: bytes) -> bool:
         """Write replay frames (history on connect) once the send buffer has room for them.
@@ -221,8 +221,14 @@ class Connection:
             self._held = list(batches)
             self._held_bytes = sum(len(batch.data) for batch in batches)
 
-    def go_live(self, replayed_up_to: str | None) -> None:
-        """Welcome and replay are written: release held frames, dropping replayed messages.
+    def has_room(self, size: int) -> bool:
+        """Whether `size` more bytes fit in the send buffer now (else write_paced waits)."""
+        unsent = self._transport.get_write_buffer_size()
+        return not unsent or unsent + size <= self._limit
+
+    def go_live(self, replayed_up_to: str | None, first: bytes = b"") -> None:
+        """Welcome and replay are written (but `first`, their last frames): write `first`,
+        then release held frames, dropping replayed messages, all in one write.
 
         Until a message newer than `replayed_up_to` arrives, deliveries are filtered, since the
         broker may still deliver messages that the replay already contained.
@@ -230,11 +236,14 @@ class Connection:
         held, self._held, self._held_bytes = self._held or [], None, 0
         if replayed_up_to is not None:
             self._watermark = parse_id(replayed_up_to)
+        if self.closing:
+            return
+        parts = [first]
         for item in held:
-            if isinstance(item, Batch):
-                self.deliver(item)
-            else:
-                self.send(item)
+            parts.append(self._live(item) if isinstance(item, Batch) else item)
+        data = b"".join(parts)
+        if data:
+            self._write(data)
 
     def _hold(self, item: Batch | bytes, size: int) -> None:
         assert self._held is not None

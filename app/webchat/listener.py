@@ -215,7 +215,7 @@ class GuardedServer(web.Server):
             **kwargs,
         )
         self._gate = gate
-        self._handler_kwargs = kwargs
+        self._handler_kwargs = {k: v for k, v in kwargs.items() if k != "loop"}
 
     @staticmethod
     def _parsed(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
@@ -229,8 +229,9 @@ class GuardedServer(web.Server):
         return make_request
 
     def __call__(self) -> GuardedHandler:
-        kwargs = {k: v for k, v in self._handler_kwargs.items() if k != "loop"}
-        return GuardedHandler(self, loop=asyncio.get_running_loop(), gate=self._gate, **kwargs)
+        return GuardedHandler(
+            self, loop=asyncio.get_running_loop(), gate=self._gate, **self._handler_kwargs
+        )
 
 
 class Runner(web.AppRunner):

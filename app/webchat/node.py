@@ -49,6 +49,7 @@ from webchat.protocol import (
     ws_text_frame,
 )
 from webchat.ratelimit import TokenBucket
+from webchat.replay import MessageFrames, ReplayWriter
 from webchat.session import Pending, Session
 from webchat.trim import Trimmer
 from webchat.upgrade import take_over
@@ -119,6 +120,7 @@ class Node:
         # One callable each for all connections (a bound method per connection costs 64 bytes).
         self._disconnected = self.metrics.disconnected
         self._trim_soon = self.trimmer.soon
+        self._message_frames = MessageFrames()  # replayed messages' frames, shared
         self._monitor: asyncio.Task[None] | None = None
         self.loop_lag = LoopLag(0.0)
         self._rooms: tuple[float, list[RoomInfo], bytes] | None = None  # expiry, listing, JSON
@@ -346,9 +348,22 @@ class Node:
             # held live messages newer than it are news even when `since` claims more (history
             # lost, clock behind).
             first = min(REPLAY_PAGE, self.config.history_size)
-            (members, count), newest, page = await asyncio.gather(
-                listing, read(room, None, 1), read(room, params.since, first)
+            # Two tasks and the listing awaited here: a storm's every resume comes this way,
+            # and gather's three tasks cost twice as much.
+            loop = asyncio.get_running_loop()
+            reads = (
+                loop.create_task(read(room, None, 1)),
+                loop.create_task(read(room, params.since, first)),
             )
+            try:
+                members, count = await listing
+                newest, page = await reads[0], await reads[1]
+            finally:
+                for task in reads:
+                    if not task.done():
+                        task.cancel()  # this one failed, or the client left
+                    elif not task.cancelled():
+                        task.exception()  # seen, whether it came before or after a failure
         elif params.history:
             (members, count), recent = await asyncio.gather(
                 listing, read(room, None, params.history)
@@ -356,27 +371,29 @@ class Node:
         else:
             members, count = await listing
         welcome = encode_welcome(params.room, params.member, members, count, self._limits)
-        conn.write_now(welcome)
+        # Welcome, replay and the live frames held meanwhile go out together where they fit.
+        writer = ReplayWriter(conn, min(REPLAY_CHUNK, self.config.send_buffer))
+        writer.add(ws_text_frame(welcome))
         watermark = None
         if params.since is None and params.history:
             # The newest n, then live ones newer than the last of them (held ones are dropped
             # up to it): a contiguous end of history, no gap, no duplicate. No gap frame.
-            if not await self._replay(conn, recent.messages):
+            if not await self._replay(writer, recent.messages):
                 return
             if recent.messages:
                 watermark = recent.messages[-1].id
         elif params.since is not None:
-            going, last = await self._replay_since(conn, params.room, params.since, page)
+            going, last = await self._replay_since(conn, writer, params.room, params.since, page)
             if not going:
                 return
             if last is not None:
                 watermark = last
             elif newest.messages:
                 watermark = newest.messages[-1].id
-        conn.go_live(watermark)
+        await writer.finish(watermark)
 
     async def _replay_since(
-        self, conn: Connection, room: str, since: str, page: History
+        self, conn: Connection, writer: ReplayWriter, room: str, since: str, page: History
     ) -> tuple[bool, str | None]:
         """Replay what history holds after `since`, a page at a time, starting with `page`
         (read with the welcome). Returns whether the connection is still going, and the id of
@@ -387,6 +404,9 @@ class Node:
         while left > 0:
             wanted = min(REPLAY_PAGE, left)
             if not first:
+                # Written before waiting: a failed read must not leave the welcome unsent.
+                if not await writer.flush():
+                    return False, None
                 page = await self.broker.history(room, last or since, wanted)
             if page.gap:
                 if not first:
@@ -396,9 +416,9 @@ class Node:
                         CLOSE_TRY_AGAIN, "messages were missed: reconnect with since", why="gap"
                     )
                     return False, None
-                conn.write_now(GAP)
+                writer.add(ws_text_frame(GAP))
             first = False
-            if not await self._replay(conn, page.messages):
+            if not await self._replay(writer, page.messages):
                 return False, None
             if page.messages:
                 last = page.messages[-1].id
@@ -407,25 +427,16 @@ class Node:
                 break
         return True, last
 
-    async def _replay(self, conn: Connection, messages: Sequence[Message]) -> bool:
-        """Write `messages` as frames, in pieces paced to the client; False if it closed."""
-        chunk = min(REPLAY_CHUNK, self.config.send_buffer)
-        frames: list[bytes] = []
-        size = 0
+    async def _replay(self, writer: ReplayWriter, messages: Sequence[Message]) -> bool:
+        """Queue `messages` as frames, written in pieces paced to the client; False if it
+        closed. Each frame is encoded once per process (a storm replays the same ones)."""
         if len(messages) >= REPLAY_PAGE:
             self.trimmer.soon()  # a page of frames is about to come and go
+        frame = self._message_frames
         for message in messages:
-            frame = ws_text_frame(encode_message(message))
-            if frames and size + len(frame) > chunk:
-                if not await conn.write_paced(b"".join(frames)):
-                    return False
-                frames, size = [], 0
-            frames.append(frame)
-            size += len(frame)
-        if frames:
-            return await conn.write_paced(b"".join(frames))
-        await asyncio.sleep(0)  # a page of the memory broker is read without yielding
-        return not conn.closing
+            if not await writer.add_paced(frame(message)):
+                return False
+        return True
 
     def handle_message(
         self, conn: Connection, bucket: TokenBucket, data: str | bytes

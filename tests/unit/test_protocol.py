@@ -27,6 +27,8 @@ from webchat.protocol import (
     encode_welcome,
     error_body,
     key_holder,
+    member_name,
+    member_user,
     message_dict,
     parse_client_frame,
     parse_connect_params,
@@ -456,6 +458,35 @@ def test_welcome_frame():
         "member_count": 2,
         "limits": limits,
     }
+
+
+@pytest.mark.parametrize(
+    ("room", "member", "members", "limits"),
+    [
+        ("lobby", "alice", ("alice", "bob"), {"max_text": 2000, "rate_per_s": 10, "burst": 20}),
+        ("r", 'a"\\b', ['a"\\b', "</script>", "é😀", "x\u2028y", "z\x7f"], {"rate_per_s": 0.5}),
+        ("r", "solo", [], {}),
+        ("r", "amy\x1fsub-1", ["amy\x1fsub-1", "bo\x1fsub-2"], {"burst": 2}),
+        ("r", "amy", ["amy", "bo\x1fsub-2"], {}),
+    ],
+)
+def test_welcome_is_the_json_of_its_fields(
+    room: str, member: str, members: list[str], limits: dict[str, float]
+) -> None:
+    """The welcome put together from JSON pieces is byte for byte json.dumps of its fields."""
+    frame: dict[str, object] = {
+        "type": "welcome",
+        "room": room,
+        "name": member_name(member),
+        "members": [member_name(m) for m in members],
+        "member_count": len(members),
+        "limits": limits,
+    }
+    if member_user(member) is not None:
+        frame["user"] = member_user(member)
+        frame["users"] = [member_user(m) or "" for m in members]
+    expected = json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode()
+    assert encode_welcome(room, member, members, len(members), limits) == expected
 
 
 def test_presence_frame():

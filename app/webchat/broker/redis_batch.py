@@ -12,9 +12,15 @@ from webchat.broker.redis_connect import RedisClient, ShardedCluster
 
 
 async def evalsha_pipelined(
-    client: RedisClient, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+    client: RedisClient,
+    script: AsyncScript,
+    calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+    first: Sequence[Sequence[Any]] = (),
 ) -> list[Any]:
     """Run `script` once per (keys, args) in one pipeline; per call its reply or its error.
+
+    `first`: other commands (execute_command's arguments) sent ahead of the calls, in the
+    same pipeline, so Redis runs them before; their replies (or errors) come first.
 
     EVALSHA goes straight into the pipeline: redis-py's Script in a pipeline would ask SCRIPT
     EXISTS first, a round trip per pipeline. After a NOSCRIPT (Redis restarted, its script
@@ -25,9 +31,13 @@ async def evalsha_pipelined(
     results: list[Any] = [None] * len(calls)
     cluster = isinstance(client, ShardedCluster)
     todo = list(range(len(calls)))
+    head: list[Any] = []
     for attempt in range(2):
         # As a context: its connection goes back to the pool even when cancelled.
         async with client.pipeline(transaction=False) as pipe:
+            if not attempt:
+                for command in first:
+                    pipe.execute_command(*command)
             for i in todo:
                 keys, args = calls[i]
                 if cluster:  # redis-py refuses EVALSHA in a cluster pipeline (ClusterScript)
@@ -35,10 +45,12 @@ async def evalsha_pipelined(
                 else:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
             replies = await pipe.execute(raise_on_error=False)
+        if not attempt:
+            head, replies = replies[: len(first)], replies[len(first) :]
         for i, reply in zip(todo, replies, strict=True):
             results[i] = reply
         todo = [i for i in todo if isinstance(results[i], NoScriptError)]
         if not todo or attempt:
             break
         script.sha = await client.script_load(script.script)
-    return results
+    return head + results

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 _CHUNK = 200
 # Names per SYNC call: one script's run blocks Redis, so a huge batch is sent in pieces.
 _NAMES_PER_CALL = 500
+# Rooms whose last member listing is kept (to skip decoding the same one again); past this,
+# all are forgotten.
+_LISTINGS_KEPT = 1000
 SETTLE_DELAY = 0.2  # a join or leave to settle is retried after this, doubling while it fails
 SETTLE_MAX_DELAY = 5.0
 
@@ -109,6 +112,7 @@ class RedisPresence:
         self._batches: dict[str, _RoomBatch] = {}  # queued for the next flush
         self._flushing: dict[str, _RoomBatch] = {}  # in the flush in flight
         self._batch_wanted = asyncio.Event()
+        self._listings: dict[str, tuple[list[bytes], list[str]]] = {}  # the last of each room
         self._sync = client.register_script(SYNC)
         self._holder = client.register_script(HOLDER)
         self._refresh = client.register_script(REFRESH)
@@ -481,10 +485,26 @@ class RedisPresence:
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(True)
-                listing = (int(count), sorted(n.decode() for n in raw_names))
+                listing = (int(count), self._listed(room, raw_names))
                 for listed in batch.listings:
                     if not listed.done():
                         listed.set_result(listing)
+
+    def _listed(self, room: str, raw: list[bytes]) -> list[str]:
+        """A listing's names, decoded and sorted (shared: callers copy before changing it).
+
+        In a resume storm a room's listing is read with every flush and is the same each time
+        (the names of a killed instance stay held until they expire): then the last one is
+        used again instead of decoding and sorting up to `presence_limit` names once more.
+        """
+        last = self._listings.get(room)
+        if last is not None and last[0] == raw:
+            return last[1]
+        names = sorted(n.decode() for n in raw)
+        if len(self._listings) >= _LISTINGS_KEPT:
+            self._listings.clear()
+        self._listings[room] = (raw, names)
+        return names
 
     def _report(self, room: str, count: int) -> None:
         """A join's or leave's count of `room`: newer than any batch's still in flight."""

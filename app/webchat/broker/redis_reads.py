@@ -80,38 +80,62 @@ class HistoryReads:
                     waiter.set_result(result)
 
     async def _read(self, reads: list[Read]) -> list[History | BaseException]:
-        """Newest-n reads as XREVRANGE, reads after `since` by HISTORY_AFTER, one pipeline."""
+        """Reads after `since` by HISTORY_AFTER, newest-n reads as XREVRANGE, in one pipeline
+        (one round trip). A welcome asks for both: its room's newest message (which must not
+        be read after its replay) then comes with the room's first read after `since` in
+        this flush, read by the same script, so a resume storm costs one call per room and
+        flush instead of two. Newest-n reads of other rooms go first."""
         newest = [(i, r) for i, r in enumerate(reads) if r[1] is None]
         after = [(i, r) for i, r in enumerate(reads) if r[1] is not None]
         out: list[History | BaseException] = [BrokerUnavailable("not read")] * len(reads)
-        if newest:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for _, (room, _, limit) in newest:
-                    pipe.xrevrange(stream_key(room), count=limit)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            for (i, (room, _, _)), entries in zip(newest, replies, strict=True):
-                if isinstance(entries, BaseException):
-                    out[i] = entries
-                else:
-                    entries.reverse()
-                    out[i] = History(_messages(room, entries), gap=False)
-        if after:
-            calls = []
-            for _, (room, since, limit) in after:
-                assert since is not None
-                start = start_after(parse_id(since))
-                calls.append(([stream_key(room)], [start or "", limit]))
-            replies = await evalsha_pipelined(self._client, self._after, calls)
-            for (i, (room, since, _)), reply in zip(after, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    out[i] = reply
-                    continue
-                oldest, raw = reply
-                assert since is not None
-                entries = [(entry_id, _fields(flat)) for entry_id, flat in raw]
-                gap = not oldest or parse_id(since) < id_key(oldest.decode())
-                out[i] = History(_messages(room, entries), gap=gap)
+        first_after: dict[str, int] = {}  # room -> its first call in `after`
+        for k, (_, (room, _, _)) in enumerate(after):
+            first_after.setdefault(room, k)
+        along: dict[int, int] = {}  # a newest-1 read -> the call in `after` that reads it
+        alone: list[tuple[int, Read]] = []  # the other newest-n reads
+        for i, read in newest:
+            call = first_after.get(read[0]) if read[2] == 1 else None
+            if call is None:
+                alone.append((i, read))
+            else:
+                along[i] = call
+        calls = []
+        wanted = set(along.values())
+        for k, (_, (room, since, limit)) in enumerate(after):
+            assert since is not None
+            start = start_after(parse_id(since))
+            calls.append(([stream_key(room)], [start or "", limit, "1" if k in wanted else ""]))
+        commands = [
+            ("XREVRANGE", stream_key(room), "+", "-", "COUNT", limit)
+            for _, (room, _, limit) in alone
+        ]
+        replies = await evalsha_pipelined(self._client, self._after, calls, first=commands)
+        for (i, (room, _, _)), entries in zip(alone, replies, strict=False):
+            if isinstance(entries, BaseException):
+                out[i] = entries
+            else:
+                entries.reverse()
+                out[i] = History(_messages(room, entries), gap=False)
+        scripts = replies[len(alone) :]
+        for (i, (room, since, _)), reply in zip(after, scripts, strict=True):
+            if isinstance(reply, BaseException):
+                out[i] = reply
+                continue
+            oldest, raw, _ = reply
+            assert since is not None
+            gap = not oldest or parse_id(since) < id_key(oldest.decode())
+            out[i] = History(_messages(room, _entries(raw)), gap=gap)
+        for i, call in along.items():
+            reply = scripts[call]
+            if isinstance(reply, BaseException):
+                out[i] = reply
+            else:
+                out[i] = History(_messages(reads[i][0], _entries(reply[2])), gap=False)
         return out
+
+
+def _entries(raw: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return [(entry_id, _fields(flat)) for entry_id, flat in raw]
 
 
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:

@@ -114,16 +114,21 @@ redis.call('PUBLISH', ARGV[1], cjson.encode(event))
 return {{0, id}}
 """
 
-# KEYS[1] the room's stream. ARGV: start (exclusive, as XRANGE takes it; '' for none), count.
-# Returns {the oldest id or '', the entries after the start}, read at once: a trim between the
-# two reads would hide a gap from the caller.
+# KEYS[1] the room's stream. ARGV: start (exclusive, as XRANGE takes it; '' for none), count,
+# and '1' to read the newest entry too. Returns {the oldest id or '', the entries after the
+# start, the newest entry (none, or one)}, read at once: a trim between the reads would hide a
+# gap from the caller, and the newest is no newer than the replay it comes with.
 HISTORY_AFTER: Final = """
 local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local entries = {}
 if ARGV[1] ~= '' then
   entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
 end
-return {oldest[1] and oldest[1][1] or '', entries}
+local newest = {}
+if ARGV[3] == '1' then
+  newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+end
+return {oldest[1] and oldest[1][1] or '', entries, newest}
 """
 
 # Presence keys: KEYS[1] names hash (name -> number of nodes holding it), KEYS[2] holders zset

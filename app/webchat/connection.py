@@ -151,6 +151,9 @@ class Connection:
         if self._held is not None:
             self._hold(batch, len(batch.data))
             return
+        if self._watermark is None:  # the fan-out's common case, without a call
+            self._write(batch.data)
+            return
         data = self._live(batch)
         if data:
             self._write(data)
